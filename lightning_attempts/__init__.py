@@ -1,0 +1,30 @@
+"""Attempt-aware drop-in replacements for agentlightning's legacy task server and client.
+
+Every claim of a task is an attempt with its own id; the server stores only a valid
+attempt's result, at most one per task, so a slow worker's late result can no
+longer land twice or in the next training batch.
+"""
+
+from __future__ import annotations
+
+from .compat import AGENTLIGHTNING_VERSION, SUPPORTED_RELEASES
+from .models import AttemptRollout, AttemptTask, AttemptTaskIfAny
+from .outcomes import DropReason, StalePolicy, Submission
+from .server import AttemptAwareServer, ServerStartError
+from .store import AttemptAwareDataStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AGENTLIGHTNING_VERSION",
+    "SUPPORTED_RELEASES",
+    "AttemptAwareDataStore",
+    "AttemptAwareServer",
+    "AttemptRollout",
+    "AttemptTask",
+    "AttemptTaskIfAny",
+    "DropReason",
+    "ServerStartError",
+    "StalePolicy",
+    "Submission",
+]

@@ -1,0 +1,76 @@
+"""Every difference between the supported agentlightning releases, in one place.
+
+Supported: agentlightning 0.1, 0.1.1, 0.1.2, 0.2.0, 0.2.1, 0.2.2 and 0.3.0. They all
+ship the legacy HTTP server this package patches; 1.0 removed it.
+
+- 0.1.x: the legacy result model is ``agentlightning.types.Rollout`` (a module).
+- 0.2+: it is ``agentlightning.types.RolloutLegacy``; ``types`` is a package and
+  ``Rollout`` is a new, unrelated model. Constructing the legacy client and server
+  emits a DeprecationWarning.
+- 0.3.0: ``ResourcesUpdate`` gained ``create_time``, ``update_time`` and ``version``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from typing import TYPE_CHECKING
+
+SUPPORTED_RANGE = ">=0.1,<1.0"
+SUPPORTED_RELEASES = ("0.1", "0.1.1", "0.1.2", "0.2.0", "0.2.1", "0.2.2", "0.3.0")
+
+_UNSUPPORTED = (
+    "lightning_attempts patches the legacy task server of agentlightning {range} "
+    "(releases {releases}); {found}. Install a supported release, e.g. "
+    "`pip install 'agentlightning{range}'`, or move to agentlightning's LightningStore, "
+    "which has its own attempt model."
+)
+
+
+def _unsupported(found: str) -> ImportError:
+    return ImportError(_UNSUPPORTED.format(range=SUPPORTED_RANGE, releases=", ".join(SUPPORTED_RELEASES), found=found))
+
+
+def _installed_version() -> str | None:
+    try:
+        return importlib.metadata.version("agentlightning")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+AGENTLIGHTNING_VERSION = _installed_version()
+if AGENTLIGHTNING_VERSION is not None and int(AGENTLIGHTNING_VERSION.split(".")[0]) >= 1:
+    raise _unsupported(f"agentlightning {AGENTLIGHTNING_VERSION} is installed, which has no legacy server")
+
+# agentlightning 0.2+ imports litellm, which otherwise stalls for seconds fetching a
+# price map on machines without internet access; the local copy is equivalent.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+try:
+    from agentlightning import types as _types
+    from agentlightning.client import AgentLightningClient
+    from agentlightning.server import AgentLightningServer, ServerDataStore
+    from agentlightning.types import GenericResponse, ResourcesUpdate, Task, TaskIfAny
+except ImportError as exc:
+    found = f"agentlightning {AGENTLIGHTNING_VERSION}" if AGENTLIGHTNING_VERSION else "agentlightning"
+    raise _unsupported(f"{found} could not be imported with its legacy server ({exc})") from exc
+
+if TYPE_CHECKING:
+    from agentlightning.types import RolloutLegacy as LegacyRollout
+else:
+    LegacyRollout = getattr(_types, "RolloutLegacy", None) or _types.Rollout
+"""The legacy result model posted to ``/rollout``: ``RolloutLegacy`` (0.2+) or ``Rollout`` (0.1.x)."""
+
+__all__ = [
+    "AGENTLIGHTNING_VERSION",
+    "SUPPORTED_RANGE",
+    "SUPPORTED_RELEASES",
+    "AgentLightningClient",
+    "AgentLightningServer",
+    "GenericResponse",
+    "LegacyRollout",
+    "ResourcesUpdate",
+    "ServerDataStore",
+    "Task",
+    "TaskIfAny",
+]

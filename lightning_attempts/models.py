@@ -1,0 +1,53 @@
+"""The wire models: upstream's task and rollout, each with the attempt that produced it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from .compat import LegacyRollout, Task, TaskIfAny
+
+MAX_ID_LENGTH = 256
+"""Longest rollout or attempt id accepted; ours are 36 (attempts) and 44 (rollouts) characters."""
+
+
+class AttemptTask(Task):
+    """A task as handed out by one claim: upstream's ``Task`` plus the attempt.
+
+    ``num_claims`` is kept as a deprecated mirror of ``claim_sequence_id`` so that
+    upstream clients, which read ``num_claims``, see what they always saw.
+    """
+
+    attempt_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    """Random UUID4 of this claim; the result must be submitted with it."""
+    claim_sequence_id: int | None = None
+    """1 for the first claim of the task, then one more for each re-claim."""
+
+    @model_validator(mode="after")
+    def _mirror_num_claims(self) -> AttemptTask:
+        if self.claim_sequence_id is None:
+            self.claim_sequence_id = self.num_claims
+        elif self.num_claims is None:
+            self.num_claims = self.claim_sequence_id
+        return self
+
+
+class AttemptTaskIfAny(TaskIfAny):
+    """``GET /task``'s answer; declared with ``AttemptTask`` so the attempt fields survive."""
+
+    task: AttemptTask | None = None  # pyright: ignore[reportIncompatibleVariableOverride]
+
+
+class AttemptRollout(LegacyRollout):
+    """Upstream's legacy rollout plus the id of the attempt that produced it."""
+
+    rollout_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    attempt_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
+    """The ``attempt_id`` of the claim this result belongs to; ``None`` from old clients."""
+
+    @classmethod
+    def from_rollout(cls, rollout: Any, attempt_id: str | None) -> AttemptRollout:
+        """Wrap any legacy rollout model (or a subclass) without revalidating its content."""
+        fields = {name: getattr(rollout, name) for name in LegacyRollout.model_fields}
+        return cls.model_construct(**fields, attempt_id=attempt_id)

@@ -1,0 +1,366 @@
+"""AttemptAwareDataStore: upstream's in-memory store, with every claim an attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .compat import LegacyRollout, ServerDataStore, Task
+from .models import AttemptTask
+from .outcomes import STALE_POLICIES, DropReason, StalePolicy, Submission
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_REMEMBERED = 100_000
+"""Finished tasks remembered to answer late results with ``duplicate`` / ``already_completed``."""
+
+Clock = Callable[[], float]
+
+
+class _TaskQueue:
+    """The tasks waiting for a claim, first in first out, each removable in O(1).
+
+    It replaces upstream's ``asyncio.Queue`` under the same name and methods, so that
+    upstream's ``add_task`` works unchanged, and a salvaged or cancelled task can
+    leave the queue without a scan.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: OrderedDict[str, Task] = OrderedDict()
+
+    async def put(self, task: Task) -> None:
+        self.put_nowait(task)
+
+    def put_nowait(self, task: Task) -> None:
+        self._tasks[task.rollout_id] = task
+
+    def get_nowait(self) -> Task:
+        try:
+            return self._tasks.popitem(last=False)[1]
+        except KeyError:
+            raise asyncio.QueueEmpty from None
+
+    def discard(self, rollout_id: str) -> Task | None:
+        return self._tasks.pop(rollout_id, None)
+
+    def qsize(self) -> int:
+        return len(self._tasks)
+
+    def empty(self) -> bool:
+        return not self._tasks
+
+    def __contains__(self, rollout_id: object) -> bool:
+        return rollout_id in self._tasks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+@dataclass(slots=True)
+class _Claimed:
+    """A task claimed at least once and not finished."""
+
+    task: Task
+    attempts: list[str] = field(default_factory=list[str])
+    """Every attempt id issued for the task; claim sequence id = index + 1."""
+    live: bool = False
+    """Whether the last attempt still holds its claim (False: requeued)."""
+    deadline: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """What is remembered of a completed or cancelled task."""
+
+    attempts: tuple[str, ...]
+    stored: str | None
+    """The attempt credited with the stored result (None: cancelled, or salvaged unverified)."""
+    cancelled: bool = False
+
+
+def _sequence(attempts: Sequence[str], attempt_id: str | None) -> int | None:
+    if attempt_id is None:
+        return None
+    try:
+        return attempts.index(attempt_id) + 1
+    except ValueError:
+        return None
+
+
+class AttemptAwareDataStore(ServerDataStore):
+    """Upstream's ``ServerDataStore`` in which each claim is an attempt.
+
+    A claim hands out the task with a fresh UUID4 ``attempt_id`` and the next
+    ``claim_sequence_id``; a result is stored only if its attempt is valid under the
+    ``stale_policy`` (see ``submit``), and at most one result is stored per task.
+
+    Invariants, true between any two calls:
+
+    - every task queued here is in exactly one place: waiting in the queue (never
+      claimed, or requeued), claimed by a live attempt, or finished (completed or
+      cancelled); nothing is lost and nothing is in two places;
+    - a finished task never goes back to the queue or to a claim, and at most one
+      result per task is ever stored;
+    - claims in flight are ordered by deadline, so requeueing pops expired claims
+      from the front and costs nothing per claim that has not expired.
+
+    Concurrency: every state change is a plain synchronous method with no ``await``
+    inside, run on the server's event loop, so no two of them interleave and no
+    lock is needed; the ``async`` methods upstream's API requires only wrap them.
+    """
+
+    def __init__(
+        self,
+        *,
+        task_timeout_seconds: float = 300.0,
+        stale_policy: StalePolicy = "reject",
+        require_attempt_id: bool = False,
+        max_remembered: int = DEFAULT_MAX_REMEMBERED,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__()
+        if stale_policy not in STALE_POLICIES:
+            raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
+        if max_remembered < 0:
+            raise ValueError("max_remembered must not be negative")
+        self.task_timeout_seconds = task_timeout_seconds
+        self.stale_policy: StalePolicy = stale_policy
+        self.require_attempt_id = require_attempt_id
+        self.max_remembered = max_remembered
+        self._clock = clock
+        self._task_queue = _TaskQueue()  # pyright: ignore[reportAttributeAccessIssue, reportIncompatibleVariableOverride]
+        # Live claims, oldest first; a fixed timeout makes that deadline order too.
+        self._processing_tasks: OrderedDict[str, Task] = OrderedDict()
+        self._claimed: dict[str, _Claimed] = {}
+        self._finished: OrderedDict[str, _Finished] = OrderedDict()
+        self._counts: dict[str, int] = dict.fromkeys(
+            ("claims", "requeues", "accepted", "accepted_unverified", "salvaged", "duplicates", "refused"), 0
+        )
+        self._drops: dict[str, int] = dict.fromkeys((reason.value for reason in DropReason), 0)
+
+    # -- claims ---------------------------------------------------------------
+
+    def claim(self) -> AttemptTask | None:
+        """Hand out the next queued task as a new attempt, or ``None`` if none waits."""
+        try:
+            task = self._task_queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        rollout_id = task.rollout_id
+        claimed = self._claimed.get(rollout_id)
+        if claimed is None:
+            claimed = self._claimed[rollout_id] = _Claimed(task)
+        attempt_id = str(uuid.uuid4())
+        claimed.attempts.append(attempt_id)
+        claimed.live = True
+        claimed.deadline = self._clock() + self.task_timeout_seconds
+        sequence = len(claimed.attempts)
+        handed_out = AttemptTask.model_construct(
+            **{
+                **dict(task),
+                "last_claim_time": time.time(),
+                "num_claims": sequence,
+                "attempt_id": attempt_id,
+                "claim_sequence_id": sequence,
+            }
+        )
+        self._processing_tasks[rollout_id] = handed_out
+        self._counts["claims"] += 1
+        if sequence > 1:
+            logger.info("Task %s re-claimed: attempt %s (claim %d)", rollout_id, attempt_id, sequence)
+        return handed_out
+
+    async def get_next_task(self) -> Task | None:
+        """Upstream's API for ``claim``."""
+        return self.claim()
+
+    def requeue_expired(self) -> int:
+        """Requeue every claim past its deadline; return how many were requeued."""
+        processing = self._processing_tasks
+        if not processing:
+            return 0
+        now = self._clock()
+        requeued = 0
+        while processing:
+            rollout_id = next(iter(processing))
+            claimed = self._claimed[rollout_id]
+            if claimed.deadline >= now:
+                break
+            self._requeue(rollout_id, claimed)
+            requeued += 1
+        return requeued
+
+    def _requeue(self, rollout_id: str, claimed: _Claimed) -> None:
+        del self._processing_tasks[rollout_id]
+        claimed.live = False
+        self._task_queue.put_nowait(claimed.task)
+        self._counts["requeues"] += 1
+        logger.warning(
+            "Requeuing task %s: attempt %s (claim %d) passed its %ss timeout",
+            rollout_id,
+            claimed.attempts[-1],
+            len(claimed.attempts),
+            self.task_timeout_seconds,
+        )
+
+    async def requeue_task(self, task: Task) -> None:
+        """Requeue ``task``'s claim now, if it is still the live one (upstream's API)."""
+        claimed = self._claimed.get(task.rollout_id)
+        attempt_id = getattr(task, "attempt_id", None)
+        if claimed is not None and claimed.live and attempt_id in (None, claimed.attempts[-1]):
+            self._requeue(task.rollout_id, claimed)
+
+    # -- submissions ----------------------------------------------------------
+
+    def submit(self, rollout: LegacyRollout, attempt_id: str | None = None) -> Submission:
+        """Store ``rollout`` if ``attempt_id`` may complete its task; say what happened.
+
+        The outcome follows the table in the README: the live claim's attempt (or an
+        old client's submission without an id while a claim is live) is stored; an
+        earlier attempt is dropped as ``superseded`` under ``"reject"`` and stored
+        under ``"salvage"``; a retry of the stored attempt is a ``duplicate``. A drop
+        or refusal changes nothing but the counters.
+        """
+        rollout_id = rollout.rollout_id
+        if attempt_id is None and self.require_attempt_id:
+            self._counts["refused"] += 1
+            logger.warning("Refused result for %s: no attempt_id, and this server requires one", rollout_id)
+            return Submission("refused", rollout_id, None)
+        claimed = self._claimed.get(rollout_id)
+        if claimed is None:
+            return self._submit_unclaimed(rollout_id, attempt_id)
+        attempts = claimed.attempts
+        sequence = _sequence(attempts, attempt_id)
+        if attempt_id is not None and sequence is None:
+            return self._drop(DropReason.UNKNOWN_ATTEMPT, rollout_id, attempt_id, attempts, self._current(claimed))
+        current = self._current(claimed)
+        if current is not None and attempt_id in (None, current):
+            return self._accept(rollout, claimed, attempt_id, credited=current)
+        if self.stale_policy == "salvage":
+            return self._accept(rollout, claimed, attempt_id, credited=attempt_id)
+        return self._drop(DropReason.SUPERSEDED, rollout_id, attempt_id, attempts, current or attempts[-1])
+
+    async def store_rollout(self, rollout: LegacyRollout) -> Submission:  # pyright: ignore[reportIncompatibleMethodOverride]
+        """Upstream's API for ``submit``, reading the attempt id from the rollout itself."""
+        return self.submit(rollout, getattr(rollout, "attempt_id", None))
+
+    @staticmethod
+    def _current(claimed: _Claimed) -> str | None:
+        return claimed.attempts[-1] if claimed.live else None
+
+    def _submit_unclaimed(self, rollout_id: str, attempt_id: str | None) -> Submission:
+        finished = self._finished.get(rollout_id)
+        if finished is None:
+            # A task still waiting for its first claim never issued any attempt.
+            reason = DropReason.UNKNOWN_ATTEMPT if rollout_id in self._task_queue else DropReason.UNKNOWN_ROLLOUT
+            return self._drop(reason, rollout_id, attempt_id, (), None)
+        attempts, stored = finished.attempts, finished.stored
+        if finished.cancelled:
+            return self._drop(DropReason.CANCELLED, rollout_id, attempt_id, attempts, None)
+        if attempt_id is not None and attempt_id == stored:
+            self._counts["duplicates"] += 1
+            sequence = _sequence(attempts, attempt_id)
+            return Submission("duplicate", rollout_id, attempt_id, sequence, stored, sequence)
+        if attempt_id is not None and attempt_id not in attempts:
+            return self._drop(DropReason.UNKNOWN_ATTEMPT, rollout_id, attempt_id, attempts, stored)
+        return self._drop(DropReason.ALREADY_COMPLETED, rollout_id, attempt_id, attempts, stored)
+
+    def _accept(
+        self, rollout: LegacyRollout, claimed: _Claimed, attempt_id: str | None, *, credited: str | None
+    ) -> Submission:
+        rollout_id = rollout.rollout_id
+        attempts = claimed.attempts
+        salvaged = credited != self._current(claimed)
+        del self._claimed[rollout_id]
+        self._processing_tasks.pop(rollout_id, None)
+        self._task_queue.discard(rollout_id)
+        self._remember(rollout_id, _Finished(tuple(attempts), credited))
+        self._completed_rollouts[rollout_id] = rollout
+        self._counts["accepted"] += 1
+        if attempt_id is None:
+            self._counts["accepted_unverified"] += 1
+        if salvaged:
+            self._counts["salvaged"] += 1
+            logger.warning(
+                "Salvaged late result for %s from attempt %s (claim %s of %d)",
+                rollout_id,
+                attempt_id,
+                _sequence(attempts, attempt_id),
+                len(attempts),
+            )
+        sequence = _sequence(attempts, credited)
+        return Submission("ok", rollout_id, attempt_id, sequence, credited, sequence, verified=attempt_id is not None)
+
+    def _drop(
+        self,
+        reason: DropReason,
+        rollout_id: str,
+        attempt_id: str | None,
+        attempts: Sequence[str],
+        current: str | None,
+    ) -> Submission:
+        self._drops[reason.value] += 1
+        sequence, current_sequence = _sequence(attempts, attempt_id), _sequence(attempts, current)
+        logger.warning(
+            "Dropped result for %s: %s (submitted attempt %s, claim %s; current attempt %s, claim %s)",
+            rollout_id,
+            reason.value,
+            attempt_id,
+            sequence,
+            current,
+            current_sequence,
+        )
+        return Submission("dropped", rollout_id, attempt_id, sequence, current, current_sequence, reason)
+
+    def _remember(self, rollout_id: str, finished: _Finished) -> None:
+        self._finished[rollout_id] = finished
+        if len(self._finished) > self.max_remembered:
+            self._finished.popitem(last=False)
+
+    # -- cancellation ---------------------------------------------------------
+
+    def cancel(self, rollout_ids: Iterable[str] | None = None) -> list[str]:
+        """Cancel the given tasks (default: every queued or claimed one); return those cancelled.
+
+        Later results of a cancelled task are dropped with reason ``cancelled``.
+        Finished and unknown ids are skipped.
+        """
+        if rollout_ids is None:
+            rollout_ids = [*self._task_queue, *(rid for rid in self._claimed if rid not in self._task_queue)]
+        cancelled: list[str] = []
+        for rollout_id in rollout_ids:
+            queued = self._task_queue.discard(rollout_id)
+            claimed = self._claimed.pop(rollout_id, None)
+            if queued is None and claimed is None:
+                continue
+            self._processing_tasks.pop(rollout_id, None)
+            attempts = tuple(claimed.attempts) if claimed is not None else ()
+            self._remember(rollout_id, _Finished(attempts, None, cancelled=True))
+            cancelled.append(rollout_id)
+        if cancelled:
+            logger.info("Cancelled %d pending tasks", len(cancelled))
+        return cancelled
+
+    # -- inspection -----------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters by outcome and drop reason, and the sizes of the live state."""
+        dropped = dict(self._drops)
+        return {
+            **self._counts,
+            "dropped": dropped,
+            "dropped_total": sum(dropped.values()),
+            "claims_in_flight": len(self._processing_tasks),
+            "queued": len(self._task_queue),
+            "completed_unretrieved": len(self._completed_rollouts),
+            "finished_remembered": len(self._finished),
+        }
