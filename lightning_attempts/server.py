@@ -8,7 +8,9 @@ import logging
 import time
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .compat import AgentLightningServer, ServerDataStore
@@ -120,9 +122,17 @@ class AttemptAwareServer(AgentLightningServer):
                 409: {"description": "Dropped: the attempt may not complete the task (see `reason`)"},
             },
         )
+        self._app.add_exception_handler(RequestValidationError, self._validation_error)
         self._app.add_api_route(
             "/attempts/stats", self._attempt_stats_route, methods=["GET"], summary="Attempt counters"
         )
+
+    @staticmethod
+    async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+        """422 naming each bad field, without echoing the input back (it may be huge or private)."""
+        assert isinstance(exc, RequestValidationError)
+        errors = [{key: error[key] for key in ("type", "loc", "msg") if key in error} for error in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     async def _check_and_requeue_stale_tasks(self) -> None:
         if self._attempt_store is not None:
@@ -185,6 +195,11 @@ class AttemptAwareServer(AgentLightningServer):
                 self.port = int(sock.getsockname()[1])
                 self.endpoint = f"http://{self.host}:{self.port}"
                 return
+
+    async def wait_stopped(self) -> None:
+        """Wait until the server started by ``start()`` stops (``stop()``, SIGINT or SIGTERM)."""
+        if self._serving is not None:
+            await asyncio.shield(self._serving)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop serving and wait until the server has shut down (no fixed sleep)."""

@@ -7,6 +7,7 @@ synchronous upstream clients and runners talk to it from the caller's thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -47,9 +48,13 @@ class ServerThread(Generic[S]):
     def endpoint(self) -> str:
         return self.server.endpoint
 
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the server's loop; return a future of its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         """Run ``coro`` on the server's loop and return its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self.submit(coro).result(timeout)
 
     def start(self, timeout: float = 30.0) -> None:
         self._thread.start()

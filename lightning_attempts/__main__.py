@@ -1,0 +1,5 @@
+"""``python -m lightning_attempts`` runs the command line."""
+
+from .cli import main
+
+main()
