@@ -68,11 +68,11 @@ class AttemptAwareServer(AgentLightningServer):
     # Upstream's lifespan builds a plain ServerDataStore() itself; assigning it here
     # swaps in ours before its startup_event is set, so no caller ever sees the other.
     @property
-    def _store(self) -> AttemptAwareDataStore | None:  # pyright: ignore[reportIncompatibleVariableOverride]
+    def _store(self) -> AttemptAwareDataStore | None:
         return self._attempt_store
 
     @_store.setter
-    def _store(self, store: ServerDataStore | None) -> None:
+    def _store(self, store: ServerDataStore | None) -> None:  # pyright: ignore[reportIncompatibleVariableOverride]
         if store is not None and not isinstance(store, AttemptAwareDataStore):
             store = self.create_store()
         self._attempt_store = store
@@ -102,7 +102,7 @@ class AttemptAwareServer(AgentLightningServer):
         router.routes = [
             route
             for route in router.routes
-            if not (isinstance(route, APIRoute) and {(route.path, m) for m in route.methods} & _REPLACED_ROUTES)
+            if not (isinstance(route, APIRoute) and {(route.path, m) for m in route.methods or ()} & _REPLACED_ROUTES)
         ]
         self._app.add_api_route(
             "/task",

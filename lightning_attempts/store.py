@@ -137,9 +137,10 @@ class AttemptAwareDataStore(ServerDataStore):
         self.require_attempt_id = require_attempt_id
         self.max_remembered = max_remembered
         self._clock = clock
-        self._task_queue = _TaskQueue()  # pyright: ignore[reportAttributeAccessIssue, reportIncompatibleVariableOverride]
+        self._queue = _TaskQueue()
+        self._task_queue = self._queue  # pyright: ignore[reportAttributeAccessIssue] # where upstream's add_task puts
         # Live claims, oldest first; a fixed timeout makes that deadline order too.
-        self._processing_tasks: OrderedDict[str, Task] = OrderedDict()
+        self._processing_tasks: OrderedDict[str, Task] = OrderedDict()  # pyright: ignore[reportIncompatibleVariableOverride]
         self._claimed: dict[str, _Claimed] = {}
         self._finished: OrderedDict[str, _Finished] = OrderedDict()
         self._counts: dict[str, int] = dict.fromkeys(
@@ -152,7 +153,7 @@ class AttemptAwareDataStore(ServerDataStore):
     def claim(self) -> AttemptTask | None:
         """Hand out the next queued task as a new attempt, or ``None`` if none waits."""
         try:
-            task = self._task_queue.get_nowait()
+            task = self._queue.get_nowait()
         except asyncio.QueueEmpty:
             return None
         rollout_id = task.rollout_id
@@ -164,15 +165,11 @@ class AttemptAwareDataStore(ServerDataStore):
         claimed.live = True
         claimed.deadline = self._clock() + self.task_timeout_seconds
         sequence = len(claimed.attempts)
-        handed_out = AttemptTask.model_construct(
-            **{
-                **dict(task),
-                "last_claim_time": time.time(),
-                "num_claims": sequence,
-                "attempt_id": attempt_id,
-                "claim_sequence_id": sequence,
-            }
+        fields: dict[str, Any] = dict(task)
+        fields.update(
+            last_claim_time=time.time(), num_claims=sequence, attempt_id=attempt_id, claim_sequence_id=sequence
         )
+        handed_out = AttemptTask.model_construct(**fields)
         self._processing_tasks[rollout_id] = handed_out
         self._counts["claims"] += 1
         if sequence > 1:
@@ -202,7 +199,7 @@ class AttemptAwareDataStore(ServerDataStore):
     def _requeue(self, rollout_id: str, claimed: _Claimed) -> None:
         del self._processing_tasks[rollout_id]
         claimed.live = False
-        self._task_queue.put_nowait(claimed.task)
+        self._queue.put_nowait(claimed.task)
         self._counts["requeues"] += 1
         logger.warning(
             "Requeuing task %s: attempt %s (claim %d) passed its %ss timeout",
@@ -261,7 +258,7 @@ class AttemptAwareDataStore(ServerDataStore):
         finished = self._finished.get(rollout_id)
         if finished is None:
             # A task still waiting for its first claim never issued any attempt.
-            reason = DropReason.UNKNOWN_ATTEMPT if rollout_id in self._task_queue else DropReason.UNKNOWN_ROLLOUT
+            reason = DropReason.UNKNOWN_ATTEMPT if rollout_id in self._queue else DropReason.UNKNOWN_ROLLOUT
             return self._drop(reason, rollout_id, attempt_id, (), None)
         attempts, stored = finished.attempts, finished.stored
         if finished.cancelled:
@@ -282,7 +279,7 @@ class AttemptAwareDataStore(ServerDataStore):
         salvaged = credited != self._current(claimed)
         del self._claimed[rollout_id]
         self._processing_tasks.pop(rollout_id, None)
-        self._task_queue.discard(rollout_id)
+        self._queue.discard(rollout_id)
         self._remember(rollout_id, _Finished(tuple(attempts), credited))
         self._completed_rollouts[rollout_id] = rollout
         self._counts["accepted"] += 1
@@ -335,10 +332,10 @@ class AttemptAwareDataStore(ServerDataStore):
         Finished and unknown ids are skipped.
         """
         if rollout_ids is None:
-            rollout_ids = [*self._task_queue, *(rid for rid in self._claimed if rid not in self._task_queue)]
+            rollout_ids = [*self._queue, *(rid for rid in self._claimed if rid not in self._queue)]
         cancelled: list[str] = []
         for rollout_id in rollout_ids:
-            queued = self._task_queue.discard(rollout_id)
+            queued = self._queue.discard(rollout_id)
             claimed = self._claimed.pop(rollout_id, None)
             if queued is None and claimed is None:
                 continue
@@ -360,7 +357,7 @@ class AttemptAwareDataStore(ServerDataStore):
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),
             "claims_in_flight": len(self._processing_tasks),
-            "queued": len(self._task_queue),
+            "queued": len(self._queue),
             "completed_unretrieved": len(self._completed_rollouts),
             "finished_remembered": len(self._finished),
         }

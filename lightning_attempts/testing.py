@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Generator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
@@ -81,7 +81,7 @@ class ServerThread(Generic[S]):
 
 
 @contextmanager
-def serve_in_thread(server: S) -> Iterator[ServerThread[S]]:
+def serve_in_thread(server: S) -> Generator[ServerThread[S]]:
     """Start ``server`` in a thread of its own; stop it and the thread on exit."""
     running = ServerThread(server)
     running.start()

@@ -6,7 +6,7 @@ import asyncio
 import socket
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -160,8 +160,9 @@ def test_malformed_submissions_are_refused_and_change_nothing(served: Served, ht
     task = claim(http)
     before = served.server.attempt_stats()
     request = dict(MALFORMED[case])
-    if "json" in request and isinstance(request["json"], dict):
-        request["json"] = {key: rid if value == "R" else value for key, value in request["json"].items()}
+    body = request.get("json")
+    if isinstance(body, dict):  # "R" stands for the queued task's rollout id
+        request["json"] = {key: rid if value == "R" else value for key, value in cast(dict[str, Any], body).items()}
     response = http.post("/rollout", **request)
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
