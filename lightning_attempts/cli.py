@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import click
@@ -59,10 +60,14 @@ def serve(
         require_attempt_id=require_attempt_id,
         max_remembered=max_remembered,
     )
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # upstream configures uvicorn at INFO
+        logging.getLogger(name).setLevel(log_level.upper())
 
     async def run() -> None:
         await server.start()
         click.echo(f"lightning-attempts: serving on {server.endpoint} (stale_policy={stale_policy})", err=True)
         await server.wait_stopped()
 
-    asyncio.run(run())
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())

@@ -1,0 +1,59 @@
+"""The ``lightning-attempts`` command line, run as a real process."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from lightning_attempts.cli import main
+
+
+@pytest.fixture
+def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--task-timeout", "30"]
+    command += ["--stale-policy", "salvage", "--require-attempt-id", "--log-level", "warning"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        endpoint = ""
+        for line in process.stderr:
+            if match := re.search(r"serving on (http://\S+)", line):
+                endpoint = match.group(1)
+                break
+        assert endpoint, "the server never said where it serves"
+        yield process, endpoint
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def test_serve_runs_a_patched_server_until_terminated(serve_process: tuple[subprocess.Popen[str], str]) -> None:
+    process, endpoint = serve_process
+    assert httpx.get(endpoint + "/task").json() == {"is_available": False, "task": None}
+    refused = httpx.post(endpoint + "/rollout", json={"rollout_id": "r"})
+    assert (refused.status_code, refused.json()["reason"]) == (400, "attempt_required")  # --require-attempt-id
+    assert httpx.get(endpoint + "/attempts/stats").json()["refused"] == 1
+    process.send_signal(signal.SIGINT)  # Ctrl+C: a graceful stop, no traceback
+    assert process.wait(timeout=30) == 0
+    assert process.stderr is not None and "Traceback" not in process.stderr.read()
+
+
+def test_serve_help_lists_the_options() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ("--host", "--port", "--task-timeout", "--stale-policy", "--require-attempt-id", "--log-level"):
+        assert option in result.output
+
+
+def test_bad_policy_is_refused() -> None:
+    result = CliRunner().invoke(main, ["serve", "--stale-policy", "maybe"])
+    assert result.exit_code == 2
+    assert "'maybe' is not one of 'reject', 'salvage'" in result.output
