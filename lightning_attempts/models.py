@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from .compat import LegacyRollout, Task, TaskIfAny
 
@@ -23,6 +23,8 @@ class AttemptTask(Task):
     """Random UUID4 of this claim; the result must be submitted with it."""
     claim_sequence_id: int | None = None
     """1 for the first claim of the task, then one more for each re-claim."""
+    lease_seconds: float | None = None
+    """Set when the server requeues silent claims: heartbeat more often than this."""
 
     @model_validator(mode="after")
     def _mirror_num_claims(self) -> AttemptTask:
@@ -51,3 +53,10 @@ class AttemptRollout(LegacyRollout):
         """Wrap any legacy rollout model (or a subclass) without revalidating its content."""
         fields = {name: getattr(rollout, name) for name in LegacyRollout.model_fields}
         return cls.model_construct(**fields, attempt_id=attempt_id)
+
+
+class Heartbeat(BaseModel):
+    """``POST /heartbeat``'s body: the claim a worker is still working on."""
+
+    rollout_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    attempt_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)

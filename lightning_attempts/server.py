@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .compat import AgentLightningServer, ServerDataStore
-from .models import AttemptRollout, AttemptTaskIfAny
+from .metrics import exposition
+from .models import AttemptRollout, AttemptTaskIfAny, Heartbeat
 from .outcomes import STALE_POLICIES, StalePolicy
 from .store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock
 
@@ -36,6 +39,12 @@ class AttemptAwareServer(AgentLightningServer):
     - ``stale_policy``: ``"reject"`` (default) drops a result whose attempt was
       superseded; ``"salvage"`` stores it if the task has no result yet.
     - ``require_attempt_id``: refuse (400) results that carry no attempt id.
+    - ``unresponsive_seconds``: requeue a claim that has had no claim or heartbeat
+      (``POST /heartbeat``) for this long; ``task_timeout_seconds`` stays the hard
+      limit on a claim's age. ``None`` (default): upstream's behaviour.
+    - ``max_claims``: when the Nth claim of a task times out, complete the task with an
+      empty rollout (``final_reward=None``, ``metadata["lightning_attempts"]`` saying
+      why) instead of requeueing it, so a trainer waiting for every task goes on.
     - ``max_remembered``: how many finished tasks are remembered to answer late
       results with ``duplicate`` or ``already_completed``; a late result of a task
       forgotten since is dropped as ``unknown_rollout``.
@@ -52,6 +61,8 @@ class AttemptAwareServer(AgentLightningServer):
         *,
         stale_policy: StalePolicy = "reject",
         require_attempt_id: bool = False,
+        unresponsive_seconds: float | None = None,
+        max_claims: int | None = None,
         max_remembered: int = DEFAULT_MAX_REMEMBERED,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -59,6 +70,8 @@ class AttemptAwareServer(AgentLightningServer):
             raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
         self.stale_policy: StalePolicy = stale_policy
         self.require_attempt_id = require_attempt_id
+        self.unresponsive_seconds = unresponsive_seconds
+        self.max_claims = max_claims
         self.max_remembered = max_remembered
         self._clock = clock
         self._attempt_store: AttemptAwareDataStore | None = None
@@ -83,6 +96,8 @@ class AttemptAwareServer(AgentLightningServer):
             task_timeout_seconds=self._task_timeout_seconds,
             stale_policy=self.stale_policy,
             require_attempt_id=self.require_attempt_id,
+            unresponsive_seconds=self.unresponsive_seconds,
+            max_claims=self.max_claims,
             max_remembered=self.max_remembered,
             clock=self._clock,
         )
@@ -122,9 +137,25 @@ class AttemptAwareServer(AgentLightningServer):
                 409: {"description": "Dropped: the attempt may not complete the task (see `reason`)"},
             },
         )
+        self._app.add_api_route(
+            "/heartbeat",
+            self._post_heartbeat,
+            methods=["POST"],
+            summary="Tell the server an attempt is still working on its claim",
+            responses={409: {"description": "The attempt no longer holds the claim (see `reason`): stop working"}},
+        )
         self._app.add_exception_handler(RequestValidationError, self._validation_error)
         self._app.add_api_route(
             "/attempts/stats", self._attempt_stats_route, methods=["GET"], summary="Attempt counters"
+        )
+        render_metrics = exposition(self.attempt_stats)
+        if render_metrics is not None:
+            self._app.add_api_route(
+                "/metrics", self._metrics_route(render_metrics), methods=["GET"], summary="Prometheus metrics"
+            )
+        # After /attempts/stats: the first route that matches a path wins.
+        self._app.add_api_route(
+            "/attempts/{rollout_id}", self._attempt_history_route, methods=["GET"], summary="A task's claims"
         )
 
     @staticmethod
@@ -156,8 +187,30 @@ class AttemptAwareServer(AgentLightningServer):
         submission = store.submit(payload, payload.attempt_id)
         return JSONResponse(submission.to_json(), status_code=submission.http_status)
 
+    async def _post_heartbeat(self, heartbeat: Heartbeat) -> JSONResponse:
+        store = self._attempt_store
+        if store is None:
+            return JSONResponse({"detail": "Server not fully initialized."}, status_code=503)
+        lease = store.heartbeat(heartbeat.rollout_id, heartbeat.attempt_id)
+        return JSONResponse(lease.to_json(), status_code=200 if lease.current else 409)
+
+    def _metrics_route(self, render: Callable[[], tuple[bytes, str]]) -> Callable[[], Awaitable[Response]]:
+        async def metrics() -> Response:
+            if self._attempt_store is None:
+                return JSONResponse({"detail": "Server not fully initialized."}, status_code=503)
+            body, content_type = render()
+            return Response(body, media_type=content_type)
+
+        return metrics
+
     async def _attempt_stats_route(self) -> dict[str, Any]:
         return self.attempt_stats()
+
+    async def _attempt_history_route(self, rollout_id: str) -> list[dict[str, Any]]:
+        history = self.attempt_history(rollout_id)
+        if history is None:
+            raise HTTPException(status_code=404, detail=f"Rollout ID '{rollout_id}' is neither live nor remembered.")
+        return history
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -217,6 +270,14 @@ class AttemptAwareServer(AgentLightningServer):
     def attempt_stats(self) -> dict[str, Any]:
         """Counters by outcome and drop reason, as served at ``GET /attempts/stats``."""
         return self.store.stats()
+
+    def attempt_history(self, rollout_id: str) -> list[dict[str, Any]] | None:
+        """Each claim of a task (attempt id, times, outcome), as served at ``GET /attempts/{rollout_id}``.
+
+        Kept while the task is live and, once finished, as long as it is remembered
+        (``max_remembered``); ``None`` for a task neither live nor remembered.
+        """
+        return self.store.history(rollout_id)
 
     async def cancel_pending(self) -> list[str]:
         """Cancel every queued and claimed task (a batch fence); return their rollout ids."""

@@ -8,11 +8,11 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from .compat import LegacyRollout, ServerDataStore, Task
-from .models import AttemptTask
+from .models import AttemptRollout, AttemptTask
 from .outcomes import STALE_POLICIES, DropReason, StalePolicy, Submission
 
 logger = logging.getLogger(__name__)
@@ -65,35 +65,85 @@ class _TaskQueue:
         return len(self._tasks)
 
 
+AttemptOutcome = Literal["in_flight", "timed_out", "unresponsive", "completed", "superseded", "cancelled"]
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One claim of a task: its id, when it was claimed and last heard of, and how it ended."""
+
+    attempt_id: str
+    claimed_at: float
+    """Wall-clock time of the claim (for people; deadlines use the monotonic clock)."""
+    seen: float
+    """Monotonic time of the claim or of its last heartbeat."""
+    last_heartbeat_at: float | None = None
+    ended_at: float | None = None
+    outcome: AttemptOutcome = "in_flight"
+
+    def end(self, outcome: AttemptOutcome) -> None:
+        self.outcome, self.ended_at = outcome, time.time()
+
+
 @dataclass(slots=True)
 class _Claimed:
     """A task claimed at least once and not finished."""
 
     task: Task
-    attempts: list[str] = field(default_factory=list[str])
-    """Every attempt id issued for the task; claim sequence id = index + 1."""
+    attempts: list[_Attempt] = field(default_factory=list[_Attempt])
+    """Every attempt issued for the task; claim sequence id = index + 1."""
     live: bool = False
     """Whether the last attempt still holds its claim (False: requeued)."""
     deadline: float = 0.0
+    """When the live claim's age passes ``task_timeout_seconds`` (monotonic)."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Finished:
     """What is remembered of a completed or cancelled task."""
 
-    attempts: tuple[str, ...]
+    attempts: tuple[_Attempt, ...]
     stored: str | None
-    """The attempt credited with the stored result (None: cancelled, or salvaged unverified)."""
+    """The attempt credited with the stored result (None: cancelled, max claims, or salvaged unverified)."""
     cancelled: bool = False
 
 
-def _sequence(attempts: Sequence[str], attempt_id: str | None) -> int | None:
-    if attempt_id is None:
-        return None
-    try:
-        return attempts.index(attempt_id) + 1
-    except ValueError:
-        return None
+def _sequence(attempts: Sequence[_Attempt], attempt_id: str | None) -> int | None:
+    if attempt_id is not None:
+        for index, attempt in enumerate(attempts):
+            if attempt.attempt_id == attempt_id:
+                return index + 1
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The answer to a heartbeat: whether the attempt still holds its claim, and for how long."""
+
+    rollout_id: str
+    attempt_id: str
+    reason: DropReason | None = None
+    """Why the attempt is no longer current; ``None`` while it is."""
+    claim_sequence_id: int | None = None
+    lease_seconds: float | None = None
+    """Silence after which the claim is requeued (``unresponsive_seconds``); None: no such limit."""
+    expires_in: float | None = None
+    """Seconds left before the claim reaches ``task_timeout_seconds``."""
+
+    @property
+    def current(self) -> bool:
+        return self.reason is None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": "ok" if self.current else "stale", "rollout_id": self.rollout_id}
+        body["attempt_id"] = self.attempt_id
+        if self.current:
+            body.update(
+                claim_sequence_id=self.claim_sequence_id, lease_seconds=self.lease_seconds, expires_in=self.expires_in
+            )
+        else:
+            body["reason"] = self.reason.value if self.reason is not None else None
+        return body
 
 
 class AttemptAwareDataStore(ServerDataStore):
@@ -110,8 +160,10 @@ class AttemptAwareDataStore(ServerDataStore):
       cancelled); nothing is lost and nothing is in two places;
     - a finished task never goes back to the queue or to a claim, and at most one
       result per task is ever stored;
-    - claims in flight are ordered by deadline, so requeueing pops expired claims
-      from the front and costs nothing per claim that has not expired.
+    - claims in flight are kept in claim order, which a fixed timeout makes deadline
+      order; with ``unresponsive_seconds`` they are also kept in order of last
+      heartbeat. Requeueing pops expired claims from the fronts and costs nothing
+      per claim that has not expired.
 
     Concurrency: every state change is a plain synchronous method with no ``await``
     inside, run on the server's event loop, so no two of them interleave and no
@@ -124,6 +176,8 @@ class AttemptAwareDataStore(ServerDataStore):
         task_timeout_seconds: float = 300.0,
         stale_policy: StalePolicy = "reject",
         require_attempt_id: bool = False,
+        unresponsive_seconds: float | None = None,
+        max_claims: int | None = None,
         max_remembered: int = DEFAULT_MAX_REMEMBERED,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -132,7 +186,13 @@ class AttemptAwareDataStore(ServerDataStore):
             raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
         if max_remembered < 0:
             raise ValueError("max_remembered must not be negative")
+        if max_claims is not None and max_claims < 1:
+            raise ValueError("max_claims must be at least 1")
+        if unresponsive_seconds is not None and unresponsive_seconds <= 0:
+            raise ValueError("unresponsive_seconds must be positive")
         self.task_timeout_seconds = task_timeout_seconds
+        self.unresponsive_seconds = unresponsive_seconds
+        self.max_claims = max_claims
         self.stale_policy: StalePolicy = stale_policy
         self.require_attempt_id = require_attempt_id
         self.max_remembered = max_remembered
@@ -141,10 +201,25 @@ class AttemptAwareDataStore(ServerDataStore):
         self._task_queue = self._queue  # pyright: ignore[reportAttributeAccessIssue] # where upstream's add_task puts
         # Live claims, oldest first; a fixed timeout makes that deadline order too.
         self._processing_tasks: OrderedDict[str, Task] = OrderedDict()  # pyright: ignore[reportIncompatibleVariableOverride]
+        # The same claims in order of last claim or heartbeat (kept only with unresponsive_seconds).
+        self._by_last_seen: OrderedDict[str, None] = OrderedDict()
         self._claimed: dict[str, _Claimed] = {}
         self._finished: OrderedDict[str, _Finished] = OrderedDict()
         self._counts: dict[str, int] = dict.fromkeys(
-            ("claims", "requeues", "accepted", "accepted_unverified", "salvaged", "duplicates", "refused"), 0
+            (
+                "claims",
+                "requeues",
+                "requeues_unresponsive",
+                "max_claims_exceeded",
+                "accepted",
+                "accepted_unverified",
+                "salvaged",
+                "duplicates",
+                "refused",
+                "heartbeats",
+                "heartbeats_stale",
+            ),
+            0,
         )
         self._drops: dict[str, int] = dict.fromkeys((reason.value for reason in DropReason), 0)
 
@@ -161,14 +236,16 @@ class AttemptAwareDataStore(ServerDataStore):
         if claimed is None:
             claimed = self._claimed[rollout_id] = _Claimed(task)
         attempt_id = str(uuid.uuid4())
-        claimed.attempts.append(attempt_id)
+        now, wall_time = self._clock(), time.time()
+        claimed.attempts.append(_Attempt(attempt_id, wall_time, now))
         claimed.live = True
-        claimed.deadline = self._clock() + self.task_timeout_seconds
+        claimed.deadline = now + self.task_timeout_seconds
         sequence = len(claimed.attempts)
         fields: dict[str, Any] = dict(task)
-        fields.update(
-            last_claim_time=time.time(), num_claims=sequence, attempt_id=attempt_id, claim_sequence_id=sequence
-        )
+        fields.update(last_claim_time=wall_time, num_claims=sequence, attempt_id=attempt_id, claim_sequence_id=sequence)
+        if self.unresponsive_seconds is not None:
+            fields["lease_seconds"] = self.unresponsive_seconds
+            self._by_last_seen[rollout_id] = None
         handed_out = AttemptTask.model_construct(**fields)
         self._processing_tasks[rollout_id] = handed_out
         self._counts["claims"] += 1
@@ -181,40 +258,109 @@ class AttemptAwareDataStore(ServerDataStore):
         return self.claim()
 
     def requeue_expired(self) -> int:
-        """Requeue every claim past its deadline; return how many were requeued."""
+        """Requeue every claim past its timeout or silent too long; return how many."""
         processing = self._processing_tasks
         if not processing:
             return 0
         now = self._clock()
-        requeued = 0
+        expired = 0
         while processing:
             rollout_id = next(iter(processing))
             claimed = self._claimed[rollout_id]
             if claimed.deadline >= now:
                 break
-            self._requeue(rollout_id, claimed)
-            requeued += 1
-        return requeued
+            self._expire(rollout_id, claimed, "timed_out")
+            expired += 1
+        if self.unresponsive_seconds is not None:
+            silent_since = now - self.unresponsive_seconds
+            while self._by_last_seen:
+                rollout_id = next(iter(self._by_last_seen))
+                claimed = self._claimed[rollout_id]
+                if claimed.attempts[-1].seen >= silent_since:
+                    break
+                self._expire(rollout_id, claimed, "unresponsive")
+                expired += 1
+        return expired
 
-    def _requeue(self, rollout_id: str, claimed: _Claimed) -> None:
+    def _expire(self, rollout_id: str, claimed: _Claimed, outcome: AttemptOutcome) -> None:
+        """End the live claim; requeue the task, or complete it empty after ``max_claims`` claims."""
         del self._processing_tasks[rollout_id]
+        self._by_last_seen.pop(rollout_id, None)
         claimed.live = False
+        attempt = claimed.attempts[-1]
+        attempt.end(outcome)
+        claims = len(claimed.attempts)
+        if outcome == "unresponsive":
+            self._counts["requeues_unresponsive"] += 1
+            why = f"had no heartbeat for {self.unresponsive_seconds}s"
+        else:
+            why = f"passed its {self.task_timeout_seconds}s timeout"
+        if self.max_claims is not None and claims >= self.max_claims:
+            self._give_up(rollout_id, claimed)
+            logger.warning(
+                "Giving up on task %s: attempt %s (claim %d of at most %d) %s",
+                rollout_id,
+                attempt.attempt_id,
+                claims,
+                self.max_claims,
+                why,
+            )
+            return
         self._queue.put_nowait(claimed.task)
         self._counts["requeues"] += 1
-        logger.warning(
-            "Requeuing task %s: attempt %s (claim %d) passed its %ss timeout",
-            rollout_id,
-            claimed.attempts[-1],
-            len(claimed.attempts),
-            self.task_timeout_seconds,
+        logger.warning("Requeuing task %s: attempt %s (claim %d) %s", rollout_id, attempt.attempt_id, claims, why)
+
+    def _give_up(self, rollout_id: str, claimed: _Claimed) -> None:
+        """Complete a task with an empty result, so that a trainer waiting for it can go on."""
+        del self._claimed[rollout_id]
+        self._remember(rollout_id, _Finished(tuple(claimed.attempts), None))
+        outcome = {"outcome": "max_claims_exceeded", "claims": len(claimed.attempts)}
+        self._completed_rollouts[rollout_id] = AttemptRollout(
+            rollout_id=rollout_id, task=claimed.task, final_reward=None, metadata={"lightning_attempts": outcome}
         )
+        self._counts["max_claims_exceeded"] += 1
 
     async def requeue_task(self, task: Task) -> None:
         """Requeue ``task``'s claim now, if it is still the live one (upstream's API)."""
         claimed = self._claimed.get(task.rollout_id)
         attempt_id = getattr(task, "attempt_id", None)
-        if claimed is not None and claimed.live and attempt_id in (None, claimed.attempts[-1]):
-            self._requeue(task.rollout_id, claimed)
+        if claimed is not None and claimed.live and attempt_id in (None, self._current(claimed)):
+            self._expire(task.rollout_id, claimed, "timed_out")
+
+    # -- leases ---------------------------------------------------------------
+
+    def heartbeat(self, rollout_id: str, attempt_id: str) -> Lease:
+        """Extend the claim of ``attempt_id`` if it still holds it; say whether it does.
+
+        A heartbeat restarts the ``unresponsive_seconds`` window; ``task_timeout_seconds``
+        stays the hard limit on a claim's age. A stale heartbeat changes nothing.
+        """
+        claimed = self._claimed.get(rollout_id)
+        if claimed is None or not claimed.live or self._current(claimed) != attempt_id:
+            self._counts["heartbeats_stale"] += 1
+            return Lease(rollout_id, attempt_id, self._why_not_current(rollout_id, attempt_id, claimed))
+        now = self._clock()
+        attempt = claimed.attempts[-1]
+        attempt.seen, attempt.last_heartbeat_at = now, time.time()
+        if self.unresponsive_seconds is not None:
+            self._by_last_seen.move_to_end(rollout_id)
+        self._counts["heartbeats"] += 1
+        return Lease(
+            rollout_id, attempt_id, None, len(claimed.attempts), self.unresponsive_seconds, claimed.deadline - now
+        )
+
+    def _why_not_current(self, rollout_id: str, attempt_id: str, claimed: _Claimed | None) -> DropReason:
+        if claimed is not None:
+            known = _sequence(claimed.attempts, attempt_id) is not None
+            return DropReason.SUPERSEDED if known else DropReason.UNKNOWN_ATTEMPT
+        finished = self._finished.get(rollout_id)
+        if finished is None:
+            return DropReason.UNKNOWN_ATTEMPT if rollout_id in self._queue else DropReason.UNKNOWN_ROLLOUT
+        if finished.cancelled:
+            return DropReason.CANCELLED
+        if _sequence(finished.attempts, attempt_id) is None:
+            return DropReason.UNKNOWN_ATTEMPT
+        return DropReason.ALREADY_COMPLETED
 
     # -- submissions ----------------------------------------------------------
 
@@ -244,7 +390,7 @@ class AttemptAwareDataStore(ServerDataStore):
             return self._accept(rollout, claimed, attempt_id, credited=current)
         if self.stale_policy == "salvage":
             return self._accept(rollout, claimed, attempt_id, credited=attempt_id)
-        return self._drop(DropReason.SUPERSEDED, rollout_id, attempt_id, attempts, current or attempts[-1])
+        return self._drop(DropReason.SUPERSEDED, rollout_id, attempt_id, attempts, current or attempts[-1].attempt_id)
 
     async def store_rollout(self, rollout: LegacyRollout) -> Submission:  # pyright: ignore[reportIncompatibleMethodOverride]
         """Upstream's API for ``submit``, reading the attempt id from the rollout itself."""
@@ -252,7 +398,7 @@ class AttemptAwareDataStore(ServerDataStore):
 
     @staticmethod
     def _current(claimed: _Claimed) -> str | None:
-        return claimed.attempts[-1] if claimed.live else None
+        return claimed.attempts[-1].attempt_id if claimed.live else None
 
     def _submit_unclaimed(self, rollout_id: str, attempt_id: str | None) -> Submission:
         finished = self._finished.get(rollout_id)
@@ -267,7 +413,7 @@ class AttemptAwareDataStore(ServerDataStore):
             self._counts["duplicates"] += 1
             sequence = _sequence(attempts, attempt_id)
             return Submission("duplicate", rollout_id, attempt_id, sequence, stored, sequence)
-        if attempt_id is not None and attempt_id not in attempts:
+        if attempt_id is not None and _sequence(attempts, attempt_id) is None:
             return self._drop(DropReason.UNKNOWN_ATTEMPT, rollout_id, attempt_id, attempts, stored)
         return self._drop(DropReason.ALREADY_COMPLETED, rollout_id, attempt_id, attempts, stored)
 
@@ -276,9 +422,17 @@ class AttemptAwareDataStore(ServerDataStore):
     ) -> Submission:
         rollout_id = rollout.rollout_id
         attempts = claimed.attempts
-        salvaged = credited != self._current(claimed)
+        live = self._current(claimed)
+        salvaged = credited != live
+        for attempt in attempts:
+            if attempt.attempt_id == credited:
+                attempt.outcome = "completed"  # a salvaged attempt keeps the time it ended
+                attempt.ended_at = attempt.ended_at or time.time()
+            elif attempt.attempt_id == live:
+                attempt.end("superseded")
         del self._claimed[rollout_id]
         self._processing_tasks.pop(rollout_id, None)
+        self._by_last_seen.pop(rollout_id, None)
         self._queue.discard(rollout_id)
         self._remember(rollout_id, _Finished(tuple(attempts), credited))
         self._completed_rollouts[rollout_id] = rollout
@@ -302,7 +456,7 @@ class AttemptAwareDataStore(ServerDataStore):
         reason: DropReason,
         rollout_id: str,
         attempt_id: str | None,
-        attempts: Sequence[str],
+        attempts: Sequence[_Attempt],
         current: str | None,
     ) -> Submission:
         self._drops[reason.value] += 1
@@ -340,6 +494,9 @@ class AttemptAwareDataStore(ServerDataStore):
             if queued is None and claimed is None:
                 continue
             self._processing_tasks.pop(rollout_id, None)
+            self._by_last_seen.pop(rollout_id, None)
+            if claimed is not None and claimed.live:
+                claimed.attempts[-1].end("cancelled")
             attempts = tuple(claimed.attempts) if claimed is not None else ()
             self._remember(rollout_id, _Finished(attempts, None, cancelled=True))
             cancelled.append(rollout_id)
@@ -361,3 +518,22 @@ class AttemptAwareDataStore(ServerDataStore):
             "completed_unretrieved": len(self._completed_rollouts),
             "finished_remembered": len(self._finished),
         }
+
+    def history(self, rollout_id: str) -> list[dict[str, Any]] | None:
+        """Each claim of a task (id, times, outcome) while the task is live or remembered; else None."""
+        claimed = self._claimed.get(rollout_id)
+        finished = self._finished.get(rollout_id)
+        if claimed is not None:
+            attempts: Sequence[_Attempt] = claimed.attempts
+        elif finished is not None:
+            attempts = finished.attempts
+        elif rollout_id in self._queue:
+            attempts = ()
+        else:
+            return None
+        history: list[dict[str, Any]] = []
+        for sequence, attempt in enumerate(attempts, 1):
+            entry = {"claim_sequence_id": sequence, **asdict(attempt)}
+            del entry["seen"]  # monotonic, meaningless outside this process
+            history.append(entry)
+        return history

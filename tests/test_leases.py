@@ -1,0 +1,235 @@
+"""Heartbeats, dead-worker detection, max_claims, batch fencing, metrics and attempt history."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from lightning_attempts import AttemptAwareDataStore, AttemptAwareServer, AttemptRollout, DropReason
+from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
+
+TIMEOUT, WINDOW = 300.0, 10.0
+Served = ServerThread[AttemptAwareServer]
+
+
+@pytest.fixture
+def store(clock: ManualClock) -> AttemptAwareDataStore:
+    return AttemptAwareDataStore(task_timeout_seconds=TIMEOUT, unresponsive_seconds=WINDOW, clock=clock)
+
+
+@pytest.fixture
+def leased(clock: ManualClock) -> Iterator[Served]:
+    server = AttemptAwareServer(
+        port=0, task_timeout_seconds=TIMEOUT, unresponsive_seconds=WINDOW, max_claims=3, clock=clock
+    )
+    with serve_in_thread(server) as running:
+        yield running
+
+
+def claim(store: AttemptAwareDataStore) -> tuple[str, str]:
+    task = store.claim()
+    assert task is not None and task.attempt_id is not None
+    return task.rollout_id, task.attempt_id
+
+
+async def test_heartbeats_keep_a_slow_worker_its_claim(store: AttemptAwareDataStore, clock: ManualClock) -> None:
+    await store.add_task("slow")
+    rid, attempt = claim(store)
+    for _ in range(5):  # runs 2.5x the window, heartbeating every half window
+        clock.advance(WINDOW / 2)
+        lease = store.heartbeat(rid, attempt)
+        assert lease.current and lease.lease_seconds == WINDOW
+        assert store.requeue_expired() == 0
+    assert store.submit(AttemptRollout(rollout_id=rid, attempt_id=attempt), attempt).status == "ok"
+    assert store.stats()["requeues"] == 0 and store.stats()["heartbeats"] == 5
+
+
+async def test_a_silent_claim_is_requeued_after_the_window(store: AttemptAwareDataStore, clock: ManualClock) -> None:
+    await store.add_task("a")
+    await store.add_task("b")
+    silent_rid, silent = claim(store)
+    alive_rid, alive = claim(store)
+    clock.advance(WINDOW * 0.9)
+    store.heartbeat(alive_rid, alive)
+    assert store.requeue_expired() == 0
+    clock.advance(WINDOW * 0.2)
+    assert store.requeue_expired() == 1  # the silent one, long before the 300 s timeout
+    stats = store.stats()
+    assert (stats["requeues"], stats["requeues_unresponsive"], stats["claims_in_flight"]) == (1, 1, 1)
+    lease = store.heartbeat(silent_rid, silent)
+    assert (lease.current, lease.reason) == (False, DropReason.SUPERSEDED)
+    assert claim(store)[0] == silent_rid
+
+
+async def test_heartbeats_do_not_extend_the_hard_timeout(store: AttemptAwareDataStore, clock: ManualClock) -> None:
+    await store.add_task("x")
+    rid, attempt = claim(store)
+    while clock() - 1000.0 < TIMEOUT - WINDOW / 2:
+        clock.advance(WINDOW / 2)
+        assert store.heartbeat(rid, attempt).current
+    assert store.requeue_expired() == 0
+    clock.advance(WINDOW / 2 + 0.001)
+    store.heartbeat(rid, attempt)
+    assert store.requeue_expired() == 1
+    assert store.history(rid) is not None
+    assert [entry["outcome"] for entry in store.history(rid) or []] == ["timed_out"]
+
+
+async def test_stale_heartbeats_say_why_and_change_nothing(store: AttemptAwareDataStore, clock: ManualClock) -> None:
+    await store.add_task("done")
+    await store.add_task("cancelled")
+    done_rid, done = claim(store)
+    cancelled_rid, cancelled = claim(store)
+    store.submit(AttemptRollout(rollout_id=done_rid, attempt_id=done), done)
+    store.cancel([cancelled_rid])
+    before = store.stats()
+    cases = {
+        (done_rid, done): DropReason.ALREADY_COMPLETED,
+        (cancelled_rid, cancelled): DropReason.CANCELLED,
+        (done_rid, "forged"): DropReason.UNKNOWN_ATTEMPT,
+        ("rollout-nope", "x"): DropReason.UNKNOWN_ROLLOUT,
+    }
+    for (rid, attempt), reason in cases.items():
+        assert store.heartbeat(rid, attempt).reason == reason
+    after = store.stats()
+    assert after.pop("heartbeats_stale") == before.pop("heartbeats_stale") + len(cases)
+    assert after == before
+
+
+async def test_max_claims_completes_the_task_empty(clock: ManualClock) -> None:
+    store = AttemptAwareDataStore(task_timeout_seconds=TIMEOUT, max_claims=2, clock=clock)
+    await store.add_task("hopeless")
+    rid, _ = claim(store)
+    clock.advance(TIMEOUT + 1)
+    assert store.requeue_expired() == 1
+    _, second = claim(store)
+    clock.advance(TIMEOUT + 1)
+    assert store.requeue_expired() == 1
+    assert store.claim() is None
+    [rollout] = await store.retrieve_completed_rollouts()
+    assert (rollout.rollout_id, rollout.final_reward) == (rid, None)
+    assert rollout.metadata == {"lightning_attempts": {"outcome": "max_claims_exceeded", "claims": 2}}
+    assert store.stats()["max_claims_exceeded"] == 1
+    late = store.submit(AttemptRollout(rollout_id=rid, attempt_id=second), second)
+    assert late.reason == DropReason.ALREADY_COMPLETED
+
+
+def test_heartbeat_over_http(leased: Served, clock: ManualClock) -> None:
+    rid = leased.call(leased.server.queue_task("x"))
+    with httpx.Client(base_url=leased.endpoint) as http:
+        task = http.get("/task").json()["task"]
+        assert task["lease_seconds"] == WINDOW
+        beat = http.post("/heartbeat", json={"rollout_id": rid, "attempt_id": task["attempt_id"]})
+        assert beat.status_code == 200
+        assert beat.json() | {"expires_in": 0} == {
+            "status": "ok",
+            "rollout_id": rid,
+            "attempt_id": task["attempt_id"],
+            "claim_sequence_id": 1,
+            "lease_seconds": WINDOW,
+            "expires_in": 0,
+        }
+        clock.advance(WINDOW + 1)
+        assert http.get("/task").json()["task"]["claim_sequence_id"] == 2
+        stale = http.post("/heartbeat", json={"rollout_id": rid, "attempt_id": task["attempt_id"]})
+        assert (stale.status_code, stale.json()["status"], stale.json()["reason"]) == (409, "stale", "superseded")
+        malformed = http.post("/heartbeat", json={"rollout_id": rid})
+        assert malformed.status_code == 422
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, httpx
+    endpoint = sys.argv[1]
+    task = httpx.get(endpoint + "/task").json()["task"]
+    beat = {"rollout_id": task["rollout_id"], "attempt_id": task["attempt_id"]}
+    assert httpx.post(endpoint + "/heartbeat", json=beat).status_code == 200
+    print(task["rollout_id"], flush=True)
+    sys.stdin.read()  # works forever, until killed
+    """
+)
+
+
+def test_a_killed_worker_loses_its_claim_within_the_window(leased: Served, clock: ManualClock) -> None:
+    rid = leased.call(leased.server.queue_task("x"))
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, leased.endpoint], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == rid
+        worker.send_signal(signal.SIGKILL)
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=30)
+    with httpx.Client(base_url=leased.endpoint) as http:
+        clock.advance(WINDOW - 1)
+        assert http.get("/task").json()["is_available"] is False
+        clock.advance(2)  # past the window, 290 s before the task timeout
+        task = http.get("/task").json()["task"]
+        assert (task["rollout_id"], task["claim_sequence_id"]) == (rid, 2)
+        history = http.get(f"/attempts/{rid}").json()
+        assert [entry["outcome"] for entry in history] == ["unresponsive", "in_flight"]
+        assert history[0]["last_heartbeat_at"] is not None
+
+
+def test_max_claims_over_http_lets_the_trainer_finish(leased: Served, clock: ManualClock) -> None:
+    rid = leased.call(leased.server.queue_task("hopeless"))
+    with httpx.Client(base_url=leased.endpoint) as http:
+        for sequence in (1, 2, 3):
+            assert http.get("/task").json()["task"]["claim_sequence_id"] == sequence
+            clock.advance(WINDOW + 1)
+        assert http.get("/task").json()["is_available"] is False
+    rollout = leased.call(leased.server.poll_completed_rollout(rid, timeout=5))
+    assert rollout is not None
+    assert rollout.metadata["lightning_attempts"] == {"outcome": "max_claims_exceeded", "claims": 3}
+
+
+def test_history_is_readable_and_bounded(clock: ManualClock) -> None:
+    server = AttemptAwareServer(port=0, task_timeout_seconds=TIMEOUT, max_remembered=1, clock=clock)
+    with serve_in_thread(server) as served, httpx.Client(base_url=served.endpoint) as http:
+        rids = [served.call(server.queue_task(i)) for i in range(2)]
+        assert http.get(f"/attempts/{rids[0]}").json() == []  # queued, never claimed
+        for rid in rids:
+            task = http.get("/task").json()["task"]
+            http.post("/rollout", json={"rollout_id": rid, "attempt_id": task["attempt_id"]})
+        [entry] = http.get(f"/attempts/{rids[1]}").json()
+        assert (entry["claim_sequence_id"], entry["outcome"]) == (1, "completed")
+        assert entry["ended_at"] >= entry["claimed_at"]
+        forgotten = http.get(f"/attempts/{rids[0]}")  # beyond max_remembered
+        assert forgotten.status_code == 404
+
+
+def test_metrics_are_exposed_for_prometheus(leased: Served) -> None:
+    leased.call(leased.server.queue_task("x"))
+    with httpx.Client(base_url=leased.endpoint) as http:
+        http.get("/task")
+        http.post("/rollout", json={"rollout_id": "rollout-nope", "attempt_id": "a"})
+        metrics = http.get("/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    lines = set(metrics.text.splitlines())
+    assert "lightning_attempts_claims_total 1.0" in lines
+    assert 'lightning_attempts_dropped_total{reason="unknown_rollout"} 1.0' in lines
+    assert "lightning_attempts_claims_in_flight 1.0" in lines
+
+
+def test_no_metrics_route_without_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    with serve_in_thread(AttemptAwareServer(port=0)) as served:
+        assert httpx.get(served.endpoint + "/metrics").status_code == 404
+        assert httpx.get(served.endpoint + "/attempts/stats").status_code == 200
+
+
+def test_bad_lease_options_are_refused() -> None:
+    bad: list[dict[str, Any]] = [{"max_claims": 0}, {"unresponsive_seconds": 0}]
+    for options in bad:
+        with pytest.raises(ValueError):
+            AttemptAwareDataStore(**options)
