@@ -7,7 +7,9 @@ longer land twice or in the next training batch.
 
 from __future__ import annotations
 
+from .client import AttemptAwareClient, Claim
 from .compat import AGENTLIGHTNING_VERSION, SUPPORTED_RELEASES
+from .install import install, installed, uninstall
 from .models import AttemptRollout, AttemptTask, AttemptTaskIfAny
 from .outcomes import DropReason, StalePolicy, Submission
 from .server import AttemptAwareServer, ServerStartError
@@ -18,13 +20,18 @@ __version__ = "0.1.0"
 __all__ = [
     "AGENTLIGHTNING_VERSION",
     "SUPPORTED_RELEASES",
+    "AttemptAwareClient",
     "AttemptAwareDataStore",
     "AttemptAwareServer",
     "AttemptRollout",
     "AttemptTask",
     "AttemptTaskIfAny",
+    "Claim",
     "DropReason",
     "ServerStartError",
     "StalePolicy",
     "Submission",
+    "install",
+    "installed",
+    "uninstall",
 ]

@@ -55,6 +55,12 @@ except ImportError as exc:
     found = f"agentlightning {AGENTLIGHTNING_VERSION}" if AGENTLIGHTNING_VERSION else "agentlightning"
     raise _unsupported(f"{found} could not be imported with its legacy server ({exc})") from exc
 
+try:  # 0.2+
+    from agentlightning.runner import LegacyAgentRunner as LegacyRunner
+except ImportError:  # 0.1.x
+    from agentlightning.runner import AgentRunner as LegacyRunner  # pyright: ignore[reportAttributeAccessIssue, reportUnknownVariableType]
+"""The runner that polls the legacy server: ``LegacyAgentRunner`` (0.2+) or ``AgentRunner`` (0.1.x)."""
+
 if TYPE_CHECKING:
     from agentlightning.types import RolloutLegacy as LegacyRollout
 else:
@@ -73,6 +79,7 @@ __all__ = [
     "AgentLightningServer",
     "GenericResponse",
     "LegacyRollout",
+    "LegacyRunner",
     "ResourcesUpdate",
     "ServerDataStore",
     "Task",

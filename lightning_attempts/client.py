@@ -1,0 +1,391 @@
+"""AttemptAwareClient: upstream's legacy client, carrying each claim's attempt id to its submission.
+
+The upstream runner builds the rollout it posts from ``task.rollout_id`` alone, so the
+attempt id the server handed out is lost between poll and post. This client remembers
+each claim and attaches its ``attempt_id`` when the result is submitted, choosing in order:
+
+1. the rollout's own ``attempt_id`` (an ``AttemptRollout``);
+2. ``rollout.task.attempt_id`` (the runner echoes the task in some paths);
+3. the claim made in the same thread or asyncio task (a context variable: the runner
+   polls and posts from the same one);
+4. the only open claim of that rollout id held by this client;
+5. else none: an old-style submission, which the server still accepts while the claim lives.
+
+Transport: pooled httpx connections, one sync client per process and one async client per
+event loop, rebuilt after a fork (the upstream trainer forks its workers). Submissions that
+fail in transport are retried with backoff (a retry of a stored attempt answers
+``duplicate``); a dropped result is logged and returned, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from .compat import AgentLightningClient, LegacyRollout, Task
+from .heartbeats import AsyncHeartbeats, ThreadHeartbeats
+from .models import AttemptRollout, AttemptTask
+
+logger = logging.getLogger(__name__)
+
+MAX_OPEN_CLAIMS = 10_000
+"""Claims remembered without a submission (the runner skips tasks whose resources it cannot fetch)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A task this client claimed: the attempt its result must be submitted with."""
+
+    rollout_id: str
+    attempt_id: str
+    claim_sequence_id: int | None = None
+    lease_seconds: float | None = None
+
+
+# The last claim made in this thread or asyncio task, by client (so two clients never mix).
+_CURRENT_CLAIM: contextvars.ContextVar[tuple[int, Claim] | None] = contextvars.ContextVar(
+    "lightning_attempts_claim", default=None
+)
+# The raw ``/task`` answer upstream's poll loop just parsed (it drops the attempt fields).
+_LAST_TASK_JSON: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "lightning_attempts_task_json", default=None
+)
+
+_clients: weakref.WeakSet[AttemptAwareClient] = weakref.WeakSet()
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Worth retrying: the request may not have reached the server, or the server failed."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code >= 500
+    return isinstance(error, httpx.TransportError)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    logger.warning("Submission failed (%s); retry %d", error, state.attempt_number)
+
+
+class AttemptAwareClient(AgentLightningClient):
+    """Drop-in ``AgentLightningClient`` that submits each result with its claim's attempt id.
+
+    Same constructor as upstream (``endpoint``, ``poll_interval``, ``timeout``), plus
+    keyword-only ``submit_attempts`` (tries per submission, default 5) and
+    ``heartbeat_fraction`` (heartbeat every this fraction of the lease the server
+    announces, default 1/3; ``None`` turns heartbeats off).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        poll_interval: float = 5.0,
+        timeout: float = 10.0,
+        *,
+        submit_attempts: int = 5,
+        heartbeat_fraction: float | None = 1 / 3,
+    ) -> None:
+        super().__init__(endpoint=endpoint, poll_interval=poll_interval, timeout=timeout)
+        if submit_attempts < 1:
+            raise ValueError("submit_attempts must be at least 1")
+        self.submit_attempts = submit_attempts
+        self.heartbeat_fraction = heartbeat_fraction
+        self._reset_process_state()
+        _clients.add(self)
+
+    def _reset_process_state(self) -> None:
+        """State that must not cross a fork: locks, pooled connections, heartbeat workers."""
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, Claim] = OrderedDict()  # attempt id -> claim
+        self._stale: set[str] = set()
+        self._sync_http: httpx.Client | None = None
+        self._async_http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._thread_heartbeats: ThreadHeartbeats | None = None
+        self._async_heartbeats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncHeartbeats] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- transport ------------------------------------------------------------
+
+    def _http(self) -> httpx.Client:
+        if self._sync_http is None:
+            with self._lock:
+                if self._sync_http is None:
+                    self._sync_http = httpx.Client(timeout=self.timeout, headers=self._default_headers)
+        return self._sync_http
+
+    def _ahttp(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._async_http.get(loop)
+        if client is None or client.is_closed:
+            client = self._async_http[loop] = httpx.AsyncClient(timeout=self.timeout, headers=self._default_headers)
+        return client
+
+    def _request_json(self, url: str) -> dict[str, Any] | None:
+        try:
+            response = self._http().get(url)
+            response.raise_for_status()
+            body: dict[str, Any] = response.json()
+        except (httpx.HTTPError, ValueError) as error:
+            logger.debug("GET %s failed: %s", url, error)
+            return None
+        return self._remember_task_json(url, body)
+
+    async def _request_json_async(self, url: str) -> dict[str, Any] | None:
+        try:
+            response = await self._ahttp().get(url)
+            response.raise_for_status()
+            body: dict[str, Any] = response.json()
+        except (httpx.HTTPError, ValueError) as error:
+            logger.debug("GET %s failed: %s", url, error)
+            return None
+        return self._remember_task_json(url, body)
+
+    def _remember_task_json(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        if url.endswith(self._next_task_uri) and isinstance(body.get("task"), dict):
+            _LAST_TASK_JSON.set(body["task"])
+        return body
+
+    def _retry_policy(self) -> dict[str, Any]:
+        """Retry transport failures and 5xx with jittered exponential backoff, never 4xx."""
+        return {
+            "stop": stop_after_attempt(self.submit_attempts),
+            "wait": wait_exponential(multiplier=0.1, max=5.0) + wait_random(0, 0.1),
+            "retry": retry_if_exception(_is_transient),
+            "before_sleep": _log_retry,
+            "reraise": True,
+        }
+
+    def _post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            for attempt in Retrying(**self._retry_policy()):
+                with attempt:
+                    response = self._http().post(url, json=payload)
+                    return self._answer(url, payload, response)
+        except (httpx.HTTPError, ValueError) as error:
+            logger.error("POST %s failed for %s: %s", url, payload.get("rollout_id"), error)
+        return None
+
+    async def _post_json_async(self, url: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            async for attempt in AsyncRetrying(**self._retry_policy()):
+                with attempt:
+                    response = await self._ahttp().post(url, json=payload)
+                    return self._answer(url, payload, response)
+        except (httpx.HTTPError, ValueError) as error:
+            logger.error("POST %s failed for %s: %s", url, payload.get("rollout_id"), error)
+        return None
+
+    def _answer(self, url: str, payload: dict[str, Any], response: httpx.Response) -> dict[str, Any] | None:
+        """The server's answer as a dict; raises on 5xx so that it is retried."""
+        if response.status_code in (400, 409):  # refused or dropped: an answer, not a failure
+            body: dict[str, Any] = response.json()
+            logger.warning(
+                "Server %s %s (attempt %s): %s",
+                body.get("status", "refused"),
+                payload.get("rollout_id"),
+                payload.get("attempt_id"),
+                body.get("message") or body.get("reason"),
+            )
+            return body
+        response.raise_for_status()
+        return response.json()
+
+    # -- claims ---------------------------------------------------------------
+
+    def poll_next_task(self) -> AttemptTask | None:  # pyright: ignore[reportIncompatibleMethodOverride]
+        """Poll until a task is available (as upstream does) and remember it as a claim."""
+        task, claim = self._claim(super().poll_next_task())
+        if claim is not None and claim.lease_seconds and self.heartbeat_fraction:
+            self._heartbeats_thread().watch(claim)
+        return task
+
+    async def poll_next_task_async(self) -> AttemptTask | None:  # pyright: ignore[reportIncompatibleMethodOverride]
+        """Poll until a task is available (as upstream does) and remember it as a claim."""
+        task, claim = self._claim(await super().poll_next_task_async())
+        if claim is not None and claim.lease_seconds and self.heartbeat_fraction:
+            self._heartbeats_loop().watch(claim)
+        return task
+
+    def _claim(self, task: Task | None) -> tuple[AttemptTask | None, Claim | None]:
+        """Upstream parsed ``/task`` as a plain Task; reparse it with its attempt and remember the claim."""
+        if task is None:
+            return None, None
+        raw = _LAST_TASK_JSON.get()
+        if raw is not None and raw.get("rollout_id") == task.rollout_id:
+            attempt_task = AttemptTask.model_validate(raw)
+        else:
+            attempt_task = AttemptTask.model_validate(task.model_dump())
+        if attempt_task.attempt_id is None:  # an unpatched server: nothing to carry
+            return attempt_task, None
+        claim = Claim(
+            attempt_task.rollout_id,
+            attempt_task.attempt_id,
+            attempt_task.claim_sequence_id,
+            attempt_task.lease_seconds,
+        )
+        with self._lock:
+            self._open[claim.attempt_id] = claim
+            while len(self._open) > MAX_OPEN_CLAIMS:
+                self._open.popitem(last=False)
+        _CURRENT_CLAIM.set((id(self), claim))
+        return attempt_task, claim
+
+    def attempt_id_for(self, rollout: Any) -> str | None:
+        """The attempt id a submission of ``rollout`` carries (see the module docstring)."""
+        own = getattr(rollout, "attempt_id", None)
+        if own:
+            return own
+        task_attempt = getattr(getattr(rollout, "task", None), "attempt_id", None)
+        if task_attempt:
+            return task_attempt
+        rollout_id = rollout.rollout_id
+        current = _CURRENT_CLAIM.get()
+        if current is not None and current[0] == id(self) and current[1].rollout_id == rollout_id:
+            return current[1].attempt_id
+        with self._lock:
+            candidates = [claim.attempt_id for claim in self._open.values() if claim.rollout_id == rollout_id]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def open_claims(self) -> list[Claim]:
+        """Claims made by this client and not submitted yet."""
+        with self._lock:
+            return list(self._open.values())
+
+    def is_current(self, attempt_id: str) -> bool:
+        """Whether this client holds the claim: not submitted, and no heartbeat was told it is lost."""
+        with self._lock:
+            return attempt_id in self._open and attempt_id not in self._stale
+
+    def _forget(self, attempt_id: str | None) -> None:
+        if attempt_id is None:
+            return
+        with self._lock:
+            self._open.pop(attempt_id, None)
+            self._stale.discard(attempt_id)
+        current = _CURRENT_CLAIM.get()
+        if current is not None and current[1].attempt_id == attempt_id:
+            _CURRENT_CLAIM.set(None)
+
+    def _lost(self, claim: Claim) -> None:
+        """A heartbeat learnt that the claim is gone: stop heartbeating it, remember why."""
+        with self._lock:
+            if claim.attempt_id in self._open:
+                self._stale.add(claim.attempt_id)
+
+    # -- submissions ----------------------------------------------------------
+
+    def post_rollout(self, rollout: LegacyRollout) -> dict[str, Any] | None:
+        """Submit ``rollout`` with its attempt id; return the server's answer (None on failure)."""
+        attempt_id = self.attempt_id_for(rollout)
+        try:
+            return super().post_rollout(AttemptRollout.from_rollout(rollout, attempt_id))
+        finally:
+            self._forget(attempt_id)
+
+    async def post_rollout_async(self, rollout: LegacyRollout) -> dict[str, Any] | None:
+        """Submit ``rollout`` with its attempt id; return the server's answer (None on failure)."""
+        attempt_id = self.attempt_id_for(rollout)
+        try:
+            return await super().post_rollout_async(AttemptRollout.from_rollout(rollout, attempt_id))
+        finally:
+            self._forget(attempt_id)
+
+    # -- heartbeats -----------------------------------------------------------
+
+    def _heartbeats_thread(self) -> ThreadHeartbeats:
+        with self._lock:
+            if self._thread_heartbeats is None:
+                self._thread_heartbeats = ThreadHeartbeats(self)
+            return self._thread_heartbeats
+
+    def _heartbeats_loop(self) -> AsyncHeartbeats:
+        loop = asyncio.get_running_loop()
+        heartbeats = self._async_heartbeats.get(loop)
+        if heartbeats is None:
+            heartbeats = self._async_heartbeats[loop] = AsyncHeartbeats(self)
+        return heartbeats
+
+    def beat(self, claim: Claim) -> bool:
+        """Send one heartbeat for ``claim``; False when the server says it lost the claim."""
+        try:
+            response = self._http().post(self._heartbeat_url, json=_heartbeat_body(claim))
+        except httpx.HTTPError as error:
+            logger.debug("Heartbeat for %s failed: %s", claim.rollout_id, error)
+            return True  # not known to be lost; try again next time
+        return self._heartbeat_answer(claim, response)
+
+    async def beat_async(self, claim: Claim) -> bool:
+        """Send one heartbeat for ``claim``; False when the server says it lost the claim."""
+        try:
+            response = await self._ahttp().post(self._heartbeat_url, json=_heartbeat_body(claim))
+        except httpx.HTTPError as error:
+            logger.debug("Heartbeat for %s failed: %s", claim.rollout_id, error)
+            return True
+        return self._heartbeat_answer(claim, response)
+
+    @property
+    def _heartbeat_url(self) -> str:
+        return self.endpoint.rstrip("/") + "/heartbeat"
+
+    def _heartbeat_answer(self, claim: Claim, response: httpx.Response) -> bool:
+        if response.status_code == 409:
+            logger.warning(
+                "Attempt %s of %s lost its claim (%s): its result will be dropped",
+                claim.attempt_id,
+                claim.rollout_id,
+                response.json().get("reason"),
+            )
+            self._lost(claim)
+            return False
+        return True
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close pooled connections and stop heartbeats (also done at garbage collection)."""
+        if self._thread_heartbeats is not None:
+            self._thread_heartbeats.stop()
+        if self._sync_http is not None:
+            self._sync_http.close()
+            self._sync_http = None
+
+    async def aclose(self) -> None:
+        """Close this event loop's pooled connections."""
+        client = self._async_http.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    def _after_fork(self) -> None:
+        self._reset_process_state()
+
+
+def _heartbeat_body(claim: Claim) -> dict[str, str]:
+    return {"rollout_id": claim.rollout_id, "attempt_id": claim.attempt_id}
+
+
+def _reset_after_fork() -> None:
+    for client in list(_clients):
+        client._after_fork()  # pyright: ignore[reportPrivateUsage]
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,0 +1,78 @@
+"""Background heartbeats for a client's open claims: a thread for sync use, asyncio tasks for async.
+
+A claim is heartbeaten only when the server announced a lease (``lease_seconds`` in
+``/task``), every ``heartbeat_fraction`` of it, until it is submitted or the server
+answers that the attempt lost its claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .client import AttemptAwareClient, Claim
+
+
+def _interval(client: AttemptAwareClient, claim: Claim) -> float:
+    return (claim.lease_seconds or 0.0) * (client.heartbeat_fraction or 1.0)
+
+
+class ThreadHeartbeats:
+    """One daemon thread heartbeating every open claim of a client made from sync code."""
+
+    def __init__(self, client: AttemptAwareClient) -> None:
+        self._client = client
+        self._due: dict[str, tuple[float, Claim]] = {}  # attempt id -> (next beat, claim)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="lightning-attempts-heartbeats", daemon=True)
+        self._thread.start()
+
+    def watch(self, claim: Claim) -> None:
+        with self._lock:
+            self._due[claim.attempt_id] = (time.monotonic() + _interval(self._client, claim), claim)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            now = time.monotonic()
+            with self._lock:
+                for attempt_id in [a for a in self._due if not self._client.is_current(a)]:
+                    del self._due[attempt_id]
+                due = [claim for at, claim in self._due.values() if at <= now]
+                for claim in due:
+                    self._due[claim.attempt_id] = (now + _interval(self._client, claim), claim)
+                wait = min((at for at, _ in self._due.values()), default=now + 60.0) - now
+            for claim in due:
+                if self._client.is_current(claim.attempt_id):
+                    self._client.beat(claim)
+            self._wake.wait(max(wait, 0.0))
+            self._wake.clear()
+
+
+class AsyncHeartbeats:
+    """Heartbeats for claims made from one event loop: one task per claim."""
+
+    def __init__(self, client: AttemptAwareClient) -> None:
+        self._client = client
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def watch(self, claim: Claim) -> None:
+        task = asyncio.get_running_loop().create_task(self._beat(claim))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _beat(self, claim: Claim) -> None:
+        interval = _interval(self._client, claim)
+        while True:
+            await asyncio.sleep(interval)
+            if not self._client.is_current(claim.attempt_id) or not await self._client.beat_async(claim):
+                return
