@@ -67,12 +67,16 @@ else:
     LegacyRollout = getattr(_types, "RolloutLegacy", None) or _types.Rollout
 """The legacy result model posted to ``/rollout``: ``RolloutLegacy`` (0.2+) or ``Rollout`` (0.1.x)."""
 
+ROLLOUT_ECHOES_TASK = "task" in LegacyRollout.model_fields
+"""0.2+ rollouts can carry the task they answer (``rollout.task``); 0.1.x ones cannot."""
+
 # 0.2+ declares RolloutLegacy before Task, leaving it to be completed on first use in its own
 # module; complete it now, or a subclass elsewhere could not resolve its annotations.
 LegacyRollout.model_rebuild()
 
 __all__ = [
     "AGENTLIGHTNING_VERSION",
+    "ROLLOUT_ECHOES_TASK",
     "SUPPORTED_RANGE",
     "SUPPORTED_RELEASES",
     "AgentLightningClient",

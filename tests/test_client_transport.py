@@ -1,0 +1,132 @@
+"""The client shim's own transport: retries, error answers and timeouts (respx, no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import cast
+
+import httpx
+import pytest
+import respx
+
+from lightning_attempts import AttemptAwareClient, AttemptRollout
+
+ENDPOINT = "http://trainer.test"
+ROLLOUT_URL = ENDPOINT + "/rollout"
+OK = httpx.Response(200, json={"status": "ok", "rollout_id": "r"})
+DROPPED = httpx.Response(409, json={"status": "dropped", "reason": "superseded", "rollout_id": "r", "attempt_id": "a"})
+
+
+@pytest.fixture
+def client() -> Iterator[AttemptAwareClient]:
+    client = AttemptAwareClient(ENDPOINT, poll_interval=0.01, timeout=2.5, submit_attempts=3)
+    yield client
+    client.close()
+
+
+def rollout() -> AttemptRollout:
+    return AttemptRollout(rollout_id="r", attempt_id="a", final_reward=1.0)
+
+
+def post(client: AttemptAwareClient, use_async: bool) -> dict[str, object] | None:
+    if use_async:
+        return asyncio.run(client.post_rollout_async(rollout()))
+    return client.post_rollout(rollout())
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@respx.mock
+def test_connection_errors_are_retried(client: AttemptAwareClient, use_async: bool) -> None:
+    route = respx.post(ROLLOUT_URL).mock(side_effect=[httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), OK])
+    assert post(client, use_async) == {"status": "ok", "rollout_id": "r"}
+    assert route.call_count == 3
+    requests = cast(list[httpx.Request], [call.request for call in route.calls])  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    assert len({request.read() for request in requests}) == 1  # the same submission each time
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@respx.mock
+def test_server_errors_are_retried(client: AttemptAwareClient, use_async: bool) -> None:
+    route = respx.post(ROLLOUT_URL).mock(side_effect=[httpx.Response(503), httpx.Response(500), OK])
+    assert post(client, use_async) == {"status": "ok", "rollout_id": "r"}
+    assert route.call_count == 3
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@respx.mock
+def test_a_drop_is_returned_and_logged_not_retried(
+    client: AttemptAwareClient, use_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    route = respx.post(ROLLOUT_URL).mock(return_value=DROPPED)
+    with caplog.at_level(logging.WARNING, logger="lightning_attempts.client"):
+        answer = post(client, use_async)
+    assert answer is not None and (answer["status"], answer["reason"]) == ("dropped", "superseded")
+    assert route.call_count == 1
+    assert any("dropped r (attempt a)" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@respx.mock
+def test_giving_up_returns_none_like_upstream(client: AttemptAwareClient, use_async: bool) -> None:
+    route = respx.post(ROLLOUT_URL).mock(side_effect=httpx.ConnectError("refused"))
+    assert post(client, use_async) is None
+    assert route.call_count == 3  # submit_attempts
+
+
+@respx.mock
+def test_other_client_errors_are_not_retried(client: AttemptAwareClient) -> None:
+    route = respx.post(ROLLOUT_URL).mock(return_value=httpx.Response(422, json={"detail": []}))
+    assert client.post_rollout(rollout()) is None
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_the_attempt_id_goes_on_the_wire(client: AttemptAwareClient) -> None:
+    route = respx.post(ROLLOUT_URL).mock(return_value=OK)
+    client.post_rollout(rollout())
+    body = route.calls.last.request.read()
+    assert b'"attempt_id":"a"' in body.replace(b" ", b"")
+    assert route.calls.last.request.headers["X-AgentLightning-Client"] == "true"  # upstream's header kept
+
+
+def test_upstream_timeout_is_honoured(client: AttemptAwareClient) -> None:
+    timeout = client._http().timeout  # pyright: ignore[reportPrivateUsage]
+    assert (timeout.connect, timeout.read, timeout.write, timeout.pool) == (2.5, 2.5, 2.5, 2.5)
+
+    async def async_timeout() -> httpx.Timeout:
+        return client._ahttp().timeout  # pyright: ignore[reportPrivateUsage]
+
+    assert asyncio.run(async_timeout()).read == 2.5
+
+
+@respx.mock
+def test_polling_keeps_upstream_semantics(client: AttemptAwareClient) -> None:
+    """Poll until a task is available (errors and empty answers just poll again)."""
+    task: dict[str, object] = {
+        "rollout_id": "r",
+        "input": {},
+        "attempt_id": "a",
+        "claim_sequence_id": 2,
+        "num_claims": 2,
+    }
+    route = respx.get(ENDPOINT + "/task").mock(
+        side_effect=[
+            httpx.ConnectError("down"),
+            httpx.Response(200, json={"is_available": False}),
+            httpx.Response(200, json={"is_available": True, "task": task}),
+        ]
+    )
+    polled = client.poll_next_task()
+    assert polled is not None and (polled.attempt_id, polled.claim_sequence_id) == ("a", 2)
+    assert route.call_count == 3
+    assert [claim.attempt_id for claim in client.open_claims()] == ["a"]
+
+
+def test_event_loops_get_their_own_connections(client: AttemptAwareClient) -> None:
+    async def pool() -> httpx.AsyncClient:
+        return client._ahttp()  # pyright: ignore[reportPrivateUsage]
+
+    first, second = asyncio.run(pool()), asyncio.run(pool())
+    assert first is not second
