@@ -1,0 +1,54 @@
+"""Run the installed release's upstream Trainer (forked workers, default AgentOps tracer) against a server.
+
+Usage: python trainer_fleet.py ENDPOINT N_WORKERS MAX_TASKS CLIENT   (CLIENT: shim | upstream)
+
+The agent straggles on the first claim of a ``{"slow": true}`` task: it asks the server how
+many claims the task has had (``GET /attempts/{rollout_id}``) and, on the first, outlasts the
+task timeout and rewards 0.0; later claims reward 1.0 at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import httpx
+from agentlightning import LitAgent, Trainer
+
+from lightning_attempts import AttemptAwareClient
+from lightning_attempts.compat import AgentLightningClient
+
+STRAGGLE_SECONDS = 2.5
+
+
+class StragglingAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
+    def __init__(self, endpoint: str) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+
+    def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
+        if not task.get("slow"):
+            return 1.0
+        claims = httpx.get(f"{self.endpoint}/attempts/{rollout_id}").json()
+        if len(claims) == 1:
+            time.sleep(STRAGGLE_SECONDS)  # the slow rollout itself, in a worker process
+            return 0.0
+        return 1.0
+
+
+def main() -> None:
+    endpoint, n_workers, max_tasks, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    client_class = AttemptAwareClient if kind == "shim" else AgentLightningClient
+    client = client_class(endpoint, poll_interval=0.05)
+    trainer = Trainer(n_workers=n_workers, max_tasks=max_tasks)
+    fit = getattr(trainer, "fit_v0", None) or trainer.fit  # 0.2+ keeps the legacy loop as fit_v0
+    fit(StragglingAgent(endpoint), client)
+    print("trainer finished", flush=True)
+
+
+if __name__ == "__main__":
+    main()
