@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -44,7 +44,7 @@ def test_trainer_with_forked_workers_stores_one_current_result_per_task() -> Non
         # Its own process group: the trainer's workers and AgentOps server process can all be ended.
         trainer = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, text=True)
         try:
-            stored = {}
+            stored: dict[str, Any] = {}
             for rid in rids:
                 rollout = served.call(server.poll_completed_rollout(rid, timeout=120), timeout=130)
                 assert rollout is not None, f"{rid} never completed"
