@@ -45,7 +45,7 @@ def main() -> None:
     client_class = AttemptAwareClient if kind == "shim" else AgentLightningClient
     client = client_class(endpoint, poll_interval=0.05)
     trainer = Trainer(n_workers=n_workers, max_tasks=max_tasks)
-    fit = getattr(trainer, "fit_v0", None) or trainer.fit  # 0.2+ keeps the legacy loop as fit_v0
+    fit: Any = getattr(trainer, "fit_v0", None) or trainer.fit  # 0.2+ keeps the legacy loop as fit_v0
     fit(StragglingAgent(endpoint), client)
     print("trainer finished", flush=True)
 
