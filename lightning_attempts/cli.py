@@ -71,3 +71,44 @@ def serve(
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+
+
+@main.command()
+@click.option("--workers", default=4, show_default=True, help="Workers; the first one straggles.")
+@click.option("--batches", default=4, show_default=True, help="Training batches.")
+@click.option("--batch-size", default=8, show_default=True, help="Tasks per batch.")
+@click.option("--task-timeout", default=0.5, show_default=True, help="Seconds before a claim is requeued.")
+@click.option("--straggle", default=2.5, show_default=True, help="The straggler's rollouts take this many timeouts.")
+@click.option(
+    "--fleet",
+    type=click.Choice(["shim", "old", "mixed"]),
+    default="mixed",
+    show_default=True,
+    help="Workers' client: AttemptAwareClient (shim), upstream's (old), or alternating, straggler old.",
+)
+@click.option("--stale-policy", type=click.Choice(STALE_POLICIES), default="reject", show_default=True)
+def demo(
+    workers: int,
+    batches: int,
+    batch_size: int,
+    task_timeout: float,
+    straggle: float,
+    fleet: str,
+    stale_policy: StalePolicy,
+) -> None:
+    """Show the stale-rollout failure on upstream's server and the fix, side by side."""
+    from rich.console import Console
+
+    from . import scenario
+    from .demo import run_demo
+
+    if workers < 2:
+        raise click.BadParameter("the straggler needs at least one other worker", param_hint="--workers")
+    kinds: list[scenario.WorkerKind] = (
+        ["old" if i % 2 == 0 else "shim" for i in range(workers)] if fleet == "mixed" else [fleet] * workers  # type: ignore[list-item]
+    )
+    config = scenario.Scenario(
+        batches=batches, batch_size=batch_size, workers=workers, task_timeout=task_timeout, straggle_factor=straggle
+    )
+    _, patched = run_demo(config, kinds, stale_policy, Console())
+    raise SystemExit(0 if patched.clean else 1)
