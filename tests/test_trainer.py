@@ -35,14 +35,16 @@ def group_processes(pgid: int) -> list[psutil.Process]:
 
 
 @pytest.mark.timeout(180)
-def test_trainer_with_forked_workers_stores_one_current_result_per_task() -> None:
+def test_trainer_with_forked_workers_stores_one_current_result_per_task(tmp_path: Path) -> None:
     server = AttemptAwareServer(port=0, task_timeout_seconds=1.0)
     with serve_in_thread(server) as served:
         served.call(server.update_resources(RESOURCES))
         rids = [served.call(server.queue_task({"i": i, "slow": i == 0}, mode="train")) for i in range(TASKS)]
         command = [sys.executable, str(SCRIPT), served.endpoint, str(WORKERS), str(MAX_TASKS), "shim"]
         # Its own process group: the trainer's workers and AgentOps server process can all be ended.
-        trainer = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, text=True)
+        trainer = subprocess.Popen(  # cwd: AgentOps writes its log there
+            command, start_new_session=True, stdout=subprocess.PIPE, text=True, cwd=tmp_path
+        )
         try:
             stored: dict[str, Any] = {}
             for rid in rids:
