@@ -1,0 +1,226 @@
+"""Model-based test of AttemptAwareDataStore: random operations against a small reference model.
+
+After every step: each outcome is what the README's table says, at most one rollout is ever
+stored per task, no task is lost, and the counters agree with what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from lightning_attempts import AttemptAwareDataStore, AttemptRollout, StalePolicy
+from lightning_attempts.testing import ManualClock
+
+TIMEOUT = 10.0
+
+
+@dataclass
+class ModelTask:
+    status: str = "queued"  # queued (never claimed) | claimed | requeued | completed | cancelled
+    attempts: list[str] = field(default_factory=list[str])
+    deadline: float = 0.0
+    stored: str | None = None  # attempt credited with the stored result
+
+
+class StoreMachine(RuleBasedStateMachine):
+    policy: StalePolicy = "reject"
+    require_attempt_id = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = ManualClock()
+        self.loop = asyncio.new_event_loop()
+        self.store = AttemptAwareDataStore(
+            task_timeout_seconds=TIMEOUT,
+            stale_policy=self.policy,
+            require_attempt_id=self.require_attempt_id,
+            clock=self.clock,
+        )
+        self.tasks: dict[str, ModelTask] = {}
+        self.queue: list[str] = []
+        self.in_flight: list[str] = []  # claim order
+        self.counts: Counter[str] = Counter()
+        self.ever_stored: Counter[str] = Counter()
+        self.unretrieved: set[str] = set()
+
+    def teardown(self) -> None:
+        self.loop.close()
+
+    @initialize()
+    def start_with_a_task(self) -> None:
+        self.add_task()
+
+    @rule()
+    def add_task(self) -> None:
+        rid = self.loop.run_until_complete(self.store.add_task({"n": len(self.tasks)}))
+        self.tasks[rid] = ModelTask()
+        self.queue.append(rid)
+
+    @rule()
+    def claim(self) -> None:
+        task = self.store.claim()
+        if not self.queue:
+            assert task is None
+            return
+        rid = self.queue.pop(0)
+        assert task is not None and task.rollout_id == rid
+        model = self.tasks[rid]
+        assert task.attempt_id is not None and task.attempt_id not in model.attempts
+        model.attempts.append(task.attempt_id)
+        assert task.claim_sequence_id == task.num_claims == len(model.attempts)
+        model.status, model.deadline = "claimed", self.clock() + TIMEOUT
+        self.in_flight.append(rid)
+        self.counts["claims"] += 1
+
+    @rule(seconds=st.floats(min_value=0, max_value=1.5 * TIMEOUT))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        expired = [rid for rid in self.in_flight if self.tasks[rid].deadline < self.clock()]
+        assert self.store.requeue_expired() == len(expired)
+        for rid in expired:
+            self.in_flight.remove(rid)
+            self.tasks[rid].status = "requeued"
+            self.queue.append(rid)
+        self.counts["requeues"] += len(expired)
+
+    @precondition(lambda self: bool(self.tasks))
+    @rule(
+        data=st.data(),
+        which=st.sampled_from(["current", "earlier", "any issued", "forged", "none", "unknown rollout"]),
+    )
+    def submit(self, data: st.DataObject, which: str) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.tasks)))
+        model = self.tasks[rid]
+        attempt: str | None
+        if which == "current" and model.attempts:
+            attempt = model.attempts[-1]
+        elif which == "earlier" and len(model.attempts) > 1:
+            attempt = data.draw(st.sampled_from(model.attempts[:-1]))
+        elif which == "any issued" and model.attempts:
+            attempt = data.draw(st.sampled_from(model.attempts))
+        elif which == "none":
+            attempt = None
+        elif which == "unknown rollout":
+            rid, attempt = f"rollout-{uuid.uuid4()}", str(uuid.uuid4())
+        else:
+            attempt = str(uuid.uuid4())
+        before = self.store.stats()
+        outcome = self.store.submit(AttemptRollout(rollout_id=rid, attempt_id=attempt, final_reward=1.0), attempt)
+        status, reason, credited = self.expected(rid, attempt)
+        assert (outcome.status, outcome.reason.value if outcome.reason else None) == (status, reason), (
+            which,
+            self.tasks.get(rid),
+        )
+        if status == "ok":
+            self.accept(rid, credited)
+        elif status == "duplicate":
+            self.counts["duplicates"] += 1
+        elif status == "refused":
+            self.counts["refused"] += 1
+        else:
+            self.counts[f"dropped:{reason}"] += 1
+            after = self.store.stats()
+            assert {k: v for k, v in after.items() if not k.startswith("dropped")} == {
+                k: v for k, v in before.items() if not k.startswith("dropped")
+            }  # a drop changes nothing but its counter
+
+    def expected(self, rid: str, attempt: str | None) -> tuple[str, str | None, str | None]:
+        """(status, reason, credited attempt) as the README's outcome table says."""
+        if attempt is None and self.require_attempt_id:
+            return "refused", None, None
+        model = self.tasks.get(rid)
+        if model is None:
+            return "dropped", "unknown_rollout", None
+        if model.status == "cancelled":
+            return "dropped", "cancelled", None
+        if model.status == "completed":
+            if attempt is not None and attempt == model.stored:
+                return "duplicate", None, None
+            if attempt is not None and attempt not in model.attempts:
+                return "dropped", "unknown_attempt", None
+            return "dropped", "already_completed", None
+        if attempt is not None and attempt not in model.attempts:
+            return "dropped", "unknown_attempt", None
+        if model.status == "queued":  # never claimed: no attempt could have produced it
+            return "dropped", "unknown_attempt", None
+        if model.status == "claimed" and attempt in (None, model.attempts[-1]):
+            return "ok", None, model.attempts[-1]
+        if self.policy == "salvage":
+            return "ok", None, attempt
+        return "dropped", "superseded", None
+
+    def accept(self, rid: str, credited: str | None) -> None:
+        model = self.tasks[rid]
+        if rid in self.in_flight:
+            self.in_flight.remove(rid)
+        if rid in self.queue:
+            self.queue.remove(rid)
+        model.status, model.stored = "completed", credited
+        self.ever_stored[rid] += 1
+        self.unretrieved.add(rid)
+        self.counts["accepted"] += 1
+
+    @rule(data=st.data(), everything=st.booleans())
+    def cancel(self, data: st.DataObject, everything: bool) -> None:
+        live = {rid for rid, model in self.tasks.items() if model.status in ("queued", "claimed", "requeued")}
+        chosen: list[str] | None = None
+        if not everything and self.tasks:
+            chosen = data.draw(st.lists(st.sampled_from(sorted(self.tasks)), max_size=3, unique=True))
+        cancelled = self.store.cancel(chosen)
+        expected = live if chosen is None else live & set(chosen)
+        assert set(cancelled) == expected
+        for rid in expected:
+            self.tasks[rid].status = "cancelled"
+            if rid in self.queue:
+                self.queue.remove(rid)
+            if rid in self.in_flight:
+                self.in_flight.remove(rid)
+
+    @rule()
+    def retrieve(self) -> None:
+        rollouts = self.loop.run_until_complete(self.store.retrieve_completed_rollouts())
+        assert sorted(r.rollout_id for r in rollouts) == sorted(self.unretrieved)
+        self.unretrieved.clear()
+
+    @invariant()
+    def at_most_one_result_per_task(self) -> None:
+        assert all(count <= 1 for count in self.ever_stored.values())
+
+    @invariant()
+    def no_task_lost(self) -> None:
+        stats = self.store.stats()
+        assert stats["queued"] == len(self.queue)
+        assert stats["claims_in_flight"] == len(self.in_flight)
+        assert stats["completed_unretrieved"] == len(self.unretrieved)
+        finished = sum(model.status in ("completed", "cancelled") for model in self.tasks.values())
+        assert stats["finished_remembered"] == finished
+        assert len(self.queue) + len(self.in_flight) + finished == len(self.tasks)
+
+    @invariant()
+    def counters_agree(self) -> None:
+        stats: dict[str, Any] = self.store.stats()
+        for name in ("claims", "requeues", "accepted", "duplicates", "refused"):
+            assert stats[name] == self.counts[name], name
+        for reason, count in stats["dropped"].items():
+            assert count == self.counts[f"dropped:{reason}"], reason
+
+
+def machine(policy: StalePolicy, require: bool) -> type[StoreMachine]:
+    return type(f"StoreMachine_{policy}_{require}", (StoreMachine,), {"policy": policy, "require_attempt_id": require})
+
+
+@pytest.mark.parametrize("policy", ["reject", "salvage"])
+@pytest.mark.parametrize("require", [False, True], ids=["old-clients-allowed", "attempt-required"])
+def test_store_against_the_model(policy: StalePolicy, require: bool) -> None:
+    test_case = machine(policy, require).TestCase
+    test_case.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+    test_case().runTest()
