@@ -236,22 +236,36 @@ class AttemptAwareDataStore(ServerDataStore):
         if claimed is None:
             claimed = self._claimed[rollout_id] = _Claimed(task)
         attempt_id = str(uuid.uuid4())
-        now, wall_time = self._clock(), time.time()
-        claimed.attempts.append(_Attempt(attempt_id, wall_time, now))
+        now = self._clock()
+        claimed.attempts.append(_Attempt(attempt_id, time.time(), now))
         claimed.live = True
         claimed.deadline = now + self.task_timeout_seconds
-        sequence = len(claimed.attempts)
-        fields: dict[str, Any] = dict(task)
-        fields.update(last_claim_time=wall_time, num_claims=sequence, attempt_id=attempt_id, claim_sequence_id=sequence)
+        # Only the queued task is kept; the copy handed out lives as long as its answer.
+        self._processing_tasks[rollout_id] = task
         if self.unresponsive_seconds is not None:
-            fields["lease_seconds"] = self.unresponsive_seconds
             self._by_last_seen[rollout_id] = None
-        handed_out = AttemptTask.model_construct(**fields)
-        self._processing_tasks[rollout_id] = handed_out
         self._counts["claims"] += 1
+        sequence = len(claimed.attempts)
         if sequence > 1:
             logger.info("Task %s re-claimed: attempt %s (claim %d)", rollout_id, attempt_id, sequence)
-        return handed_out
+        return self._handed_out(claimed)
+
+    def _handed_out(self, claimed: _Claimed) -> AttemptTask:
+        """The task as its live claim sees it (no validation: every field is ours)."""
+        attempt, sequence = claimed.attempts[-1], len(claimed.attempts)
+        fields: dict[str, Any] = {**claimed.task.__dict__}  # dict(model) costs a __getattr__ miss per field
+        fields.update(
+            last_claim_time=attempt.claimed_at,
+            num_claims=sequence,
+            attempt_id=attempt.attempt_id,
+            claim_sequence_id=sequence,
+            lease_seconds=self.unresponsive_seconds,
+        )
+        return AttemptTask.model_construct(**fields)
+
+    def get_processing_tasks(self) -> dict[str, Task]:
+        """Upstream's API: the live claims, as handed out."""
+        return {rollout_id: self._handed_out(self._claimed[rollout_id]) for rollout_id in self._processing_tasks}
 
     async def get_next_task(self) -> Task | None:
         """Upstream's API for ``claim``."""

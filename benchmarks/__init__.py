@@ -1,0 +1,1 @@
+"""Benchmarks of AttemptAwareServer against upstream's AgentLightningServer: ``python -m benchmarks``."""

@@ -1,0 +1,242 @@
+"""Benchmark AttemptAwareServer against upstream's AgentLightningServer, same load, same run.
+
+    python -m benchmarks            # full run (a few minutes on 2 cores)
+    python -m benchmarks --quick    # tiny sizes, to check it still works
+
+Each server runs in its own process and the aiohttp load generator in another. Measured
+for both: claim+submit cycles per second, server CPU per cycle (from the server process),
+``/task`` p50/p99 with claims in flight, memory per claim in flight, and memory while a
+million tasks are completed (the trainer retrieving results as it goes). Writes
+``benchmarks/results/results.json`` and ``results.md`` (and ``latency.png`` when
+matplotlib is installed), and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import importlib
+from collections.abc import Generator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+RESULTS = Path(__file__).parent / "results"
+KINDS = ("upstream", "patched")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server_process(kind: str, loop: str = "auto", http: str = "auto") -> Generator[str]:
+    """Start one server under test in its own process; yield its endpoint; end it."""
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.server_process", kind, str(port), "--loop", loop, "--http", http]
+    environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    process = subprocess.Popen(
+        command, cwd=Path(__file__).parent.parent, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{endpoint}/bench/usage", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {kind} server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def control(endpoint: str, path: str, **params: Any) -> dict[str, Any]:
+    response = httpx.post(f"{endpoint}/bench/{path}", params=params, timeout=3600)
+    response.raise_for_status()
+    return response.json()
+
+
+def usage(endpoint: str) -> dict[str, float]:
+    return httpx.get(f"{endpoint}/bench/usage", timeout=60).json()
+
+
+def load(mode: str, endpoint: str, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.load", mode, endpoint, *args],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def throughput(kind: str, loops: int, seconds: float, loop: str = "auto", http: str = "auto") -> dict[str, Any]:
+    with server_process(kind, loop, http) as endpoint:
+        control(endpoint, "queue", n=int(seconds * 8000) + 5000)  # more than 2 cores can serve
+        load("cycles", endpoint, "--loops", str(loops), "--seconds", "1")  # warm-up
+        before = usage(endpoint)
+        result = load("cycles", endpoint, "--loops", str(loops), "--seconds", str(seconds))
+        after = usage(endpoint)
+    result["server_cpu_us_per_cycle"] = (after["cpu"] - before["cpu"]) / max(result["cycles"], 1) * 1e6
+    return result
+
+
+def latency(kind: str, in_flight: list[int], probes: int) -> dict[str, Any]:
+    points: list[dict[str, Any]] = []
+    with server_process(kind) as endpoint:
+        control(endpoint, "queue", n=max(in_flight) + probes * (len(in_flight) + 1))
+        baseline = usage(endpoint)["rss"]
+        claimed = 0
+        for target in sorted(in_flight):
+            control(endpoint, "claim", n=target - claimed)
+            claimed = target
+            rss = usage(endpoint)["rss"]
+            probe = load("latency", endpoint, "--requests", str(probes))
+            claimed += probes
+            points.append({"claims_in_flight": target, **probe, "rss_mb": rss / 2**20})
+            per_claim = (rss - baseline) / target if target else None
+            points[-1]["bytes_per_claim"] = per_claim
+    return {"points": points}
+
+
+def memory(kind: str, completed: int, checkpoints: int) -> dict[str, Any]:
+    series: list[dict[str, Any]] = []
+    with server_process(kind) as endpoint:
+        series.append({"completed": 0, "rss_mb": usage(endpoint)["rss"] / 2**20})
+        chunk = completed // checkpoints
+        for i in range(1, checkpoints + 1):
+            control(endpoint, "complete", n=chunk)
+            series.append({"completed": i * chunk, "rss_mb": usage(endpoint)["rss"] / 2**20})
+    return {"series": series}
+
+
+def ratio(patched: float, upstream: float) -> str:
+    return f"{patched / upstream:.2f}x" if upstream else "n/a"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    up, pa = results["upstream"], results["patched"]
+    lines = [
+        f"Machine: {results['machine']}; {results['loops']} claim+submit loops, {results['seconds']} s.",
+        "",
+        "| measure | upstream | lightning_attempts | ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    t_up, t_pa = up["throughput"], pa["throughput"]
+    lines.append(
+        f"| claim+submit cycles/s | {t_up['cycles_per_second']:.0f} | {t_pa['cycles_per_second']:.0f} "
+        f"| {ratio(t_pa['cycles_per_second'], t_up['cycles_per_second'])} |"
+    )
+    lines.append(
+        f"| server CPU per cycle (us) | {t_up['server_cpu_us_per_cycle']:.0f} | {t_pa['server_cpu_us_per_cycle']:.0f} "
+        f"| {ratio(t_pa['server_cpu_us_per_cycle'], t_up['server_cpu_us_per_cycle'])} |"
+    )
+    for p_up, p_pa in zip(up["latency"]["points"], pa["latency"]["points"], strict=True):
+        n = p_up["claims_in_flight"]
+        for q in ("p50", "p99"):
+            lines.append(
+                f"| /task {q} (ms), {n:,} claims in flight | {p_up[f'{q}_ms']:.2f} | {p_pa[f'{q}_ms']:.2f} "
+                f"| {ratio(p_pa[f'{q}_ms'], p_up[f'{q}_ms'])} |"
+            )
+    idle_up, idle_pa = up["latency"]["points"][0]["p50_ms"], pa["latency"]["points"][0]["p50_ms"]
+    for p_up, p_pa in zip(up["latency"]["points"][1:], pa["latency"]["points"][1:], strict=True):
+        lines.append(
+            f"| /task p50 vs idle, {p_up['claims_in_flight']:,} in flight | {p_up['p50_ms'] / idle_up:.2f}x "
+            f"| {p_pa['p50_ms'] / idle_pa:.2f}x | |"
+        )
+    last_up, last_pa = up["latency"]["points"][-1], pa["latency"]["points"][-1]
+    lines.append(
+        f"| memory per claim in flight (bytes) | {last_up['bytes_per_claim']:.0f} | {last_pa['bytes_per_claim']:.0f} "
+        f"| {ratio(last_pa['bytes_per_claim'], last_up['bytes_per_claim'])} |"
+    )
+    for s_up, s_pa in zip(up["memory"]["series"][1:], pa["memory"]["series"][1:], strict=True):
+        lines.append(
+            f"| RSS after {s_up['completed']:,} completed tasks (MB) | {s_up['rss_mb']:.0f} | {s_pa['rss_mb']:.0f} "
+            f"| {ratio(s_pa['rss_mb'], s_up['rss_mb'])} |"
+        )
+    if "patched_asyncio_h11" in results:
+        plain = results["patched_asyncio_h11"]
+        lines.append(
+            f"| lightning_attempts on asyncio + h11: cycles/s, CPU us/cycle | | {plain['cycles_per_second']:.0f}, "
+            f"{plain['server_cpu_us_per_cycle']:.0f} | |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any]) -> Path | None:
+    try:  # optional: pip install matplotlib
+        matplotlib: Any = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt: Any = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for kind in KINDS:
+        points = results[kind]["latency"]["points"]
+        axes.plot([p["claims_in_flight"] for p in points], [p["p50_ms"] for p in points], marker="o", label=kind)
+    axes.set(xlabel="claims in flight", ylabel="/task p50 (ms)", title="/task latency against claims in flight")
+    axes.legend()
+    path = RESULTS / "latency.png"
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: check that it works")
+    parser.add_argument("--loops", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--completed", type=int, default=1_000_000)
+    parser.add_argument("--compare-loops", action="store_true", help="also run ours on plain asyncio + h11")
+    options = parser.parse_args()
+    in_flight = [0, 2_000, 20_000, 100_000]
+    probes, checkpoints = 300, 5
+    if options.quick:
+        options.loops, options.seconds, options.completed = 4, 1.0, 2_000
+        in_flight, probes, checkpoints = [0, 200], 20, 2
+    RESULTS.mkdir(exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "loops": options.loops,
+        "seconds": options.seconds,
+    }
+    for kind in KINDS:
+        print(f"{kind}: throughput...", file=sys.stderr, flush=True)
+        results[kind] = {"throughput": throughput(kind, options.loops, options.seconds)}
+        print(f"{kind}: latency with claims in flight...", file=sys.stderr, flush=True)
+        results[kind]["latency"] = latency(kind, in_flight, probes)
+        print(f"{kind}: memory over {options.completed:,} completed tasks...", file=sys.stderr, flush=True)
+        results[kind]["memory"] = memory(kind, options.completed, checkpoints)
+    if options.compare_loops:
+        results["patched_asyncio_h11"] = throughput("patched", options.loops, options.seconds, "asyncio", "h11")
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (RESULTS / "results.md").write_text(table + "\n")
+    image = plot(results)
+    print(table)
+    if image is not None:
+        print(f"\nplot: {image}")
+
+
+if __name__ == "__main__":
+    main()
