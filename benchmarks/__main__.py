@@ -14,6 +14,7 @@ matplotlib is installed), and prints the markdown.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -21,7 +22,6 @@ import socket
 import subprocess
 import sys
 import time
-import importlib
 from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
