@@ -49,8 +49,6 @@ class AttemptAwareServer(AgentLightningServer):
       results with ``duplicate`` or ``already_completed``; a late result of a task
       forgotten since is dropped as ``unknown_rollout``.
     - ``clock``: monotonic clock for claim deadlines (injectable for tests).
-    - ``access_log``: uvicorn's line per request, on as upstream has it; off saves about
-      a tenth of the server's CPU per claim+submit cycle.
 
     ``port=0`` binds a free port; ``port`` and ``endpoint`` hold the real one after ``start()``.
     """
@@ -67,7 +65,6 @@ class AttemptAwareServer(AgentLightningServer):
         max_claims: int | None = None,
         max_remembered: int = DEFAULT_MAX_REMEMBERED,
         clock: Clock = time.monotonic,
-        access_log: bool = True,
     ) -> None:
         if stale_policy not in STALE_POLICIES:
             raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
@@ -80,7 +77,6 @@ class AttemptAwareServer(AgentLightningServer):
         self._attempt_store: AttemptAwareDataStore | None = None
         self._serving: asyncio.Task[None] | None = None
         super().__init__(host=host, port=port, task_timeout_seconds=task_timeout_seconds)
-        self._uvicorn_config.access_log = access_log
 
     # Upstream's lifespan builds a plain ServerDataStore() itself; assigning it here
     # swaps in ours before its startup_event is set, so no caller ever sees the other.

@@ -268,12 +268,3 @@ def test_methods_need_a_running_server() -> None:
         server.attempt_stats()
     with pytest.raises(RuntimeError):
         asyncio.run(server.queue_task("x"))
-
-
-def test_access_log_can_be_turned_off(capfd: pytest.CaptureFixture[str]) -> None:
-    with serve_in_thread(AttemptAwareServer(port=0, access_log=False)) as served:
-        httpx.get(served.endpoint + "/task")
-    assert '"GET /task HTTP/1.1" 200' not in "".join(capfd.readouterr())
-    with serve_in_thread(AttemptAwareServer(port=0)) as served:  # upstream's default: on
-        httpx.get(served.endpoint + "/task")
-    assert '"GET /task HTTP/1.1" 200' in "".join(capfd.readouterr())
