@@ -52,6 +52,8 @@ try:
     from agentlightning.server import AgentLightningServer, ServerDataStore
     from agentlightning.types import GenericResponse, ResourcesUpdate, Task, TaskIfAny
 except ImportError as exc:
+    if AGENTLIGHTNING_VERSION is None and exc.name == "agentlightning":
+        raise _unsupported("agentlightning is not installed") from exc
     found = f"agentlightning {AGENTLIGHTNING_VERSION}" if AGENTLIGHTNING_VERSION else "agentlightning"
     raise _unsupported(f"{found} could not be imported with its legacy server ({exc})") from exc
 
