@@ -19,6 +19,7 @@ from .compat import AgentLightningServer, ServerDataStore
 from .metrics import exposition
 from .models import AttemptRollout, AttemptTaskIfAny, Heartbeat
 from .outcomes import STALE_POLICIES, StalePolicy
+from .routing import DirectRoute, unprocessable
 from .store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock
 
 logger = logging.getLogger(__name__)
@@ -119,29 +120,32 @@ class AttemptAwareServer(AgentLightningServer):
             for route in router.routes
             if not (isinstance(route, APIRoute) and {(route.path, m) for m in route.methods or ()} & _REPLACED_ROUTES)
         ]
-        self._app.add_api_route(
+        router.add_api_route(
             "/task",
             self._next_task,
             methods=["GET"],
             response_model=AttemptTaskIfAny,
             summary="Claim the next task as a new attempt",
+            route_class_override=DirectRoute,
         )
-        self._app.add_api_route(
+        router.add_api_route(
             "/rollout",
             self._post_rollout,
             methods=["POST"],
             summary="Submit the result of an attempt",
+            route_class_override=DirectRoute,
             responses={
                 200: {"description": "Stored (`ok`), or a retry of the stored attempt (`duplicate`)"},
                 400: {"description": "Refused: no `attempt_id` and the server requires one"},
                 409: {"description": "Dropped: the attempt may not complete the task (see `reason`)"},
             },
         )
-        self._app.add_api_route(
+        router.add_api_route(
             "/heartbeat",
             self._post_heartbeat,
             methods=["POST"],
             summary="Tell the server an attempt is still working on its claim",
+            route_class_override=DirectRoute,
             responses={409: {"description": "The attempt no longer holds the claim (see `reason`): stop working"}},
         )
         self._app.add_exception_handler(RequestValidationError, self._validation_error)
@@ -160,10 +164,8 @@ class AttemptAwareServer(AgentLightningServer):
 
     @staticmethod
     async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-        """422 naming each bad field, without echoing the input back (it may be huge or private)."""
         assert isinstance(exc, RequestValidationError)
-        errors = [{key: error[key] for key in ("type", "loc", "msg") if key in error} for error in exc.errors()]
-        return JSONResponse({"detail": errors}, status_code=422)
+        return unprocessable(exc.errors())
 
     async def _check_and_requeue_stale_tasks(self) -> None:
         if self._attempt_store is not None:

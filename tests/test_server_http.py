@@ -180,6 +180,26 @@ def test_malformed_message_names_the_field(http: httpx.Client) -> None:
     assert len(response.content) < 10_000  # the answer does not echo the megabyte back
 
 
+def test_openapi_documents_the_hot_routes(http: httpx.Client) -> None:
+    """/task, /rollout and /heartbeat are served by DirectRoute; FastAPI still documents them."""
+    paths = http.get("/openapi.json").json()["paths"]
+    rollout_body = paths["/rollout"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert rollout_body["$ref"].endswith("/AttemptRollout")
+    assert paths["/heartbeat"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/Heartbeat"
+    )
+    task_answer = paths["/task"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert task_answer["$ref"].endswith("/AttemptTaskIfAny")
+    assert set(paths["/rollout"]["post"]["responses"]) >= {"200", "400", "409", "422"}
+
+
+def test_a_body_that_is_not_json_names_the_body(http: httpx.Client) -> None:
+    response = http.post("/rollout", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["type"], error["loc"][0]) == ("json_invalid", "body")
+
+
 def test_require_attempt_id(clock: ManualClock) -> None:
     server = AttemptAwareServer(port=0, task_timeout_seconds=60, require_attempt_id=True, clock=clock)
     with serve_in_thread(server) as served, httpx.Client(base_url=served.endpoint) as http:
