@@ -8,7 +8,7 @@ for both: claim+submit cycles per second, server CPU per cycle (from the server 
 ``/task`` p50/p99 with claims in flight, memory per claim in flight, and memory while a
 million tasks are completed (the trainer retrieving results as it goes). Writes
 ``benchmarks/results/results.json`` and ``results.md`` (and ``latency.png`` when
-matplotlib is installed), and prints the markdown.
+matplotlib is installed; ``--output`` puts them elsewhere), and prints the markdown.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Generator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ import httpx
 
 RESULTS = Path(__file__).parent / "results"
 KINDS = ("upstream", "patched")
+VARIANTS = {"patched_uvloop": "on uvloop", "patched_h11": "with h11 instead of httptools"}
+"""Ours under other settings (``--compare-loops``); both servers run on asyncio with httptools otherwise."""
 
 
 def free_port() -> int:
@@ -40,7 +43,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def server_process(kind: str, loop: str = "auto", http: str = "auto") -> Generator[str]:
+def server_process(kind: str, loop: str = "asyncio", http: str = "auto") -> Generator[str]:
     """Start one server under test in its own process; yield its endpoint; end it."""
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.server_process", kind, str(port), "--loop", loop, "--http", http]
@@ -90,15 +93,38 @@ def load(mode: str, endpoint: str, *args: str) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def throughput(kind: str, loops: int, seconds: float, loop: str = "auto", http: str = "auto") -> dict[str, Any]:
-    with server_process(kind, loop, http) as endpoint:
-        control(endpoint, "queue", n=int(seconds * 8000) + 5000)  # more than 2 cores can serve
-        load("cycles", endpoint, "--loops", str(loops), "--seconds", "1")  # warm-up
-        before = usage(endpoint)
-        result = load("cycles", endpoint, "--loops", str(loops), "--seconds", str(seconds))
-        after = usage(endpoint)
-    result["server_cpu_us_per_cycle"] = (after["cpu"] - before["cpu"]) / max(result["cycles"], 1) * 1e6
-    return result
+def throughput(
+    servers: dict[str, tuple[str, str, str]], loops: int, seconds: float, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Claim+submit cycles per second and server CPU per cycle, for each server.
+
+    ``servers`` maps a name to (kind, loop, http). All of them run at once (an idle one
+    costs nothing) and take turns under load, ``rounds`` times: a shared machine's drift
+    then falls on every server alike. Each figure is the median over the rounds.
+    """
+    with ExitStack() as stack:
+        endpoints = {name: stack.enter_context(server_process(*spec)) for name, spec in servers.items()}
+        for endpoint in endpoints.values():
+            control(endpoint, "queue", n=int(rounds * seconds * 8000) + 5000)  # more than 2 cores can serve
+            load("cycles", endpoint, "--loops", str(loops), "--seconds", "1")  # warm-up
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+        for _ in range(rounds):
+            for name, endpoint in endpoints.items():
+                before = usage(endpoint)
+                result = load("cycles", endpoint, "--loops", str(loops), "--seconds", str(seconds))
+                after = usage(endpoint)
+                cpu_us = (after["cpu"] - before["cpu"]) / max(result["cycles"], 1) * 1e6
+                runs[name].append({**result, "server_cpu_us_per_cycle": cpu_us})
+    return {
+        name: {
+            "cycles_per_second": statistics.median(r["cycles_per_second"] for r in rounds_of),
+            "server_cpu_us_per_cycle": statistics.median(r["server_cpu_us_per_cycle"] for r in rounds_of),
+            "cycles": sum(r["cycles"] for r in rounds_of),
+            "failed": sum(r["failed"] for r in rounds_of),
+            "rounds": rounds_of,
+        }
+        for name, rounds_of in runs.items()
+    }
 
 
 def latency(kind: str, in_flight: list[int], probes: int) -> dict[str, Any]:
@@ -137,7 +163,8 @@ def ratio(patched: float, upstream: float) -> str:
 def markdown(results: dict[str, Any]) -> str:
     up, pa = results["upstream"], results["patched"]
     lines = [
-        f"Machine: {results['machine']}; {results['loops']} claim+submit loops, {results['seconds']} s.",
+        f"Machine: {results['machine']}; {results['loops']} claim+submit loops; throughput: median of "
+        f"{results['rounds']} rounds of {results['seconds']} s per server, taken in turns.",
         "",
         "| measure | upstream | lightning_attempts | ratio |",
         "| --- | --- | --- | --- |",
@@ -174,16 +201,18 @@ def markdown(results: dict[str, Any]) -> str:
             f"| RSS after {s_up['completed']:,} completed tasks (MB) | {s_up['rss_mb']:.0f} | {s_pa['rss_mb']:.0f} "
             f"| {ratio(s_pa['rss_mb'], s_up['rss_mb'])} |"
         )
-    if "patched_asyncio_h11" in results:
-        plain = results["patched_asyncio_h11"]
-        lines.append(
-            f"| lightning_attempts on asyncio + h11: cycles/s, CPU us/cycle | | {plain['cycles_per_second']:.0f}, "
-            f"{plain['server_cpu_us_per_cycle']:.0f} | |"
-        )
+    for name, label in VARIANTS.items():
+        if name in results:
+            variant = results[name]
+            lines.append(
+                f"| lightning_attempts {label}: CPU per cycle (us), cycles/s | | "
+                f"{variant['server_cpu_us_per_cycle']:.0f}, {variant['cycles_per_second']:.0f} "
+                f"| {ratio(variant['server_cpu_us_per_cycle'], t_pa['server_cpu_us_per_cycle'])} of default |"
+            )
     return "\n".join(lines)
 
 
-def plot(results: dict[str, Any]) -> Path | None:
+def plot(results: dict[str, Any], output: Path) -> Path | None:
     try:  # optional: pip install matplotlib
         matplotlib: Any = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
@@ -196,7 +225,7 @@ def plot(results: dict[str, Any]) -> Path | None:
         axes.plot([p["claims_in_flight"] for p in points], [p["p50_ms"] for p in points], marker="o", label=kind)
     axes.set(xlabel="claims in flight", ylabel="/task p50 (ms)", title="/task latency against claims in flight")
     axes.legend()
-    path = RESULTS / "latency.png"
+    path = output / "latency.png"
     figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
@@ -205,34 +234,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that it works")
     parser.add_argument("--loops", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one throughput round")
+    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds per server, taken in turns")
     parser.add_argument("--completed", type=int, default=1_000_000)
-    parser.add_argument("--compare-loops", action="store_true", help="also run ours on plain asyncio + h11")
+    parser.add_argument("--compare-loops", action="store_true", help="also run ours on uvloop, and with h11")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where results.{json,md} go")
     options = parser.parse_args()
     in_flight = [0, 2_000, 20_000, 100_000]
     probes, checkpoints = 300, 5
     if options.quick:
-        options.loops, options.seconds, options.completed = 4, 1.0, 2_000
+        options.loops, options.seconds, options.rounds, options.completed = 4, 1.0, 1, 2_000
         in_flight, probes, checkpoints = [0, 200], 20, 2
-    RESULTS.mkdir(exist_ok=True)
+    output: Path = options.output
+    output.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "loops": options.loops,
         "seconds": options.seconds,
+        "rounds": options.rounds,
     }
+    servers = {kind: (kind, "asyncio", "auto") for kind in KINDS}
+    if options.compare_loops:
+        servers["patched_uvloop"] = ("patched", "uvloop", "auto")
+        servers["patched_h11"] = ("patched", "asyncio", "h11")
+    print(f"throughput: {options.rounds} rounds of {options.seconds} s each...", file=sys.stderr, flush=True)
+    cycles = throughput(servers, options.loops, options.seconds, options.rounds)
     for kind in KINDS:
-        print(f"{kind}: throughput...", file=sys.stderr, flush=True)
-        results[kind] = {"throughput": throughput(kind, options.loops, options.seconds)}
+        results[kind] = {"throughput": cycles[kind]}
         print(f"{kind}: latency with claims in flight...", file=sys.stderr, flush=True)
         results[kind]["latency"] = latency(kind, in_flight, probes)
         print(f"{kind}: memory over {options.completed:,} completed tasks...", file=sys.stderr, flush=True)
         results[kind]["memory"] = memory(kind, options.completed, checkpoints)
-    if options.compare_loops:
-        results["patched_asyncio_h11"] = throughput("patched", options.loops, options.seconds, "asyncio", "h11")
-    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    for name in VARIANTS:
+        if name in cycles:
+            results[name] = cycles[name]
+    (output / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
-    (RESULTS / "results.md").write_text(table + "\n")
-    image = plot(results)
+    (output / "results.md").write_text(table + "\n")
+    image = plot(results, output)
     print(table)
     if image is not None:
         print(f"\nplot: {image}")

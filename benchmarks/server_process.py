@@ -1,6 +1,10 @@
 """One server under test, in a process of its own, with control routes for the benchmark.
 
-    python -m benchmarks.server_process {upstream,patched} PORT [--loop auto|asyncio] [--http auto|h11]
+    python -m benchmarks.server_process {upstream,patched} PORT [--loop asyncio|uvloop] [--http auto|h11]
+
+The server runs as in a training script: ``start()`` inside an ``asyncio`` loop the
+script made (uvicorn's own loop setting applies only to ``uvicorn.run``), with uvicorn's
+default parser (httptools when installed). ``--loop uvloop`` runs that loop on uvloop.
 
 The control routes (``/bench/...``) run inside the server process so that setting up
 100,000 claims in flight or a million completed tasks costs no HTTP round trips.
@@ -19,6 +23,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import psutil
 import uvicorn
+import uvloop
 
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.compat import AgentLightningServer, LegacyRollout
@@ -26,16 +31,15 @@ from lightning_attempts.compat import AgentLightningServer, LegacyRollout
 HUGE_TIMEOUT = 1e9  # nothing is requeued during a measurement
 
 
-def build(kind: str, port: int, loop: str, http: str, access_log: bool = True) -> AgentLightningServer:
+def build(kind: str, port: int, http: str, access_log: bool = True) -> AgentLightningServer:
     server_class = AttemptAwareServer if kind == "patched" else AgentLightningServer
     server = server_class(host="127.0.0.1", port=port, task_timeout_seconds=HUGE_TIMEOUT)
-    # As users run it (upstream's log level, access log on), with the event loop and parser asked for.
+    # As users run it (upstream's log level, access log on), with the parser asked for.
     config = uvicorn.Config(
         server._app,  # pyright: ignore[reportPrivateUsage]
         host="127.0.0.1",
         port=port,
         log_level="info",
-        loop=loop,
         http=http,
         access_log=access_log,
     )
@@ -93,12 +97,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=["upstream", "patched"])
     parser.add_argument("port", type=int)
-    parser.add_argument("--loop", default="auto")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--http", default="auto")
     parser.add_argument("--no-access-log", action="store_true")
     options = parser.parse_args()
-    server = build(options.kind, options.port, options.loop, options.http, not options.no_access_log)
-    asyncio.run(server.run_forever())
+    server = build(options.kind, options.port, options.http, not options.no_access_log)
+    if options.loop == "uvloop":
+        uvloop.run(server.run_forever())
+    else:
+        asyncio.run(server.run_forever())
 
 
 if __name__ == "__main__":

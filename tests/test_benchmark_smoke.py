@@ -1,0 +1,44 @@
+"""The benchmark keeps working: ``python -m benchmarks --quick`` end to end, tiny sizes.
+
+Not a timed test: it checks that every measure is produced for both servers, not how
+fast either is (the figures in README.md come from a full run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(600)  # six server processes, each importing agentlightning (~15 s on 0.2+)
+def test_quick_benchmark_measures_both_servers(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for kind in ("upstream", "patched"):
+        throughput = results[kind]["throughput"]
+        assert throughput["cycles"] > 0 and throughput["failed"] == 0, throughput
+        assert throughput["server_cpu_us_per_cycle"] > 0
+        points = results[kind]["latency"]["points"]
+        assert [p["claims_in_flight"] for p in points] == [0, 200]
+        assert all(p["p50_ms"] > 0 and p["p99_ms"] >= p["p50_ms"] for p in points), points
+        series = results[kind]["memory"]["series"]
+        assert [s["completed"] for s in series] == [0, 1_000, 2_000]
+    table = (tmp_path / "results.md").read_text()
+    assert table == done.stdout.split("\n\nplot:")[0].strip() + "\n"
+    assert "| claim+submit cycles/s |" in table and "| server CPU per cycle (us) |" in table
+    assert "| RSS after 2,000 completed tasks (MB) |" in table
