@@ -19,6 +19,7 @@ from lightning_attempts.cli import main
 def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
     command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--task-timeout", "30"]
     command += ["--stale-policy", "salvage", "--require-attempt-id", "--log-level", "warning"]
+    command += ["--unresponsive-seconds", "20", "--max-claims", "3"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr is not None
@@ -49,7 +50,8 @@ def test_serve_runs_a_patched_server_until_terminated(serve_process: tuple[subpr
 def test_serve_help_lists_the_options() -> None:
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--task-timeout", "--stale-policy", "--require-attempt-id", "--log-level"):
+    options = ("--host", "--port", "--task-timeout", "--stale-policy", "--require-attempt-id", "--log-level")
+    for option in (*options, "--unresponsive-seconds", "--max-claims", "--max-remembered"):
         assert option in result.output
 
 
