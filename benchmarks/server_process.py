@@ -23,7 +23,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import psutil
 import uvicorn
-import uvloop
 
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.compat import AgentLightningServer, LegacyRollout
@@ -102,7 +101,9 @@ def main() -> None:
     parser.add_argument("--no-access-log", action="store_true")
     options = parser.parse_args()
     server = build(options.kind, options.port, options.http, not options.no_access_log)
-    if options.loop == "uvloop":
+    if options.loop == "uvloop":  # pip install 'lightning-attempts[bench]'
+        import uvloop
+
         uvloop.run(server.run_forever())
     else:
         asyncio.run(server.run_forever())

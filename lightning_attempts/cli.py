@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
-from typing import Any
 
 import click
 
@@ -85,17 +83,7 @@ def serve(
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal.
     with contextlib.suppress(KeyboardInterrupt):
-        run_event_loop(run())
-
-
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop where it is installed (measured 6% less server CPU per cycle), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        asyncio.run(run())
 
 
 @main.command()
