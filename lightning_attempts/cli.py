@@ -121,7 +121,7 @@ def demo(
         ["old" if i % 2 == 0 else "shim" for i in range(workers)] if fleet == "mixed" else [fleet] * workers  # type: ignore[list-item]
     )
     config = scenario.Scenario(
-        batches=batches, batch_size=batch_size, workers=workers, task_timeout=task_timeout, straggle_factor=straggle
+        batches=batches, batch_size=batch_size, task_timeout=task_timeout, straggle_factor=straggle
     )
     _, patched = run_demo(config, kinds, stale_policy, Console())
     raise SystemExit(0 if patched.clean else 1)

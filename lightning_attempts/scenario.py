@@ -32,7 +32,7 @@ from typing import Any, Literal
 from .client import AttemptAwareClient
 from .compat import AgentLightningClient, AgentLightningServer, LegacyRunner
 from .server import AttemptAwareServer
-from .testing import ServerThread, serve_in_thread
+from .testing import NullTracer, ServerThread, serve_in_thread
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,6 @@ class Scenario:
 
     batches: int = 4
     batch_size: int = 8
-    workers: int = 4
-    """Informational: ``run()`` starts one worker per entry of its ``fleet``."""
     task_timeout: float = 0.5
     straggle_factor: float = 2.5
     """A straggler's rollouts take this many task timeouts."""
@@ -171,32 +169,16 @@ def _make_agent(delay: float, tally: _Tally, stopped: threading.Event) -> Any:
     return TimedAgent()
 
 
-class _NullTracer:
-    """The tracer interface the legacy runners call, doing nothing."""
-
-    def trace_context(self, name: str | None = None, **_: Any) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()
-
-    _trace_context_sync = trace_context
-
-    def get_last_trace(self) -> list[Any]:
-        return []
-
-
-@dataclass
-class _Worker:
-    thread: threading.Thread
-    stopped: threading.Event
-
-
-def _worker(endpoint: str, kind: WorkerKind, delay: float, index: int, scenario: Scenario, tally: _Tally) -> _Worker:
+def _worker(
+    endpoint: str, kind: WorkerKind, delay: float, index: int, scenario: Scenario, tally: _Tally
+) -> threading.Thread:
     stopped = threading.Event()
     client_class = AttemptAwareClient if kind == "shim" else AgentLightningClient
     client = client_class(endpoint, poll_interval=scenario.poll_interval, timeout=10)
     runner = LegacyRunner(
         agent=_make_agent(delay, tally, stopped),
         client=client,
-        tracer=_NullTracer(),  # pyright: ignore[reportArgumentType]
+        tracer=NullTracer(),  # pyright: ignore[reportArgumentType]
         triplet_exporter=None,  # pyright: ignore[reportArgumentType]
         worker_id=index,
     )
@@ -205,8 +187,7 @@ def _worker(endpoint: str, kind: WorkerKind, delay: float, index: int, scenario:
         while not stopped.is_set():
             runner.run()  # poll one task, run it, post its result
 
-    thread = threading.Thread(target=loop, name=f"worker-{index}-{kind}", daemon=True)
-    return _Worker(thread, stopped)
+    return threading.Thread(target=loop, name=f"worker-{index}-{kind}", daemon=True)
 
 
 def free_port() -> int:
@@ -264,7 +245,7 @@ def run(
             for i, (kind, delay) in enumerate(zip(fleet, delays, strict=True))
         ]
         for worker in workers:
-            worker.thread.start()
+            worker.start()
         try:
             _train(served, scenario, report, on_batch)
         finally:
@@ -350,11 +331,11 @@ def _drops(served: ServerThread[Any]) -> dict[str, int]:
     return dict(served.call(_on_loop(server.attempt_stats))["dropped"])
 
 
-def _stop(served: ServerThread[Any], workers: list[_Worker], scenario: Scenario) -> list[str]:
+def _stop(served: ServerThread[Any], workers: list[threading.Thread], scenario: Scenario) -> list[str]:
     """Queue one stop task per worker and wait for every worker thread; return the stuck ones."""
     for _ in workers:
         served.call(served.server.queue_task({"stop": True}, mode="train"))
     deadline = time.monotonic() + scenario.straggle_seconds + 30
     for worker in workers:
-        worker.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    return [worker.thread.name for worker in workers if worker.thread.is_alive()]
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
+    return [worker.name for worker in workers if worker.is_alive()]

@@ -1,4 +1,4 @@
-"""Helpers for tests and demos: a manual clock, and a server run in a thread of its own.
+"""Helpers for tests and demos: a manual clock, a server run in a thread of its own, a null tracer.
 
 A server in its own thread (with its own event loop, as verl's daemon runs it) lets
 synchronous upstream clients and runners talk to it from the caller's thread.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine, Generator
 from contextlib import contextmanager
@@ -89,3 +90,20 @@ def serve_in_thread(server: S) -> Generator[ServerThread[S]]:
         yield running
     finally:
         running.close()
+
+
+class NullTracer:
+    """The tracer interface the legacy runners call (0.1: ``trace_context``; 0.2+: also async and sync)."""
+
+    def trace_context(self, name: str | None = None, **_: Any) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+    _trace_context_sync = trace_context
+
+    def get_last_trace(self) -> list[Any]:
+        return []
+
+    def init(self, *args: Any, **kwargs: Any) -> None: ...
+    def init_worker(self, *args: Any, **kwargs: Any) -> None: ...
+    def teardown_worker(self, *args: Any, **kwargs: Any) -> None: ...
+    def teardown(self, *args: Any, **kwargs: Any) -> None: ...

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -13,26 +12,10 @@ from agentlightning import LitAgent
 from agentlightning.types import PromptTemplate
 
 from lightning_attempts.compat import AgentLightningClient, LegacyRunner
+from lightning_attempts.testing import NullTracer
 
 RESOURCES: dict[str, Any] = {"prompt": PromptTemplate(template="hi", engine="f-string")}
 """The runner skips tasks when the server has no resources, and upstream 404s an empty dict."""
-
-
-class NullTracer:
-    """The tracer interface the legacy runners call (0.1: ``trace_context``; 0.2+: also async and sync)."""
-
-    def trace_context(self, name: str | None = None, **_: Any) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()
-
-    _trace_context_sync = trace_context
-
-    def get_last_trace(self) -> list[Any]:
-        return []
-
-    def init(self, *args: Any, **kwargs: Any) -> None: ...
-    def init_worker(self, *args: Any, **kwargs: Any) -> None: ...
-    def teardown_worker(self, *args: Any, **kwargs: Any) -> None: ...
-    def teardown(self, *args: Any, **kwargs: Any) -> None: ...
 
 
 def make_runner(agent: Any, client: AgentLightningClient, worker_id: int) -> Any:
