@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -248,7 +249,8 @@ def main() -> None:
     output: Path = options.output
     output.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"agentlightning {importlib.metadata.version('agentlightning')}",
         "loops": options.loops,
         "seconds": options.seconds,
         "rounds": options.rounds,
