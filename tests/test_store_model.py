@@ -98,7 +98,7 @@ class StoreMachine(RuleBasedStateMachine):
         which=st.sampled_from(["current", "earlier", "any issued", "forged", "none", "unknown rollout"]),
     )
     def submit(self, data: st.DataObject, which: str) -> None:
-        rid = data.draw(st.sampled_from(sorted(self.tasks)))
+        rid = data.draw(st.sampled_from(list(self.tasks)))
         model = self.tasks[rid]
         attempt: str | None
         if which == "current" and model.attempts:
@@ -174,7 +174,7 @@ class StoreMachine(RuleBasedStateMachine):
         live = {rid for rid, model in self.tasks.items() if model.status in ("queued", "claimed", "requeued")}
         chosen: list[str] | None = None
         if not everything and self.tasks:
-            chosen = data.draw(st.lists(st.sampled_from(sorted(self.tasks)), max_size=3, unique=True))
+            chosen = data.draw(st.lists(st.sampled_from(list(self.tasks)), max_size=3, unique=True))
         cancelled = self.store.cancel(chosen)
         expected = live if chosen is None else live & set(chosen)
         assert set(cancelled) == expected
