@@ -23,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Generator
 from contextlib import ExitStack, contextmanager
@@ -49,28 +50,32 @@ def server_process(kind: str, loop: str = "asyncio", http: str = "auto") -> Gene
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.server_process", kind, str(port), "--loop", loop, "--http", http]
     environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    process = subprocess.Popen(
-        command, cwd=Path(__file__).parent.parent, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{endpoint}/bench/usage", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the {kind} server did not start") from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        process.terminate()
+    # uvicorn's access log goes to stdout; what goes to stderr says why a server did not start.
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            command, cwd=Path(__file__).parent.parent, env=environment, stdout=subprocess.DEVNULL, stderr=errors
+        )
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    httpx.get(f"{endpoint}/bench/usage", timeout=2).raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        errors.seek(0)
+                        said = "".join(errors.readlines()[-20:])
+                        raise RuntimeError(f"the {kind} server did not start; it said:\n{said}") from None
+                    time.sleep(0.1)
+            yield endpoint
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
 
 
 def control(endpoint: str, path: str, **params: Any) -> dict[str, Any]:
