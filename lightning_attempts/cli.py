@@ -9,6 +9,7 @@ import logging
 import click
 
 from .outcomes import STALE_POLICIES, StalePolicy
+from .routing import DEFAULT_MAX_BODY_BYTES
 from .store import DEFAULT_MAX_REMEMBERED
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -47,6 +48,13 @@ def main() -> None:
     show_default=True,
     help="Finished tasks remembered to answer late results.",
 )
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BODY_BYTES,
+    show_default=True,
+    help="Larger submissions and heartbeats are refused (413) unread.",
+)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def serve(
     host: str,
@@ -57,6 +65,7 @@ def serve(
     unresponsive_seconds: float | None,
     max_claims: int | None,
     max_remembered: int,
+    max_body_bytes: int,
     log_level: str,
 ) -> None:
     """Run a standalone AttemptAwareServer until interrupted."""
@@ -72,6 +81,7 @@ def serve(
         unresponsive_seconds=unresponsive_seconds,
         max_claims=max_claims,
         max_remembered=max_remembered,
+        max_body_bytes=max_body_bytes,
     )
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # upstream configures uvicorn at INFO
         logging.getLogger(name).setLevel(log_level.upper())

@@ -6,7 +6,8 @@ validates the result and wraps the call; for these small endpoints that is most 
 server's own CPU (see benchmarks/). ``DirectRoute`` keeps everything FastAPI derives from
 the endpoint's signature (the OpenAPI schema, ``/docs``), and serves a request by
 validating the body straight from its bytes with pydantic-core and awaiting the endpoint,
-which returns a ready ``Response``. Bad bodies get FastAPI's 422 shape.
+which returns a ready ``Response``. Bad bodies get FastAPI's 422 shape; a body larger
+than the route's ``max_body_bytes`` gets 413 and is not read further.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -23,6 +24,9 @@ from starlette.responses import JSONResponse, Response
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
+DEFAULT_MAX_BODY_BYTES = 64 * 2**20
+"""Largest body the hot routes read (64 MiB); a rollout with long traces takes a few MB."""
+
 
 def unprocessable(errors: Sequence[Any], *, prefix: tuple[str, ...] = ()) -> JSONResponse:
     """422 naming each bad field, without echoing the input back (it may be huge or private)."""
@@ -30,8 +34,40 @@ def unprocessable(errors: Sequence[Any], *, prefix: tuple[str, ...] = ()) -> JSO
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+class BodyTooLarge(Exception):
+    """A request body over the route's limit; answered 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body larger than {limit} bytes, this server's max_body_bytes.")
+
+
+async def read_body(request: Request, limit: int | None) -> bytes:
+    """The request's body; ``BodyTooLarge`` as soon as it is known to exceed ``limit`` bytes."""
+    if limit is None:
+        return await request.body()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # a chunked body declares no length
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class DirectRoute(APIRoute):
     """An ``APIRoute`` for an endpoint taking no argument or one pydantic body, returning a Response."""
+
+    max_body_bytes: ClassVar[int | None] = DEFAULT_MAX_BODY_BYTES
+    """Bodies over this many bytes are answered 413 unread; ``None``: no limit."""
+
+    @classmethod
+    def limited(cls, max_body_bytes: int | None) -> type[DirectRoute]:
+        """This route class with another body limit."""
+        return type(cls.__name__, (cls,), {"max_body_bytes": max_body_bytes})
 
     def get_route_handler(self) -> Handler:
         endpoint: Callable[..., Coroutine[Any, Any, Response]] = self.endpoint
@@ -45,10 +81,13 @@ class DirectRoute(APIRoute):
         if len(parameters) > 1:
             raise TypeError(f"DirectRoute takes endpoints with at most one (body) parameter, not {parameters}")
         body: type[BaseModel] = typing.get_type_hints(endpoint)[parameters[0]]
+        limit = self.max_body_bytes
 
         async def handler_with_body(request: Request) -> Response:
             try:
-                payload = body.model_validate_json(await request.body())
+                payload = body.model_validate_json(await read_body(request, limit))
+            except BodyTooLarge as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=413)
             except ValidationError as exc:
                 return unprocessable(exc.errors(include_input=False, include_url=False), prefix=("body",))
             return await endpoint(payload)

@@ -19,7 +19,7 @@ from .compat import AgentLightningServer, ServerDataStore
 from .metrics import exposition
 from .models import AttemptRollout, AttemptTaskIfAny, Heartbeat
 from .outcomes import STALE_POLICIES, StalePolicy
-from .routing import DirectRoute, unprocessable
+from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute, unprocessable
 from .store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class AttemptAwareServer(AgentLightningServer):
     - ``max_remembered``: how many finished tasks are remembered to answer late
       results with ``duplicate`` or ``already_completed``; a late result of a task
       forgotten since is dropped as ``unknown_rollout``.
+    - ``max_body_bytes``: larger bodies of ``/rollout`` and ``/heartbeat`` are answered
+      413 without being read (default 64 MiB; ``None``: no limit).
     - ``clock``: monotonic clock for claim deadlines (injectable for tests).
 
     ``port=0`` binds a free port; ``port`` and ``endpoint`` hold the real one after ``start()``.
@@ -65,15 +67,19 @@ class AttemptAwareServer(AgentLightningServer):
         unresponsive_seconds: float | None = None,
         max_claims: int | None = None,
         max_remembered: int = DEFAULT_MAX_REMEMBERED,
+        max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
         clock: Clock = time.monotonic,
     ) -> None:
         if stale_policy not in STALE_POLICIES:
             raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
+        if max_body_bytes is not None and max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be positive (or None for no limit)")
         self.stale_policy: StalePolicy = stale_policy
         self.require_attempt_id = require_attempt_id
         self.unresponsive_seconds = unresponsive_seconds
         self.max_claims = max_claims
         self.max_remembered = max_remembered
+        self.max_body_bytes = max_body_bytes
         self._clock = clock
         self._attempt_store: AttemptAwareDataStore | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -120,24 +126,26 @@ class AttemptAwareServer(AgentLightningServer):
             for route in router.routes
             if not (isinstance(route, APIRoute) and {(route.path, m) for m in route.methods or ()} & _REPLACED_ROUTES)
         ]
+        direct = DirectRoute.limited(self.max_body_bytes)
         router.add_api_route(
             "/task",
             self._next_task,
             methods=["GET"],
             response_model=AttemptTaskIfAny,
             summary="Claim the next task as a new attempt",
-            route_class_override=DirectRoute,
+            route_class_override=direct,
         )
         router.add_api_route(
             "/rollout",
             self._post_rollout,
             methods=["POST"],
             summary="Submit the result of an attempt",
-            route_class_override=DirectRoute,
+            route_class_override=direct,
             responses={
                 200: {"description": "Stored (`ok`), or a retry of the stored attempt (`duplicate`)"},
                 400: {"description": "Refused: no `attempt_id` and the server requires one"},
                 409: {"description": "Dropped: the attempt may not complete the task (see `reason`)"},
+                413: {"description": "The body is larger than the server's `max_body_bytes`"},
             },
         )
         router.add_api_route(
@@ -145,7 +153,7 @@ class AttemptAwareServer(AgentLightningServer):
             self._post_heartbeat,
             methods=["POST"],
             summary="Tell the server an attempt is still working on its claim",
-            route_class_override=DirectRoute,
+            route_class_override=direct,
             responses={409: {"description": "The attempt no longer holds the claim (see `reason`): stop working"}},
         )
         self._app.add_exception_handler(RequestValidationError, self._validation_error)

@@ -51,7 +51,7 @@ def test_serve_help_lists_the_options() -> None:
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0
     options = ("--host", "--port", "--task-timeout", "--stale-policy", "--require-attempt-id", "--log-level")
-    for option in (*options, "--unresponsive-seconds", "--max-claims", "--max-remembered"):
+    for option in (*options, "--unresponsive-seconds", "--max-claims", "--max-remembered", "--max-body-bytes"):
         assert option in result.output
 
 

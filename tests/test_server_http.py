@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import uuid
 from collections.abc import Iterator
@@ -180,6 +181,50 @@ def test_malformed_message_names_the_field(http: httpx.Client) -> None:
     assert len(response.content) < 10_000  # the answer does not echo the megabyte back
 
 
+LIMIT = 4096
+
+
+@pytest.fixture
+def limited(clock: ManualClock) -> Iterator[Served]:
+    with serve_in_thread(AttemptAwareServer(port=0, task_timeout_seconds=60, max_body_bytes=LIMIT, clock=clock)) as s:
+        yield s
+
+
+def padded(rollout_id: str, attempt_id: str, size: int) -> bytes:
+    """A valid submission of exactly ``size`` bytes (the padding is in its metadata)."""
+    body = {"rollout_id": rollout_id, "attempt_id": attempt_id, "metadata": {"pad": ""}}
+    bare = len(json.dumps(body).encode())
+    body["metadata"] = {"pad": "x" * (size - bare)}
+    encoded = json.dumps(body).encode()
+    assert len(encoded) == size
+    return encoded
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_the_limit_is_refused_unread(limited: Served, chunked: bool) -> None:
+    rid = queue(limited)
+    with httpx.Client(base_url=limited.endpoint, timeout=10) as http:
+        task = claim(http)
+        before = limited.server.attempt_stats()
+        oversized = padded(rid, task["attempt_id"], 1_000_000)
+        content: Any = iter([oversized[i : i + 8192] for i in range(0, len(oversized), 8192)]) if chunked else oversized
+        response = http.post("/rollout", content=content, headers={"content-type": "application/json"})
+        assert response.status_code == 413
+        assert f"larger than {LIMIT} bytes" in response.json()["detail"]
+        assert limited.server.attempt_stats() == before
+        # Still serving, the claim intact; a body of exactly the limit is read.
+        answer = http.post("/rollout", content=padded(rid, task["attempt_id"], LIMIT))
+        assert (answer.status_code, answer.json()["status"]) == (200, "ok")
+    assert [r.rollout_id for r in stored(limited)] == [rid]
+
+
+def test_the_body_limit_can_be_lifted_and_must_be_positive() -> None:
+    assert AttemptAwareServer(port=0).max_body_bytes == 64 * 2**20
+    AttemptAwareServer(port=0, max_body_bytes=None)
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        AttemptAwareServer(port=0, max_body_bytes=0)
+
+
 def test_openapi_documents_the_hot_routes(http: httpx.Client) -> None:
     """/task, /rollout and /heartbeat are served by DirectRoute; FastAPI still documents them."""
     paths = http.get("/openapi.json").json()["paths"]
@@ -190,7 +235,7 @@ def test_openapi_documents_the_hot_routes(http: httpx.Client) -> None:
     )
     task_answer = paths["/task"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert task_answer["$ref"].endswith("/AttemptTaskIfAny")
-    assert set(paths["/rollout"]["post"]["responses"]) >= {"200", "400", "409", "422"}
+    assert set(paths["/rollout"]["post"]["responses"]) >= {"200", "400", "409", "413", "422"}
 
 
 def test_a_body_that_is_not_json_names_the_body(http: httpx.Client) -> None:
