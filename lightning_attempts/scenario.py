@@ -286,7 +286,7 @@ def _train(
             seen[rollout.rollout_id] += 1
         time.sleep(scenario.poll_interval)
     if isinstance(server, AttemptAwareServer):
-        report.stats = served.call(_on_loop(server.attempt_stats))
+        report.stats = served.run(server.attempt_stats)
 
 
 def _run_batch(
@@ -319,16 +319,11 @@ def _run_batch(
     return batch
 
 
-async def _on_loop(function: Callable[[], Any]) -> Any:
-    """Run a synchronous server method on the server's own loop (its store is not thread-safe)."""
-    return function()
-
-
 def _drops(served: ServerThread[Any]) -> dict[str, int]:
     server = served.server
     if not isinstance(server, AttemptAwareServer):
         return {}
-    return dict(served.call(_on_loop(server.attempt_stats))["dropped"])
+    return dict(served.run(server.attempt_stats)["dropped"])
 
 
 def _stop(served: ServerThread[Any], workers: list[threading.Thread], scenario: Scenario) -> list[str]:

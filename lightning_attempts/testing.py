@@ -10,7 +10,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
@@ -56,6 +56,14 @@ class ServerThread(Generic[S]):
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         """Run ``coro`` on the server's loop and return its result."""
         return self.submit(coro).result(timeout)
+
+    def run(self, function: Callable[[], T], timeout: float = 30.0) -> T:
+        """Call a synchronous server or store method on the server's loop (the store is not thread-safe)."""
+
+        async def on_loop() -> T:
+            return function()
+
+        return self.call(on_loop(), timeout)
 
     def start(self, timeout: float = 30.0) -> None:
         self._thread.start()

@@ -223,7 +223,7 @@ def test_a_sync_claim_is_heartbeaten_until_submitted(leased: Served, clock: Manu
     for beat in range(1, 6):  # the worker runs 2.5x the window on the server's clock
         wait_for_heartbeats(leased, beat)
         clock.advance(0.15)
-        assert leased.server.store.requeue_expired() == 0
+        assert leased.run(leased.server.store.requeue_expired) == 0
     answer = client.post_rollout(plain(rid))
     assert answer is not None and answer["status"] == "ok"
     assert leased.server.attempt_stats()["requeues"] == 0
