@@ -154,7 +154,10 @@ class AttemptAwareServer(AgentLightningServer):
             methods=["POST"],
             summary="Tell the server an attempt is still working on its claim",
             route_class_override=direct,
-            responses={409: {"description": "The attempt no longer holds the claim (see `reason`): stop working"}},
+            responses={
+                409: {"description": "The attempt no longer holds the claim (see `reason`): stop working"},
+                413: {"description": "The body is larger than the server's `max_body_bytes`"},
+            },
         )
         self._app.add_exception_handler(RequestValidationError, self._validation_error)
         self._app.add_api_route(

@@ -15,6 +15,7 @@ from agentlightning.types import PromptTemplate
 
 from lightning_attempts import AttemptAwareServer, ServerStartError
 from lightning_attempts.compat import AgentLightningClient, LegacyRollout
+from lightning_attempts.routing import DirectRoute
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
 Served = ServerThread[AttemptAwareServer]
@@ -201,7 +202,7 @@ def padded(rollout_id: str, attempt_id: str, size: int) -> bytes:
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_a_body_over_the_limit_is_refused_unread(limited: Served, chunked: bool) -> None:
+def test_a_body_over_the_limit_is_refused(limited: Served, chunked: bool) -> None:
     rid = queue(limited)
     with httpx.Client(base_url=limited.endpoint, timeout=10) as http:
         task = claim(http)
@@ -218,9 +219,14 @@ def test_a_body_over_the_limit_is_refused_unread(limited: Served, chunked: bool)
     assert [r.rollout_id for r in stored(limited)] == [rid]
 
 
-def test_the_body_limit_can_be_lifted_and_must_be_positive() -> None:
-    assert AttemptAwareServer(port=0).max_body_bytes == 64 * 2**20
-    AttemptAwareServer(port=0, max_body_bytes=None)
+@pytest.mark.parametrize(("option", "limit"), [({}, 64 * 2**20), ({"max_body_bytes": None}, None)])
+def test_the_body_limit_reaches_the_routes_that_read_bodies(option: dict[str, Any], limit: int | None) -> None:
+    app = AttemptAwareServer(port=0, **option)._app  # pyright: ignore[reportPrivateUsage]
+    limits = {route.path: route.max_body_bytes for route in app.routes if isinstance(route, DirectRoute)}
+    assert limits == {"/task": limit, "/rollout": limit, "/heartbeat": limit}
+
+
+def test_the_body_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_body_bytes"):
         AttemptAwareServer(port=0, max_body_bytes=0)
 
