@@ -53,7 +53,7 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_BODY_BYTES,
     show_default=True,
-    help="Larger submissions and heartbeats are refused (413) unread.",
+    help="Larger submissions and heartbeats are refused (413), read no further than this.",
 )
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def serve(

@@ -62,7 +62,7 @@ class DirectRoute(APIRoute):
     """An ``APIRoute`` for an endpoint taking no argument or one pydantic body, returning a Response."""
 
     max_body_bytes: ClassVar[int | None] = DEFAULT_MAX_BODY_BYTES
-    """Bodies over this many bytes are answered 413 unread; ``None``: no limit."""
+    """Bodies over this many bytes are answered 413, read no further than the limit; ``None``: no limit."""
 
     @classmethod
     def limited(cls, max_body_bytes: int | None) -> type[DirectRoute]:

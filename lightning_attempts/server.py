@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 _NO_TASK = b'{"is_available":false,"task":null}'
 _REPLACED_ROUTES = {("/task", "GET"), ("/rollout", "POST")}
+_TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The body is larger than the server's `max_body_bytes`"}
+}
 
 
 class ServerStartError(RuntimeError):
@@ -50,7 +53,7 @@ class AttemptAwareServer(AgentLightningServer):
       results with ``duplicate`` or ``already_completed``; a late result of a task
       forgotten since is dropped as ``unknown_rollout``.
     - ``max_body_bytes``: larger bodies of ``/rollout`` and ``/heartbeat`` are answered
-      413 without being read (default 64 MiB; ``None``: no limit).
+      413, read no further than the limit (default 64 MiB; ``None``: no limit).
     - ``clock``: monotonic clock for claim deadlines (injectable for tests).
 
     ``port=0`` binds a free port; ``port`` and ``endpoint`` hold the real one after ``start()``.
@@ -145,7 +148,7 @@ class AttemptAwareServer(AgentLightningServer):
                 200: {"description": "Stored (`ok`), or a retry of the stored attempt (`duplicate`)"},
                 400: {"description": "Refused: no `attempt_id` and the server requires one"},
                 409: {"description": "Dropped: the attempt may not complete the task (see `reason`)"},
-                413: {"description": "The body is larger than the server's `max_body_bytes`"},
+                **_TOO_LARGE,
             },
         )
         router.add_api_route(
@@ -156,7 +159,7 @@ class AttemptAwareServer(AgentLightningServer):
             route_class_override=direct,
             responses={
                 409: {"description": "The attempt no longer holds the claim (see `reason`): stop working"},
-                413: {"description": "The body is larger than the server's `max_body_bytes`"},
+                **_TOO_LARGE,
             },
         )
         self._app.add_exception_handler(RequestValidationError, self._validation_error)
