@@ -1,13 +1,24 @@
 #!/usr/bin/env python3
-"""Run the whole test suite against every supported agentlightning release.
+"""Run the test suite in tiers: every supported agentlightning release, extra Pythons, and verl.
 
-Each release gets its own virtual environment under ``.venvs/<release>`` (kept between
-runs; uv's cache makes a cold build take seconds), with the project and its test extra
-installed. Prints each run, then a table of release against result, and exits non-zero
-if any release fails or runs no test. Standard library only: it runs before any venv exists.
+Each tier gets its own virtual environment under ``.venvs/<tier>`` (kept between runs; uv's
+cache makes a rebuild take seconds) with the project installed editable, and runs pytest there:
 
-    python3 .ci/matrix.py                       # all seven releases
-    python3 .ci/matrix.py --releases 0.1.2,0.3.0 -- -k store   # some, with pytest arguments
+- ``releases``: the seven releases on Python 3.11, ``tests/`` without ``tests/verl/``;
+- ``pythons``: 0.1.2 on 3.10, 0.2.2 on 3.12, 0.3.0 on 3.13, the same tests;
+- ``verl``: 0.1.2 + verl 0.5.0 and 0.3.0 + verl 0.6.1 on 3.11 with a CPU build of torch,
+  ``tests/verl/`` (the real AgentModeDaemon, Ray). torch comes from pip, not uv: pip's
+  configuration on these machines finds ``torch-2.13.0+cpu`` on disk, where uv (and a plain
+  ``torch``) would download a CUDA build of several GB.
+
+A tier whose environment cannot be built fails, saying which step and what is missing. Prints
+each run, then a table of tier against result, and exits non-zero if any tier fails or runs no
+test. Standard library only: it runs before any venv exists.
+
+    python3 .ci/matrix.py                                      # every tier
+    python3 .ci/matrix.py --tiers verl                         # one group (releases, pythons, verl)
+    python3 .ci/matrix.py --tiers verl-0.3.0,py3.12-0.2.2      # tiers by name
+    python3 .ci/matrix.py --releases 0.1.2,0.3.0 -- -k store   # release tiers, with pytest arguments
 """
 
 from __future__ import annotations
@@ -26,18 +37,62 @@ ROOT = Path(__file__).resolve().parent.parent
 RELEASES = ("0.1", "0.1.1", "0.1.2", "0.2.0", "0.2.1", "0.2.2", "0.3.0")
 PYTHON = "3.11"
 COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)")
+SUITE = ("tests", "--ignore=tests/verl")
+TORCH = "torch==2.13.0"
+# The verl tier's test requirements, not the test extra: schemathesis (only the HTTP fuzz tests
+# use it) needs rich>=13.9.4, which litellm[proxy] of 0.3.0's era pins to 13.7.1.
+VERL_TEST_REQUIREMENTS = ("pytest>=8", "pytest-timeout>=2.2", "pytest-asyncio>=0.23", "psutil>=5.9")
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    group: str
+    release: str
+    python: str = PYTHON
+    paths: tuple[str, ...] = SUITE
+    requirements: tuple[str, ...] = ("-e", f"{ROOT}[test]")
+    exclude_newer: str | None = None
+    torch: str | None = None
+
+
+def _verl(release: str, verl: str, exclude_newer: str, *extra: str) -> Tier:
+    requirements = ("-e", str(ROOT), *VERL_TEST_REQUIREMENTS, f"verl=={verl}", *extra)
+    return Tier(
+        f"verl-{release}", "verl", release, paths=("tests/verl",), requirements=requirements,
+        exclude_newer=exclude_newer, torch=TORCH,
+    )  # fmt: skip
+
+
+TIERS: tuple[Tier, ...] = (
+    *(Tier(release, "releases", release) for release in RELEASES),
+    Tier("py3.10-0.1.2", "pythons", "0.1.2", python="3.10"),
+    Tier("py3.12-0.2.2", "pythons", "0.2.2", python="3.12"),
+    Tier("py3.13-0.3.0", "pythons", "0.3.0", python="3.13"),
+    # 0.1.2's daemon imports openai without declaring it. Newer pins do not resolve together
+    # (pyarrow against numpy<2, transformers 5); 0.2.2 + verl 0.6.1 resolves with 2025-11-20.
+    _verl("0.1.2", "0.5.0", "2025-08-20", "openai"),
+    _verl("0.3.0", "0.6.1", "2026-01-05"),
+)
+GROUPS = ("releases", "pythons", "verl")
+
+
+class InstallError(Exception):
+    """A tier's environment could not be built; the message says which step and why."""
 
 
 @dataclass
 class Result:
-    release: str
+    tier: Tier
     exit_code: int
     counts: dict[str, int]
     seconds: float
+    install_seconds: float
+    problem: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and self.counts.get("passed", 0) > 0
+        return self.problem is None and self.exit_code == 0 and self.counts.get("passed", 0) > 0
 
 
 def uv() -> str:
@@ -50,36 +105,77 @@ def uv() -> str:
     return found
 
 
-def prepare(release: str) -> Path:
-    """The release's virtual environment, with the project (editable) and its test extra."""
-    venv = ROOT / ".venvs" / release
+def interpreter(version: str) -> str:
+    """pyenv's interpreter for ``version`` when there is one (uv cannot download one here), else the version."""
+    pyenv = shutil.which("pyenv")
+    if pyenv is None:
+        return version
+    root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False).stdout.strip()
+    candidates = sorted(Path(root).glob(f"versions/{version}.*/bin/python{version}")) if root else []
+    return str(candidates[-1]) if candidates else version
+
+
+def step(description: str, command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        detail = "\n".join(line for line in (done.stderr + done.stdout).splitlines() if line.strip())[-3000:]
+        raise InstallError(f"{description} failed (exit {done.returncode}):\n{detail}")
+
+
+def installed_version(python: Path, distribution: str) -> str | None:
+    done = subprocess.run(
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({distribution!r}))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def prepare(tier: Tier) -> Path:
+    """The tier's virtual environment, with the project (editable) and the tier's requirements."""
+    venv = ROOT / ".venvs" / tier.name
     python = venv / "bin" / "python"
     if not python.exists():
-        subprocess.run([uv(), "venv", "--quiet", "--python", PYTHON, str(venv)], check=True)
-    subprocess.run(
-        [
-            uv(),
-            "pip",
-            "install",
-            "--quiet",
-            "--python",
-            str(python),
-            "-e",
-            f"{ROOT}[test]",
-            f"agentlightning=={release}",
-        ],
-        check=True,
+        step(f"creating {venv} with Python {tier.python}", [uv(), "venv", "--quiet", "--python", interpreter(tier.python), str(venv)])
+    if tier.torch is not None:
+        wanted = tier.torch.partition("==")[2]
+        if (installed_version(python, "torch") or "").partition("+")[0] != wanted:
+            step(f"installing pip into {venv}", [uv(), "pip", "install", "--quiet", "--python", str(python), "pip"])
+            step(
+                f"installing {tier.torch} with pip (it should take the CPU build, e.g. from /opt/wheels)",
+                [str(python), "-m", "pip", "install", "--quiet", tier.torch],
+            )
+    command = [uv(), "pip", "install", "--quiet", "--python", str(python)]
+    if tier.exclude_newer:
+        command += ["--exclude-newer", tier.exclude_newer]
+    step(
+        f"installing agentlightning=={tier.release} and {' '.join(tier.requirements)}",
+        [*command, *tier.requirements, f"agentlightning=={tier.release}"],
     )
     return python
 
 
-def run(release: str, pytest_args: list[str]) -> Result:
+def paths_given(pytest_args: list[str]) -> bool:
+    return any(not arg.startswith("-") and (ROOT / arg.split("::")[0]).exists() for arg in pytest_args)
+
+
+def run(tier: Tier, pytest_args: list[str]) -> Result:
+    print(f"\n=== {tier.name}: agentlightning {tier.release}, Python {tier.python} ===", flush=True)
     started = time.monotonic()
-    python = prepare(release)
-    print(f"\n=== agentlightning {release} ===", flush=True)
+    try:
+        python = prepare(tier)
+    except InstallError as error:
+        seconds = time.monotonic() - started
+        print(f"matrix: {tier.name}: {error}", flush=True)
+        return Result(tier, 1, {}, seconds, seconds, problem=str(error).splitlines()[0])
+    installed = time.monotonic() - started
+    print(f"(environment ready in {installed:.0f}s)", flush=True)
+    # The tier's own paths unless the arguments name some; --ignore options stay either way.
+    paths = [p for p in tier.paths if p.startswith("-")] if paths_given(pytest_args) else list(tier.paths)
     environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     process = subprocess.Popen(
-        [str(python), "-m", "pytest", "-p", "no:cacheprovider", *pytest_args],
+        [str(python), "-m", "pytest", "-p", "no:cacheprovider", *paths, *pytest_args],
         cwd=ROOT,
         env=environment,
         stdout=subprocess.PIPE,
@@ -94,39 +190,61 @@ def run(release: str, pytest_args: list[str]) -> Result:
             last = line
     exit_code = process.wait()
     counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in COUNTS.findall(last)}
-    return Result(release, exit_code, counts, time.monotonic() - started)
+    return Result(tier, exit_code, counts, time.monotonic() - started, installed)
+
+
+def verdict(result: Result) -> str:
+    if result.problem is not None:
+        return f"FAILED: {result.problem}"
+    if result.ok:
+        return "ok"
+    return "no tests" if result.exit_code == 5 else f"FAILED (exit {result.exit_code})"
 
 
 def table(results: list[Result]) -> str:
     rows = [
-        "| agentlightning | result | passed | failed | skipped | seconds |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| tier | agentlightning | python | result | passed | failed | skipped | install s | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         failed = r.counts.get("failed", 0) + r.counts.get("error", 0)
-        verdict = "ok" if r.ok else ("no tests" if r.exit_code == 5 else f"FAILED (exit {r.exit_code})")
         rows.append(
-            f"| {r.release} | {verdict} | {r.counts.get('passed', 0)} | {failed} | {r.counts.get('skipped', 0)} "
-            f"| {r.seconds:.0f} |"
+            f"| {r.tier.name} | {r.tier.release} | {r.tier.python} | {verdict(r)} | {r.counts.get('passed', 0)} "
+            f"| {failed} | {r.counts.get('skipped', 0)} | {r.install_seconds:.0f} | {r.seconds:.0f} |"
         )
     return "\n".join(rows)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--releases", default=",".join(RELEASES), help="comma-separated releases to test")
-    parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
-    options = parser.parse_args()
-    releases = [r.strip() for r in options.releases.split(",") if r.strip()]
+def select(parser: argparse.ArgumentParser, tiers_option: str | None, releases_option: str | None) -> list[Tier]:
+    releases = [r.strip() for r in (releases_option or ",".join(RELEASES)).split(",") if r.strip()]
     unknown = sorted(set(releases) - set(RELEASES))
     if unknown:
         parser.error(f"unsupported releases: {', '.join(unknown)} (supported: {', '.join(RELEASES)})")
+    # --releases alone keeps its old meaning: those releases on 3.11.
+    names = [n.strip() for n in (tiers_option or ("releases" if releases_option else ",".join(GROUPS))).split(",")]
+    known = {tier.name for tier in TIERS}
+    bad = [n for n in names if n and n not in GROUPS and n not in known]
+    if bad:
+        parser.error(f"unknown tiers: {', '.join(bad)} (groups: {', '.join(GROUPS)}; tiers: {', '.join(sorted(known))})")
+    chosen = [t for t in TIERS if (t.group in names or t.name in names) and t.release in releases]
+    if not chosen:
+        parser.error("no tier matches the selection")
+    return chosen
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiers", help=f"comma-separated groups ({', '.join(GROUPS)}) or tier names; default all")
+    parser.add_argument("--releases", help="comma-separated agentlightning releases (alone: the 3.11 release tiers)")
+    parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
+    options = parser.parse_args()
+    tiers = select(parser, options.tiers, options.releases)
     started = time.monotonic()
-    results = [run(release, options.pytest_args) for release in releases]
+    results = [run(tier, options.pytest_args) for tier in tiers]
     print("\n" + table(results))
     passed = sum(r.counts.get("passed", 0) for r in results)
     failed = sum(r.counts.get("failed", 0) + r.counts.get("error", 0) for r in results)
-    print(f"\nmatrix of {len(results)} releases in {time.monotonic() - started:.0f}s")
+    print(f"\nmatrix of {len(results)} tiers in {time.monotonic() - started:.0f}s")
     print(f"total: {passed} passed, {failed} failed")
     return 0 if all(r.ok for r in results) else 1
 
