@@ -137,7 +137,10 @@ def prepare(tier: Tier) -> Path:
     venv = ROOT / ".venvs" / tier.name
     python = venv / "bin" / "python"
     if not python.exists():
-        step(f"creating {venv} with Python {tier.python}", [uv(), "venv", "--quiet", "--python", interpreter(tier.python), str(venv)])
+        step(
+            f"creating {venv} with Python {tier.python}",
+            [uv(), "venv", "--quiet", "--python", interpreter(tier.python), str(venv)],
+        )
     if tier.torch is not None:
         wanted = tier.torch.partition("==")[2]
         if (installed_version(python, "torch") or "").partition("+")[0] != wanted:
@@ -225,7 +228,9 @@ def select(parser: argparse.ArgumentParser, tiers_option: str | None, releases_o
     known = {tier.name for tier in TIERS}
     bad = [n for n in names if n and n not in GROUPS and n not in known]
     if bad:
-        parser.error(f"unknown tiers: {', '.join(bad)} (groups: {', '.join(GROUPS)}; tiers: {', '.join(sorted(known))})")
+        parser.error(
+            f"unknown tiers: {', '.join(bad)} (groups: {', '.join(GROUPS)}; tiers: {', '.join(sorted(known))})"
+        )
     chosen = [t for t in TIERS if (t.group in names or t.name in names) and t.release in releases]
     if not chosen:
         parser.error("no tier matches the selection")

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,7 +72,7 @@ class Fleet:
 
 
 @contextmanager
-def fleet(logs: Path) -> Iterator[Fleet]:
+def fleet(logs: Path) -> Generator[Fleet]:
     started = Fleet(logs)
     try:
         yield started

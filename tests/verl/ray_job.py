@@ -46,7 +46,7 @@ class DaemonHost:
             options["mode"] = "v0"
         self.daemon = daemon_class(**options)
         self.daemon.start()
-        server = type(self.daemon.server)
+        server: type[object] = type(self.daemon.server)
         return {
             "pid": os.getpid(),
             "switch": os.environ.get("LIGHTNING_ATTEMPTS_INSTALL"),

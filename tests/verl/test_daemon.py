@@ -31,7 +31,9 @@ def run_job(tmp_path: Path, switch: bool) -> tuple[list[dict[str, Any]], str, li
     with fleet(tmp_path) as started:
         job = started.start("daemon", "tests.verl.daemon_job", [str(port), str(tmp_path)], env)
         for worker in range(WORKERS):
-            started.start(f"worker-{worker}", "tests.verl.worker", [f"http://127.0.0.1:{port}", str(tmp_path), str(worker)], env)
+            started.start(
+                f"worker-{worker}", "tests.verl.worker", [f"http://127.0.0.1:{port}", str(tmp_path), str(worker)], env
+            )
         wait_until(lambda: job.poll() is not None, "the daemon job", timeout=150)
         output = started.output("daemon")
         assert job.returncode == 0, output[-4000:]

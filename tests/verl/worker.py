@@ -86,7 +86,8 @@ def main(endpoint: str, signal_dir: str, worker_id: int) -> None:
     kind = type(client)
     print(f"worker {worker_id} client {kind.__module__}.{kind.__qualname__} mro={[c.__name__ for c in kind.__mro__]}")
     print(f"worker {worker_id} ready", flush=True)
-    runner: Any = LegacyRunner(agent=agent, client=client, tracer=NullTracer(), triplet_exporter=None, worker_id=worker_id)  # type: ignore[arg-type]
+    tracer: Any = NullTracer()
+    runner: Any = LegacyRunner(agent=agent, client=client, tracer=tracer, triplet_exporter=None, worker_id=worker_id)  # type: ignore[arg-type]
     while True:
         runner.run()
 
