@@ -46,11 +46,11 @@ class DaemonHost:
             options["mode"] = "v0"
         self.daemon = daemon_class(**options)
         self.daemon.start()
-        server: type[object] = type(self.daemon.server)
+        classes = inspect.getmro(self.daemon.server.__class__)
         return {
             "pid": os.getpid(),
             "switch": os.environ.get("LIGHTNING_ATTEMPTS_INSTALL"),
-            "server": [f"{c.__module__}.{c.__qualname__}" for c in server.__mro__],
+            "server": [f"{c.__module__}.{c.__qualname__}" for c in classes],
         }
 
 
