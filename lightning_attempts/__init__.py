@@ -7,6 +7,7 @@ longer land twice or in the next training batch.
 
 from __future__ import annotations
 
+from . import environment
 from .client import AttemptAwareClient, Claim
 from .compat import AGENTLIGHTNING_VERSION, SUPPORTED_RELEASES
 from .install import install, installed, uninstall
@@ -35,3 +36,6 @@ __all__ = [
     "installed",
     "uninstall",
 ]
+
+# LIGHTNING_ATTEMPTS_INSTALL=1: install now, before anyone builds a server (see environment.py).
+environment.install_from_environment()
