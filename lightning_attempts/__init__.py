@@ -7,7 +7,9 @@ longer land twice or in the next training batch.
 
 from __future__ import annotations
 
-from .client import AttemptAwareClient, Claim
+from . import environment
+from .claims import Claim
+from .client import AttemptAwareClient
 from .compat import AGENTLIGHTNING_VERSION, SUPPORTED_RELEASES
 from .install import install, installed, uninstall
 from .models import AttemptRollout, AttemptTask, AttemptTaskIfAny
@@ -35,3 +37,6 @@ __all__ = [
     "installed",
     "uninstall",
 ]
+
+# LIGHTNING_ATTEMPTS_INSTALL=1: install now, before anyone builds a server (see environment.py).
+environment.install_from_environment()

@@ -26,7 +26,6 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -40,6 +39,7 @@ from tenacity import (
     wait_random,
 )
 
+from .claims import Claim
 from .compat import AgentLightningClient, LegacyRollout, Task
 from .heartbeats import AsyncHeartbeats, ThreadHeartbeats
 from .models import AttemptRollout, AttemptTask
@@ -48,16 +48,6 @@ logger = logging.getLogger(__name__)
 
 MAX_OPEN_CLAIMS = 10_000
 """Claims remembered without a submission (the runner skips tasks whose resources it cannot fetch)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A task this client claimed: the attempt its result must be submitted with."""
-
-    rollout_id: str
-    attempt_id: str
-    claim_sequence_id: int | None = None
-    lease_seconds: float | None = None
 
 
 # The last claim made in this thread or asyncio task, by client (so two clients never mix).

@@ -10,20 +10,29 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .client import AttemptAwareClient, Claim
+from .claims import Claim
 
 
-def _interval(client: AttemptAwareClient, claim: Claim) -> float:
+class ClaimHolder(Protocol):
+    """What heartbeats need of a client (``AttemptAwareClient``)."""
+
+    heartbeat_fraction: float | None
+
+    def is_current(self, attempt_id: str) -> bool: ...
+    def beat(self, claim: Claim) -> bool: ...
+    async def beat_async(self, claim: Claim) -> bool: ...
+
+
+def _interval(client: ClaimHolder, claim: Claim) -> float:
     return (claim.lease_seconds or 0.0) * (client.heartbeat_fraction or 1.0)
 
 
 class ThreadHeartbeats:
     """One daemon thread heartbeating every open claim of a client made from sync code."""
 
-    def __init__(self, client: AttemptAwareClient) -> None:
+    def __init__(self, client: ClaimHolder) -> None:
         self._client = client
         self._due: dict[str, tuple[float, Claim]] = {}  # attempt id -> (next beat, claim)
         self._lock = threading.Lock()
@@ -61,7 +70,7 @@ class ThreadHeartbeats:
 class AsyncHeartbeats:
     """Heartbeats for claims made from one event loop: one task per claim."""
 
-    def __init__(self, client: AttemptAwareClient) -> None:
+    def __init__(self, client: ClaimHolder) -> None:
         self._client = client
         self._tasks: set[asyncio.Task[None]] = set()
 

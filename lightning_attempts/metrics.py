@@ -22,6 +22,7 @@ _COUNTERS = {
     "max_claims_exceeded": "Tasks completed empty after max_claims claims.",
     "accepted": "Results stored.",
     "accepted_unverified": "Results stored from old clients without an attempt id.",
+    "accepted_unverified_reclaimed": "Results stored without an attempt id for a task claimed more than once.",
     "salvaged": "Late results stored under stale_policy='salvage'.",
     "duplicates": "Retries of an already stored attempt.",
     "refused": "Results refused for lack of an attempt id.",

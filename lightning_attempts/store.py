@@ -213,6 +213,7 @@ class AttemptAwareDataStore(ServerDataStore):
                 "max_claims_exceeded",
                 "accepted",
                 "accepted_unverified",
+                "accepted_unverified_reclaimed",
                 "salvaged",
                 "duplicates",
                 "refused",
@@ -453,6 +454,15 @@ class AttemptAwareDataStore(ServerDataStore):
         self._counts["accepted"] += 1
         if attempt_id is None:
             self._counts["accepted_unverified"] += 1
+            if len(attempts) > 1:
+                self._counts["accepted_unverified_reclaimed"] += 1
+                logger.warning(
+                    "Accepted a result without attempt id for %s, claimed %d times: it may be a superseded "
+                    "attempt's. Workers on AttemptAwareClient (LIGHTNING_ATTEMPTS_INSTALL=1) carry attempt ids; "
+                    "then set require_attempt_id=True",
+                    rollout_id,
+                    len(attempts),
+                )
         if salvaged:
             self._counts["salvaged"] += 1
             logger.warning(

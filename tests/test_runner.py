@@ -94,4 +94,5 @@ def test_old_clients_still_get_one_result_per_task_but_not_the_right_one(served:
     assert sorted(stored) == sorted(rids)
     assert stored[rids[3]].final_reward == 0.0
     assert result["stats"]["accepted_unverified"] == TASKS + WORKERS  # the stop tasks too
+    assert result["stats"]["accepted_unverified_reclaimed"] == 1  # flagged: it may be the stale one
     assert result["stats"]["dropped"]["already_completed"] == 1

@@ -133,6 +133,24 @@ async def test_no_attempt_id_from_an_old_client(
         assert store.submit(result(rid, claimed.attempt_id), claimed.attempt_id).status == "duplicate"
 
 
+async def test_unverified_result_of_a_reclaimed_task_is_flagged(
+    store: AttemptAwareDataStore, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An old client's result while a re-claim is live may be the straggler's: warn and count it."""
+    once, twice = await store.add_task("once"), await store.add_task("twice")
+    claim(store)
+    claim(store)
+    assert store.submit(result(once), None).status == "ok"
+    assert store.stats()["accepted_unverified_reclaimed"] == 0
+    expire(store, clock)  # requeues "twice" (claimed second, so still queued behind nothing)
+    claim(store)
+    with caplog.at_level(logging.WARNING, logger="lightning_attempts.store"):
+        assert store.submit(result(twice), None).status == "ok"
+    assert store.stats()["accepted_unverified_reclaimed"] == 1
+    (line,) = [r.getMessage() for r in caplog.records if "without attempt id" in r.getMessage()]
+    assert twice in line and "claimed 2 times" in line
+
+
 async def test_retry_of_the_stored_attempt_is_a_duplicate(store: AttemptAwareDataStore) -> None:
     rid = await store.add_task("x")
     task = claim(store)

@@ -34,16 +34,22 @@ def group_processes(pgid: int) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.timeout(180)
-def test_trainer_with_forked_workers_stores_one_current_result_per_task(tmp_path: Path) -> None:
+def run_trainer(kind: str, tmp_path: Path, **variables: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Run trainer_fleet.py with ``kind`` of client against a fresh server: its stats, what was stored, the ids."""
     server = AttemptAwareServer(port=0, task_timeout_seconds=1.0)
     with serve_in_thread(server) as served:
         served.call(server.update_resources(RESOURCES))
         rids = [served.call(server.queue_task({"i": i, "slow": i == 0}, mode="train")) for i in range(TASKS)]
-        command = [sys.executable, str(SCRIPT), served.endpoint, str(WORKERS), str(MAX_TASKS), "shim"]
+        command = [sys.executable, str(SCRIPT), served.endpoint, str(WORKERS), str(MAX_TASKS), kind]
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_ATTEMPTS_")}
         # Its own process group: the trainer's workers and AgentOps server process can all be ended.
         trainer = subprocess.Popen(  # cwd: AgentOps writes its log there
-            command, start_new_session=True, stdout=subprocess.PIPE, text=True, cwd=tmp_path
+            command,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env={**environment, **variables},
         )
         try:
             stored: dict[str, Any] = {}
@@ -62,14 +68,31 @@ def test_trainer_with_forked_workers_stores_one_current_result_per_task(tmp_path
                     continue
             assert trainer.returncode == 0
             assert trainer.stdout is not None and "trainer finished" in trainer.stdout.read()
+            stats = server.attempt_stats()
         finally:
             for process in group_processes(trainer.pid):
                 process.kill()
             trainer.wait(timeout=30)
         assert group_processes(trainer.pid) == []
+    return stats, stored, rids
 
-        assert sorted(stored) == sorted(rids)  # exactly one per task...
-        assert {rid: stored[rid].final_reward for rid in rids} == dict.fromkeys(rids, 1.0)  # ...the current one's
-        stats = server.attempt_stats()
-        assert stats["requeues"] >= 1 and stats["accepted_unverified"] == 0
-        assert stats["dropped"]["already_completed"] + stats["dropped"]["superseded"] >= 1
+
+@pytest.mark.timeout(180)
+def test_trainer_with_forked_workers_stores_one_current_result_per_task(tmp_path: Path) -> None:
+    stats, stored, rids = run_trainer("shim", tmp_path)
+    assert sorted(stored) == sorted(rids)  # exactly one per task...
+    assert {rid: stored[rid].final_reward for rid in rids} == dict.fromkeys(rids, 1.0)  # ...the current one's
+    assert stats["requeues"] >= 1 and stats["accepted_unverified"] == 0
+    assert stats["dropped"]["already_completed"] + stats["dropped"]["superseded"] >= 1
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_the_environment_switch_alone_gives_forked_workers_the_shim(tmp_path: Path, switch: str) -> None:
+    """The worker script hands the trainer a URL and never imports lightning_attempts."""
+    stats, stored, rids = run_trainer("url", tmp_path, LIGHTNING_ATTEMPTS_INSTALL=switch)
+    assert sorted(stored) == sorted(rids)
+    if switch == "1":  # every result carried its claim's attempt id
+        assert stats["accepted_unverified"] == 0 and stats["accepted"] >= TASKS
+    else:  # upstream's client: none did
+        assert stats["accepted_unverified"] == stats["accepted"] >= TASKS

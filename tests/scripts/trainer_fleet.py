@@ -1,6 +1,10 @@
 """Run the installed release's upstream Trainer (forked workers, default AgentOps tracer) against a server.
 
-Usage: python trainer_fleet.py ENDPOINT N_WORKERS MAX_TASKS CLIENT   (CLIENT: shim | upstream)
+Usage: python trainer_fleet.py ENDPOINT N_WORKERS MAX_TASKS CLIENT   (CLIENT: shim | upstream | url)
+
+``url`` hands the trainer the endpoint itself, so that it builds agentlightning's client (what
+``LIGHTNING_ATTEMPTS_INSTALL=1`` turns into ``AttemptAwareClient``); this script then never
+imports lightning_attempts.
 
 The agent straggles on the first claim of a ``{"slow": true}`` task: it asks the server how
 many claims the task has had (``GET /attempts/{rollout_id}``) and, on the first, outlasts the
@@ -18,9 +22,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import httpx
 from agentlightning import LitAgent, Trainer
-
-from lightning_attempts import AttemptAwareClient
-from lightning_attempts.compat import AgentLightningClient
 
 STRAGGLE_SECONDS = 2.5
 
@@ -42,11 +43,16 @@ class StragglingAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
 
 def main() -> None:
     endpoint, n_workers, max_tasks, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    client_class = AttemptAwareClient if kind == "shim" else AgentLightningClient
-    client = client_class(endpoint, poll_interval=0.05)
+    backend: Any = endpoint
+    if kind != "url":
+        from lightning_attempts import AttemptAwareClient
+        from lightning_attempts.compat import AgentLightningClient
+
+        client_class = AttemptAwareClient if kind == "shim" else AgentLightningClient
+        backend = client_class(endpoint, poll_interval=0.05)
     trainer = Trainer(n_workers=n_workers, max_tasks=max_tasks)
     fit: Any = getattr(trainer, "fit_v0", None) or trainer.fit  # 0.2+ keeps the legacy loop as fit_v0
-    fit(StragglingAgent(endpoint), client)
+    fit(StragglingAgent(endpoint), backend)
     print("trainer finished", flush=True)
 
 

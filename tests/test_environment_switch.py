@@ -1,0 +1,261 @@
+"""LIGHTNING_ATTEMPTS_INSTALL=1: every Python process that sees it installs when it imports agentlightning.
+
+Each check runs in a fresh interpreter of this venv (an editable install, as CI's are), so
+that site-packages' ``lightning_attempts_install.pth`` is what arms it; one test builds the
+wheel and installs it into a new venv. Ray actors and verl's daemon are in ``tests/verl/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightning_attempts import AttemptAwareServer
+from lightning_attempts.compat import AGENTLIGHTNING_VERSION
+from lightning_attempts.environment import (
+    SWITCH,
+    install_from_environment,
+    option_types,
+    server_options,
+    switched_on,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+REPORT = """
+import json, sys
+import agentlightning
+from lightning_attempts import AttemptAwareClient, AttemptAwareServer
+server = agentlightning.AgentLightningServer(port=0)
+report = {
+    "server": issubclass(agentlightning.AgentLightningServer, AttemptAwareServer),
+    "client": issubclass(agentlightning.AgentLightningClient, AttemptAwareClient),
+    "options": {name: getattr(server, name, None) for name in ("stale_policy", "max_claims", "unresponsive_seconds")},
+}
+print(json.dumps(report))
+"""
+
+
+def environment(**variables: str) -> dict[str, str]:
+    """This process's environment without any LIGHTNING_ATTEMPTS_* variable, plus ``variables``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_ATTEMPTS_")}
+    return {**base, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **variables}
+
+
+def run_python(code: str, python: str = sys.executable, **variables: str) -> Any:
+    """Run ``code`` in a fresh interpreter (not in this directory); return the JSON it prints last."""
+    done = subprocess.run(
+        [python, "-c", textwrap.dedent(code)],
+        env=environment(**variables),
+        cwd="/",  # not the checkout: only the installed package and its .pth are on the path
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_unset_the_hook_is_not_even_imported() -> None:
+    report = run_python(
+        """
+        import json, sys
+        armed = "_lightning_attempts_startup" in sys.modules
+        import agentlightning
+        from lightning_attempts.compat import AgentLightningServer
+        print(json.dumps([armed, agentlightning.AgentLightningServer is AgentLightningServer]))
+        """
+    )
+    assert report == [False, True]
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", ""])
+def test_switched_off_values(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import _lightning_attempts_startup as startup  # pyright: ignore[reportMissingImports]
+
+    monkeypatch.setenv(SWITCH, value)
+    assert not startup.enabled() and not switched_on()
+    monkeypatch.setenv(SWITCH, "1")
+    assert startup.enabled() and switched_on()
+
+
+def test_set_it_imports_nothing_into_a_process_that_never_uses_agentlightning() -> None:
+    report = run_python(
+        """
+        import json, sys
+        import email.message  # any import passes the hook
+        print(json.dumps([name for name in ("agentlightning", "lightning_attempts") if name in sys.modules]))
+        """,
+        **{SWITCH: "1"},
+    )
+    assert report == []
+
+
+@pytest.mark.parametrize(
+    "first_import",
+    [
+        "from agentlightning import AgentLightningServer",  # what verl's daemon does
+        "import lightning_attempts",  # which itself imports agentlightning
+    ],
+)
+def test_set_it_installs_when_agentlightning_is_imported(first_import: str) -> None:
+    report = run_python(first_import + "\n" + REPORT, **{SWITCH: "1"})
+    assert report["server"] and report["client"]
+    assert report["options"] == {"stale_policy": "reject", "max_claims": None, "unresponsive_seconds": None}
+
+
+def test_server_options_reach_servers_built_by_agentlightning() -> None:
+    report = run_python(
+        REPORT,
+        **{
+            SWITCH: "1",
+            "LIGHTNING_ATTEMPTS_STALE_POLICY": "salvage",
+            "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "3",
+            "LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "7.5",
+        },
+    )
+    assert report["options"] == {"stale_policy": "salvage", "max_claims": 3, "unresponsive_seconds": 7.5}
+
+
+def test_a_misspelt_option_fails_the_import_loudly() -> None:
+    """Better no training than training without the options asked for."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import agentlightning"],
+        env=environment(**{SWITCH: "1", "LIGHTNING_ATTEMPTS_STALE_POLCY": "salvage"}),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode != 0
+    assert "LIGHTNING_ATTEMPTS_STALE_POLCY is not a lightning_attempts option" in done.stderr, done.stderr
+
+
+def test_options_parse_from_strings() -> None:
+    parsed = server_options(
+        {
+            "LIGHTNING_ATTEMPTS_STALE_POLICY": "salvage",
+            "LIGHTNING_ATTEMPTS_REQUIRE_ATTEMPT_ID": "true",
+            "LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "60",
+            "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "none",
+            "LIGHTNING_ATTEMPTS_MAX_BODY_BYTES": "",
+            "OTHER": "ignored",
+        }
+    )
+    assert parsed == {
+        "stale_policy": "salvage",
+        "require_attempt_id": True,
+        "unresponsive_seconds": 60.0,
+        "max_claims": None,
+        "max_body_bytes": None,
+    }
+    with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_STALE_POLICY is not a valid value"):
+        server_options({"LIGHTNING_ATTEMPTS_STALE_POLICY": "keep"})
+    with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_REMEMBERED is not a valid value"):
+        server_options({"LIGHTNING_ATTEMPTS_MAX_REMEMBERED": "none"})  # not optional
+    with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value"):
+        server_options({"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "three"})
+    with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_CLAIM is not a lightning_attempts option"):
+        server_options({"LIGHTNING_ATTEMPTS_MAX_CLAIM": "3"})
+
+
+def test_every_keyword_option_of_the_server_has_a_variable() -> None:
+    import inspect
+
+    keyword_only = {
+        name
+        for name, p in inspect.signature(AttemptAwareServer.__init__).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "clock"
+    }
+    assert {name for name, _ in option_types().values()} == keyword_only
+    assert "LIGHTNING_ATTEMPTS_STALE_POLICY" in option_types()
+
+
+def test_install_from_environment_is_a_no_op_when_off() -> None:
+    assert install_from_environment({}) is False
+    assert install_from_environment({SWITCH: "0", "LIGHTNING_ATTEMPTS_BOGUS": "x"}) is False
+
+
+SPAWN_AND_FORK = """
+import json, multiprocessing, subprocess, sys
+
+def probe(queue):
+    import agentlightning
+    from lightning_attempts import AttemptAwareServer
+    queue.put(issubclass(agentlightning.AgentLightningServer, AttemptAwareServer))
+
+if __name__ == "__main__":
+    results = {}
+    for method in ("spawn", "fork"):  # the fork inherits: agentlightning is imported here first
+        if method == "fork":
+            import agentlightning
+        context = multiprocessing.get_context(method)
+        queue = context.Queue()
+        process = context.Process(target=probe, args=(queue,))
+        process.start()
+        results[method] = queue.get(timeout=120)
+        process.join(60)
+    child = subprocess.run(
+        [sys.executable, "-c", "import agentlightning, lightning_attempts; "
+         "print(issubclass(agentlightning.AgentLightningServer, lightning_attempts.AttemptAwareServer))"],
+        capture_output=True, text=True, timeout=120,
+    )
+    results["subprocess"] = child.stdout.strip() == "True"
+    print(json.dumps(results))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_it_reaches_spawned_forked_and_subprocess_workers(tmp_path: Path) -> None:
+    script = tmp_path / "workers.py"  # spawn re-imports the main module: it must be a file
+    script.write_text(SPAWN_AND_FORK)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=environment(**{SWITCH: "1"}), capture_output=True, text=True, timeout=280
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == dict.fromkeys(("spawn", "fork", "subprocess"), True)
+
+
+def test_editable_install_carries_the_hook() -> None:
+    """This venv is an editable install (as CI's are): the hook's files are in site-packages."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    assert (site / "lightning_attempts_install.pth").read_text().startswith("import os;")
+    assert (site / "_lightning_attempts_startup.py").exists()
+
+
+@pytest.mark.timeout(600)
+def test_wheel_install_carries_the_hook(tmp_path: Path) -> None:
+    uv = [sys.executable, "-m", "uv"]
+    built = subprocess.run(
+        [*uv, "build", "--wheel", "--out-dir", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    venv = tmp_path / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([*uv, "venv", "--quiet", "--python", base, str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    installed = subprocess.run(
+        [*uv, "pip", "install", "--quiet", "--python", python, str(wheel), f"agentlightning=={AGENTLIGHTNING_VERSION}"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert installed.returncode == 0, installed.stderr
+    report = run_python(REPORT, python=python, **{SWITCH: "1", "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "2"})
+    assert report["server"] and report["client"] and report["options"]["max_claims"] == 2
+    unset = run_python(
+        "import json, sys; import agentlightning; print(json.dumps('lightning_attempts' in sys.modules))",
+        python=python,
+    )
+    assert unset is False
