@@ -149,7 +149,8 @@ def prepare(tier: Tier) -> Path:
                 f"installing {tier.torch} with pip (it should take the CPU build, e.g. from /opt/wheels)",
                 [str(python), "-m", "pip", "install", "--quiet", tier.torch],
             )
-    command = [uv(), "pip", "install", "--quiet", "--python", str(python)]
+    # Reinstalled every time: an editable install copies the switch's .pth hook into site-packages.
+    command = [uv(), "pip", "install", "--quiet", "--python", str(python), "--reinstall-package", "lightning-attempts"]
     if tier.exclude_newer:
         command += ["--exclude-newer", tier.exclude_newer]
     step(
