@@ -17,8 +17,8 @@ def pytest_configure(config: pytest.Config) -> None:
     missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
     if missing:
         raise pytest.UsageError(
-            f"tests/verl needs {', '.join(missing)}, not importable in this environment. "
-            "Run it in the verl tier's venvs (`python3 .ci/matrix.py --tiers verl`), or leave it out: --ignore=tests/verl."
+            f"tests/verl needs {', '.join(missing)}, not importable in this environment. Run it in the "
+            "verl tier's venvs (`python3 .ci/matrix.py --tiers verl`), or leave it out: --ignore=tests/verl."
         )
     if importlib.util.find_spec("agentlightning.verl") is None:
         raise pytest.UsageError("tests/verl needs agentlightning.verl (agentlightning 0.1.2 or 0.2+ with verl)")

@@ -1,6 +1,6 @@
 """verl's launch path in small: a local Ray cluster as ``run_ppo`` starts it, the daemon built in an actor.
 
-    python -m tests.verl.ray_job PORT
+    python -m tests.verl.ray_job PORT REPORT
 
 ``agentlightning.verl.entrypoint.run_ppo`` calls ``ray.init(runtime_env={"env_vars": {...}},
 num_cpus=...)`` and builds the trainer, hence ``AgentModeDaemon`` and its server, inside a
@@ -8,8 +8,8 @@ num_cpus=...)`` and builds the trainer, hence ``AgentModeDaemon`` and its server
 daemon class (0.2+'s ``main`` does, and hands it to the actor), the actor builds the daemon
 and starts it, and the driver asks the served port for ``GET /attempts/stats`` (200 from
 the attempt-aware server, 404 from upstream's). ``LIGHTNING_ATTEMPTS_INSTALL`` reaches the
-actor only through the driver's environment: it is not in ``runtime_env``. Prints one JSON
-line; shuts the cluster down in every case.
+actor only through the driver's environment: it is not in ``runtime_env``. Writes a JSON
+report to REPORT (stdout carries Ray's forwarded actor output); shuts the cluster down in every case.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from .parts import TIMEOUT_SECONDS, tokenizer
@@ -69,7 +70,7 @@ def status_of(url: str, timeout: float = 60.0) -> int:
             time.sleep(0.1)
 
 
-def main(port: int) -> None:
+def main(port: int, report: Path) -> None:
     ray: Any = importlib.import_module("ray")
     daemon_class: Any = importlib.import_module("agentlightning.verl.daemon").AgentModeDaemon
     ray.init(runtime_env={"env_vars": RUN_PPO_ENV_VARS}, num_cpus=2)  # as run_ppo, on a local cluster
@@ -78,10 +79,10 @@ def main(port: int) -> None:
         actor = ray.get(host.start_daemon.remote(daemon_class, port, tokenizer(), TIMEOUT_SECONDS), timeout=180)
         actor["driver_pid"] = os.getpid()
         actor["stats_status"] = status_of(f"http://127.0.0.1:{port}/attempts/stats")
-        print(json.dumps(actor), flush=True)
+        report.write_text(json.dumps(actor))
     finally:
         ray.shutdown()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), Path(sys.argv[2]))

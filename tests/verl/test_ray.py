@@ -45,13 +45,12 @@ def ray_token() -> Iterator[str]:
 def run_ray_job(tmp_path: Path, token: str, switch: bool) -> dict[str, Any]:
     port = free_port()
     with fleet(tmp_path) as started:
-        job = started.start("ray", "tests.verl.ray_job", [str(port)], environment(switch, **{TOKEN: token}))
+        arguments = [str(port), str(tmp_path / "report.json")]
+        job = started.start("ray", "tests.verl.ray_job", arguments, environment(switch, **{TOKEN: token}))
         wait_until(lambda: job.poll() is not None, "the Ray job", timeout=240)
         output = started.output("ray")
     assert job.returncode == 0, output[-4000:]
-    lines = [line for line in output.splitlines() if line.startswith('{"pid"')]
-    assert len(lines) == 1, output[-4000:]
-    report: dict[str, Any] = json.loads(lines[0])
+    report: dict[str, Any] = json.loads((tmp_path / "report.json").read_text())
     assert report["pid"] != report["driver_pid"]  # the daemon lives in the actor's process
     return report
 
