@@ -115,5 +115,8 @@ class Signals:
         return f"posted-{rollout_id}-{answer.split()[0]}"
 
     def posted_status(self, rollout_id: str, answer: str) -> str | None:
+        """The ``status`` of the server's reply; None if not posted yet or without a reply (upstream's
+        client returns None for a 409)."""
         content = self.get(self.posted(rollout_id, answer))
-        return None if content is None else str(json.loads(content).get("status"))
+        status = None if content is None else json.loads(content).get("status")
+        return None if status is None else str(status)

@@ -24,16 +24,21 @@ WORKERS = 2
 ATTEMPT_AWARE = "lightning_attempts.server.AttemptAwareServer"
 
 
-def run_job(tmp_path: Path, switch: bool) -> tuple[list[dict[str, Any]], str, list[str]]:
-    """Run the daemon job and the workers; return its batch records, its output, the workers' outputs."""
+def run_job(
+    tmp_path: Path, switch: bool, workers_switch: bool | None = None
+) -> tuple[list[dict[str, Any]], str, list[str]]:
+    """Run the daemon job and the workers; return its batch records, its output, the workers' outputs.
+
+    ``switch``: ``LIGHTNING_ATTEMPTS_INSTALL=1`` in the daemon's environment, and in the workers'
+    unless ``workers_switch`` says otherwise.
+    """
     port = free_port()
-    env = environment(switch)
+    workers_env = environment(switch if workers_switch is None else workers_switch)
     with fleet(tmp_path) as started:
-        job = started.start("daemon", "tests.verl.daemon_job", [str(port), str(tmp_path)], env)
+        job = started.start("daemon", "tests.verl.daemon_job", [str(port), str(tmp_path)], environment(switch))
         for worker in range(WORKERS):
-            started.start(
-                f"worker-{worker}", "tests.verl.worker", [f"http://127.0.0.1:{port}", str(tmp_path), str(worker)], env
-            )
+            arguments = [f"http://127.0.0.1:{port}", str(tmp_path), str(worker)]
+            started.start(f"worker-{worker}", "tests.verl.worker", arguments, workers_env)
         wait_until(lambda: job.poll() is not None, "the daemon job", timeout=150)
         output = started.output("daemon")
         assert job.returncode == 0, output[-4000:]
@@ -104,3 +109,33 @@ def test_switch_keeps_every_batch_exact(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "attempt_stats.json").read_text())
     assert stats["requeues"] >= 2 and stats["accepted_unverified"] == 0, stats
     assert stats["dropped"]["already_completed"] >= 1 and stats["dropped"]["superseded"] >= 1, stats
+
+
+@pytest.mark.timeout(240)
+def test_old_workers_against_the_switched_daemon_risk_what_the_guide_says(tmp_path: Path) -> None:
+    """Workers without the switch post no attempt id: batches stay whole, but a stale result can win.
+
+    migration_guide.md, "What old workers still risk": a straggler posting while its task's
+    re-claim is live is accepted unverified, and the live worker's result dropped.
+    """
+    records, output, workers = run_job(tmp_path, switch=True, workers_switch=False)
+    assert ATTEMPT_AWARE in json.loads(output.split("daemon server ", 1)[1].splitlines()[0])
+    assert all("AttemptAware" not in w for w in workers), workers
+    assert "Received unknown rollout ID" not in output
+    for record in records:  # at most one result per task, none from another batch: no crash
+        assert sorted(record["completed"]) == sorted(record["queued"]), record
+        assert record["outcome"] == "ok", record
+    first, second, _ = records
+    signals = Signals(tmp_path)
+    # After its task completed, the straggler is refused even without an attempt id (upstream's
+    # client returns None for the 409)...
+    assert signals.posted_status(slow_id(first), STALE) is None
+    assert all(c["answer"] == FRESH for c in first["completed"].values())
+    # ...but while the re-claim is live it cannot be told from the live worker: it wins.
+    assert signals.posted_status(slow_id(second), STALE) == "ok"
+    assert signals.posted_status(slow_id(second), FRESH) is None
+    trained = {t["rollout_id"]: t for t in second["trained"]}
+    assert trained[slow_id(second)]["answer"] == STALE
+    stats = json.loads((tmp_path / "attempt_stats.json").read_text())
+    assert stats["accepted_unverified_reclaimed"] >= 1, stats
+    assert stats["dropped"]["already_completed"] >= 2, stats  # batch 1's straggler, batch 2's live worker
