@@ -76,7 +76,7 @@ def main(port: int, report: Path) -> None:
     ray.init(runtime_env={"env_vars": RUN_PPO_ENV_VARS}, num_cpus=2)  # as run_ppo, on a local cluster
     try:
         host = ray.remote(num_cpus=1)(DaemonHost).remote()
-        actor = ray.get(host.start_daemon.remote(daemon_class, port, tokenizer(), TIMEOUT_SECONDS), timeout=180)
+        actor = ray.get(host.start_daemon.remote(daemon_class, port, tokenizer(), TIMEOUT_SECONDS), timeout=300)
         actor["driver_pid"] = os.getpid()
         actor["stats_status"] = status_of(f"http://127.0.0.1:{port}/attempts/stats")
         report.write_text(json.dumps(actor))

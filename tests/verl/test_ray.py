@@ -47,7 +47,7 @@ def run_ray_job(tmp_path: Path, token: str, switch: bool) -> dict[str, Any]:
     with fleet(tmp_path) as started:
         arguments = [str(port), str(tmp_path / "report.json")]
         job = started.start("ray", "tests.verl.ray_job", arguments, environment(switch, **{TOKEN: token}))
-        wait_until(lambda: job.poll() is not None, "the Ray job", timeout=240)
+        wait_until(lambda: job.poll() is not None, "the Ray job", timeout=400)
         output = started.output("ray")
     assert job.returncode == 0, output[-4000:]
     report: dict[str, Any] = json.loads((tmp_path / "report.json").read_text())
@@ -55,7 +55,7 @@ def run_ray_job(tmp_path: Path, token: str, switch: bool) -> dict[str, Any]:
     return report
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_switch_in_the_drivers_environment_reaches_the_daemon_in_a_ray_actor(tmp_path: Path, ray_token: str) -> None:
     report = run_ray_job(tmp_path, ray_token, switch=True)
     assert report["switch"] == "1"
@@ -63,7 +63,7 @@ def test_switch_in_the_drivers_environment_reaches_the_daemon_in_a_ray_actor(tmp
     assert report["stats_status"] == 200  # the actor's daemon serves the attempt-aware routes
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_without_the_switch_the_actor_builds_upstreams_server(tmp_path: Path, ray_token: str) -> None:
     report = run_ray_job(tmp_path, ray_token, switch=False)
     assert report["switch"] is None
