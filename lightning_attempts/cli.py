@@ -95,8 +95,9 @@ def serve(
     )
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # upstream configures uvicorn at INFO
         logging.getLogger(name).setLevel(log_level.upper())
-    # uvicorn logs a failed bind as a bare OSError before exiting; ServerStartError below says it in one line.
-    logging.getLogger("uvicorn.error").addFilter(lambda record: not isinstance(record.msg, OSError))
+    # uvicorn logs a failed bind as a bare OSError ("[Errno 98] ...", possibly already turned into a string by
+    # another filter) before exiting; the ServerStartError below says it in one line.
+    logging.getLogger("uvicorn.error").addFilter(_not_a_bind_error)
 
     async def run() -> None:
         await server.start()
@@ -111,6 +112,10 @@ def serve(
     except ServerStartError as error:
         click.echo(f"lightning-attempts: {error}", err=True)
         raise SystemExit(1) from None
+
+
+def _not_a_bind_error(record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.ERROR and record.getMessage().startswith("[Errno"))
 
 
 @main.command()

@@ -290,8 +290,10 @@ class AttemptAwareServer(AgentLightningServer):
             await self._uvicorn_server.serve()
         except SystemExit as exc:  # uvicorn logs why it cannot bind, then exits the process
             cause = exc.__context__
-            if isinstance(cause, OSError) and cause.errno is not None:
+            if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
                 reason = f"{os.strerror(cause.errno)} (errno {cause.errno})"
+            elif isinstance(cause, OSError):  # e.g. a host name that does not resolve
+                reason = str(cause.strerror or cause)
             else:
                 reason = "uvicorn exited; its log above says why"
             raise ServerStartError(f"Could not serve on {self.host}:{self.port}: {reason}") from exc
