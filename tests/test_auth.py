@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 import lightning_attempts
 from lightning_attempts import AttemptAwareClient, AttemptAwareServer
+from lightning_attempts.auth import ApiKeyMiddleware
 from lightning_attempts.compat import AgentLightningClient, LegacyRollout
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
@@ -126,6 +127,13 @@ def test_a_refused_submission_changes_nothing_but_the_refusal_counter(keyed: Ser
         assert http.post("/rollout", json=body).json()["status"] == "ok"  # the claim was untouched
 
 
+def test_an_open_server_has_no_middleware_in_its_path() -> None:
+    """Without a key nothing is added per request; with one, a single middleware around everything."""
+    assert AttemptAwareServer(port=0)._app.user_middleware == []  # pyright: ignore[reportPrivateUsage]
+    keyed = AttemptAwareServer(port=0, api_key=KEY)._app.user_middleware  # pyright: ignore[reportPrivateUsage]
+    assert [m.cls for m in keyed] == [ApiKeyMiddleware]
+
+
 def test_a_key_that_cannot_travel_in_a_header_is_refused() -> None:
     with pytest.raises(ValueError, match="printable ASCII"):
         AttemptAwareServer(port=0, api_key="has space")
@@ -166,9 +174,9 @@ def test_the_shim_sends_agl_key_on_every_request(
     caplog.set_level(logging.DEBUG)
     client = AttemptAwareClient(served.endpoint, poll_interval=0.01)
     rid = served.call(served.server.queue_task("x"))
+    assert client.get_latest_resources() is not None  # first: without the key, a poll would wait forever
     task = client.poll_next_task()
     assert task is not None and task.rollout_id == rid
-    assert client.get_latest_resources() is not None
     assert client.beat(client.open_claims()[0])
     answer = submit(client, task)
     assert answer is not None and answer["status"] == "ok"
@@ -183,9 +191,9 @@ async def test_the_async_shim_sends_agl_key(keyed: Served, monkeypatch: pytest.M
     monkeypatch.setenv("AGL_KEY", KEY)
     client = AttemptAwareClient(served.endpoint, poll_interval=0.01)
     served.call(served.server.queue_task("x"))
+    assert await client.get_latest_resources_async() is not None  # first: without the key a poll waits forever
     task = await client.poll_next_task_async()
     assert task is not None
-    assert await client.get_latest_resources_async() is not None
     assert await client.beat_async(client.open_claims()[0])
     answer = await client.post_rollout_async(LegacyRollout(rollout_id=task.rollout_id, final_reward=1.0))
     assert answer is not None and answer["status"] == "ok"
@@ -228,6 +236,7 @@ def test_an_old_client_gets_401s_and_its_result_is_not_taken(keyed: Served) -> N
     assert old._request_json(served.endpoint + "/task") is None  # pyright: ignore[reportPrivateUsage]
     assert old.get_latest_resources() is None
     shim = AttemptAwareClient(served.endpoint, api_key=KEY, poll_interval=0.01)
+    assert shim.get_latest_resources() is not None
     task = shim.poll_next_task()
     assert task is not None and task.rollout_id == rid
     assert submit(old, task, reward=0.0) is None  # 401: upstream's client returns None
@@ -247,6 +256,7 @@ def test_the_upstream_runner_with_the_shim_completes_tasks_on_a_keyed_server(
     monkeypatch.setenv("AGL_KEY", KEY)
     rid = served.call(served.server.queue_task({"i": 1}, mode="train"))
     client = AttemptAwareClient(served.endpoint, poll_interval=0.01)
+    assert client.get_latest_resources() is not None  # first: without the key the runner would poll forever
     agent = StragglerAgent(expire=lambda: None, stale_posted=lambda _: True)
     make_runner(agent, client, worker_id=0).run()
     rollout = served.call(served.server.poll_completed_rollout(rid, timeout=10))
@@ -294,6 +304,7 @@ def test_an_installed_server_reads_agl_key_and_installed_clients_send_it(
     with serve_in_thread(server) as served:
         rid = served.call(server.queue_task("x"))
         client = agentlightning.client.AgentLightningClient(served.endpoint, poll_interval=0.01)
+        assert client._request_json(served.endpoint + "/attempts/stats") is not None  # pyright: ignore[reportPrivateUsage]
         task = client.poll_next_task()
         assert task is not None and task.rollout_id == rid
         answer = submit(client, task)
