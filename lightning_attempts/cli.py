@@ -55,6 +55,14 @@ def main() -> None:
     show_default=True,
     help="Larger submissions and heartbeats are refused (413), read no further than this.",
 )
+@click.option(
+    "--api-key",
+    envvar="AGL_KEY",
+    show_envvar=True,
+    default=None,
+    help="Answer 401 to requests without this key (Authorization: Bearer, or x-api-key). Prefer the variable: "
+    "a command line is visible to other users.",
+)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def serve(
     host: str,
@@ -66,10 +74,11 @@ def serve(
     max_claims: int | None,
     max_remembered: int,
     max_body_bytes: int,
+    api_key: str | None,
     log_level: str,
 ) -> None:
     """Run a standalone AttemptAwareServer until interrupted."""
-    from .server import AttemptAwareServer
+    from .server import AttemptAwareServer, ServerStartError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = AttemptAwareServer(
@@ -82,18 +91,31 @@ def serve(
         max_claims=max_claims,
         max_remembered=max_remembered,
         max_body_bytes=max_body_bytes,
+        api_key=api_key,
     )
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # upstream configures uvicorn at INFO
         logging.getLogger(name).setLevel(log_level.upper())
+    # uvicorn logs a failed bind as a bare OSError ("[Errno 98] ...", possibly already turned into a string by
+    # another filter) before exiting; the ServerStartError below says it in one line.
+    logging.getLogger("uvicorn.error").addFilter(_not_a_bind_error)
 
     async def run() -> None:
         await server.start()
-        click.echo(f"lightning-attempts: serving on {server.endpoint} (stale_policy={stale_policy})", err=True)
+        keyed = "API key required" if server.requires_key else "no API key"
+        click.echo(f"lightning-attempts: serving on {server.endpoint} (stale_policy={stale_policy}, {keyed})", err=True)
         await server.wait_stopped()
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    except ServerStartError as error:
+        click.echo(f"lightning-attempts: {error}", err=True)
+        raise SystemExit(1) from None
+
+
+def _not_a_bind_error(record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.ERROR and record.getMessage().startswith("[Errno"))
 
 
 @main.command()

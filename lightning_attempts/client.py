@@ -39,6 +39,7 @@ from tenacity import (
     wait_random,
 )
 
+from .auth import key_from_env, validate_key
 from .claims import Claim
 from .compat import AgentLightningClient, LegacyRollout, Task
 from .heartbeats import AsyncHeartbeats, ThreadHeartbeats
@@ -80,7 +81,9 @@ class AttemptAwareClient(AgentLightningClient):
     Same constructor as upstream (``endpoint``, ``poll_interval``, ``timeout``), plus
     keyword-only ``submit_attempts`` (tries per submission, default 5) and
     ``heartbeat_fraction`` (heartbeat every this fraction of the lease the server
-    announces, default 1/3; ``None`` turns heartbeats off).
+    announces, default 1/3; ``None`` turns heartbeats off) and ``api_key`` (sent on every
+    request as ``Authorization: Bearer <key>``; ``None``, the default, reads ``AGL_KEY``
+    as agentlightning 1.0 does; ``""`` sends none).
     """
 
     def __init__(
@@ -91,10 +94,14 @@ class AttemptAwareClient(AgentLightningClient):
         *,
         submit_attempts: int = 5,
         heartbeat_fraction: float | None = 1 / 3,
+        api_key: str | None = None,
     ) -> None:
         super().__init__(endpoint=endpoint, poll_interval=poll_interval, timeout=timeout)
         if submit_attempts < 1:
             raise ValueError("submit_attempts must be at least 1")
+        key = key_from_env() if api_key is None else validate_key(api_key)
+        if key is not None:  # every request goes through the pooled clients built with these headers
+            self._default_headers = {**self._default_headers, "Authorization": f"Bearer {key}"}
         self.submit_attempts = submit_attempts
         self.heartbeat_fraction = heartbeat_fraction
         self._reset_process_state()
@@ -105,6 +112,7 @@ class AttemptAwareClient(AgentLightningClient):
         self._lock = threading.Lock()
         self._open: OrderedDict[str, Claim] = OrderedDict()  # attempt id -> claim
         self._stale: set[str] = set()
+        self._warned_unauthorized = False
         self._sync_http: httpx.Client | None = None
         self._async_http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
@@ -133,6 +141,7 @@ class AttemptAwareClient(AgentLightningClient):
     def _request_json(self, url: str) -> dict[str, Any] | None:
         try:
             response = self._http().get(url)
+            self._check_key(response)
             response.raise_for_status()
             body: dict[str, Any] = response.json()
         except (httpx.HTTPError, ValueError) as error:
@@ -143,12 +152,24 @@ class AttemptAwareClient(AgentLightningClient):
     async def _request_json_async(self, url: str) -> dict[str, Any] | None:
         try:
             response = await self._ahttp().get(url)
+            self._check_key(response)
             response.raise_for_status()
             body: dict[str, Any] = response.json()
         except (httpx.HTTPError, ValueError) as error:
             logger.debug("GET %s failed: %s", url, error)
             return None
         return self._remember_task_json(url, body)
+
+    def _check_key(self, response: httpx.Response) -> None:
+        """Say once at WARNING that the server wants a key this client lacks (polls fail only at DEBUG)."""
+        if response.status_code == 401 and not self._warned_unauthorized:
+            self._warned_unauthorized = True
+            sent = "Authorization" in self._default_headers
+            logger.warning(
+                "Server %s refused this client (401): %s. Set AGL_KEY (or api_key=...) to the server's key.",
+                self.endpoint,
+                "wrong API key" if sent else "no API key",
+            )
 
     def _remember_task_json(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         if url.endswith(self._next_task_uri) and isinstance(body.get("task"), dict):

@@ -11,14 +11,22 @@ The name is rebound to a subclass of ours whose ``isinstance`` / ``issubclass`` 
 upstream's class would: upstream code checks ``isinstance(backend, AgentLightningClient)``,
 and a ``DevTaskLoader`` or a client built before ``install()`` must still pass. Objects
 built before ``install()`` stay what they are.
+
+A server built by agentlightning under ``install()`` takes its ``api_key`` from
+``install(api_key=...)`` and, failing that, from ``AGL_KEY`` (read when the server is
+built, e.g. inside verl's Ray actor): the variable that ``AttemptAwareClient`` sends, so one
+variable in the job's environment turns keys on at both ends. ``AttemptAwareServer`` built
+directly stays open unless given ``api_key``.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from . import compat
+from .auth import key_from_env
 from .client import AttemptAwareClient
 from .server import AttemptAwareServer
 
@@ -41,11 +49,14 @@ class _UpstreamIdentity(type):
         return issubclass(subclass, cls._upstream)
 
 
-def _installable(name: str, ours: type, options: dict[str, Any]) -> type:
-    """A subclass of ``ours`` named like upstream's, built with ``options`` unless overridden."""
+def _installable(name: str, ours: type, options: dict[str, Any], from_env: Callable[[], dict[str, Any]]) -> type:
+    """A subclass of ``ours`` named like upstream's, built with ``options`` unless overridden.
+
+    ``from_env()`` gives defaults read when an instance is built, below ``options``.
+    """
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        super(cls, self).__init__(*args, **{**options, **kwargs})
+        super(cls, self).__init__(*args, **{**from_env(), **options, **kwargs})
 
     namespace = {"__init__": __init__, "__module__": __name__, "__doc__": ours.__doc__, "_upstream": _UPSTREAM[name]}
     cls = _UpstreamIdentity(name, (ours,), namespace)
@@ -60,13 +71,21 @@ def install(**server_options: Any) -> None:
     """Make agentlightning's ``AgentLightningServer`` and ``AgentLightningClient`` the attempt-aware ones.
 
     Idempotent: calling it again only updates ``server_options``, the keyword options
-    (``stale_policy``, ``unresponsive_seconds``, ...) that servers built by agentlightning
-    itself (e.g. verl's daemon) receive. ``uninstall()`` undoes it.
+    (``stale_policy``, ``unresponsive_seconds``, ``api_key``, ...) that servers built by
+    agentlightning itself (e.g. verl's daemon) receive; without ``api_key`` they read
+    ``AGL_KEY``. ``uninstall()`` undoes it.
     """
     uninstall()
-    _installed["AgentLightningServer"] = _installable("AgentLightningServer", AttemptAwareServer, server_options)
-    _installed["AgentLightningClient"] = _installable("AgentLightningClient", AttemptAwareClient, {})
+    _installed["AgentLightningServer"] = _installable(
+        "AgentLightningServer", AttemptAwareServer, server_options, _server_options_from_env
+    )
+    _installed["AgentLightningClient"] = _installable("AgentLightningClient", AttemptAwareClient, {}, dict)
     _rebind({_UPSTREAM[name]: _installed[name] for name in _UPSTREAM})
+
+
+def _server_options_from_env() -> dict[str, Any]:
+    key = key_from_env()
+    return {} if key is None else {"api_key": key}
 
 
 def uninstall() -> None:

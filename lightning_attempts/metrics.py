@@ -28,6 +28,7 @@ _COUNTERS = {
     "refused": "Results refused for lack of an attempt id.",
     "heartbeats": "Heartbeats of current attempts.",
     "heartbeats_stale": "Heartbeats of attempts that no longer hold their claim.",
+    "unauthorized": "Requests refused (401) for lack of the server's API key.",
 }
 
 

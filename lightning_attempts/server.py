@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .auth import ApiKeyMiddleware, is_loopback, validate_key
 from .compat import AgentLightningServer, ServerDataStore
 from .metrics import exposition
 from .models import AttemptRollout, AttemptTaskIfAny, Heartbeat
@@ -54,6 +56,10 @@ class AttemptAwareServer(AgentLightningServer):
       forgotten since is dropped as ``unknown_rollout``.
     - ``max_body_bytes``: larger bodies of ``/rollout`` and ``/heartbeat`` are answered
       413, read no further than the limit (default 64 MiB; ``None``: no limit).
+    - ``api_key``: every route answers 401 to a request without this key in
+      ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (agentlightning 1.0's
+      headers; ``AttemptAwareClient`` sends ``AGL_KEY``). ``None`` (default): open, as
+      upstream; a server bound beyond loopback then logs a warning at start.
     - ``clock``: monotonic clock for claim deadlines (injectable for tests).
 
     ``port=0`` binds a free port; ``port`` and ``endpoint`` hold the real one after ``start()``.
@@ -71,6 +77,7 @@ class AttemptAwareServer(AgentLightningServer):
         max_claims: int | None = None,
         max_remembered: int = DEFAULT_MAX_REMEMBERED,
         max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
+        api_key: str | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         if stale_policy not in STALE_POLICIES:
@@ -83,6 +90,7 @@ class AttemptAwareServer(AgentLightningServer):
         self.max_claims = max_claims
         self.max_remembered = max_remembered
         self.max_body_bytes = max_body_bytes
+        self._api_key = validate_key(api_key)
         self._clock = clock
         self._attempt_store: AttemptAwareDataStore | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -175,6 +183,17 @@ class AttemptAwareServer(AgentLightningServer):
         self._app.add_api_route(
             "/attempts/{rollout_id}", self._attempt_history_route, methods=["GET"], summary="A task's claims"
         )
+        if self._api_key is not None:  # around the whole app: routes added later are covered too
+            self._app.add_middleware(ApiKeyMiddleware, key=self._api_key, on_refused=self._count_unauthorized)
+
+    @property
+    def requires_key(self) -> bool:
+        """Whether requests must carry the ``api_key``."""
+        return self._api_key is not None
+
+    def _count_unauthorized(self) -> None:
+        if self._attempt_store is not None:
+            self._attempt_store.count_unauthorized()
 
     @staticmethod
     async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -237,6 +256,7 @@ class AttemptAwareServer(AgentLightningServer):
         this raises ``ServerStartError`` when the server cannot start.
         """
         logger.info("Starting server at %s", self.endpoint)
+        self._warn_if_open()
         self._serving = asyncio.create_task(self._serve())
         deadline = time.monotonic() + timeout
         while not self._uvicorn_server.started:
@@ -249,14 +269,34 @@ class AttemptAwareServer(AgentLightningServer):
             await asyncio.sleep(0.005)
         self._adopt_bound_port()
 
+    async def run_forever(self) -> None:
+        """Serve until stopped (upstream's blocking alternative to ``start()``)."""
+        self._warn_if_open()
+        await super().run_forever()
+
+    def _warn_if_open(self) -> None:
+        if self._api_key is None and not is_loopback(self.host):
+            logger.warning(
+                "No API key set: authentication disabled on %s:%s, reachable beyond this machine; anyone who can "
+                "reach it can read resources, claim tasks and post rollouts. Set one with "
+                "AttemptAwareServer(api_key=...), `lightning-attempts serve --api-key`, or AGL_KEY (read by "
+                "`serve` and by servers agentlightning builds under install()).",
+                self.host,
+                self.port,
+            )
+
     async def _serve(self) -> None:
         try:
             await self._uvicorn_server.serve()
-        except SystemExit as exc:  # uvicorn exits the process when it cannot bind
-            raise ServerStartError(
-                f"Could not start the server on {self.host}:{self.port} (is the port in use?). "
-                "uvicorn's log above says why."
-            ) from exc
+        except SystemExit as exc:  # uvicorn logs why it cannot bind, then exits the process
+            cause = exc.__context__
+            if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
+                reason = f"{os.strerror(cause.errno)} (errno {cause.errno})"
+            elif isinstance(cause, OSError):  # e.g. a host name that does not resolve
+                reason = str(cause.strerror or cause)
+            else:
+                reason = "uvicorn exited; its log above says why"
+            raise ServerStartError(f"Could not serve on {self.host}:{self.port}: {reason}") from exc
 
     def _adopt_bound_port(self) -> None:
         for server in self._uvicorn_server.servers:

@@ -219,6 +219,7 @@ class AttemptAwareDataStore(ServerDataStore):
                 "refused",
                 "heartbeats",
                 "heartbeats_stale",
+                "unauthorized",
             ),
             0,
         )
@@ -527,6 +528,10 @@ class AttemptAwareDataStore(ServerDataStore):
         if cancelled:
             logger.info("Cancelled %d pending tasks", len(cancelled))
         return cancelled
+
+    def count_unauthorized(self) -> None:
+        """Count a request the server refused for lack of its API key (it changed nothing else)."""
+        self._counts["unauthorized"] += 1
 
     # -- inspection -----------------------------------------------------------
 

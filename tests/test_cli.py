@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,7 +54,8 @@ def test_serve_help_lists_the_options() -> None:
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0
     options = ("--host", "--port", "--task-timeout", "--stale-policy", "--require-attempt-id", "--log-level")
-    for option in (*options, "--unresponsive-seconds", "--max-claims", "--max-remembered", "--max-body-bytes"):
+    options += ("--unresponsive-seconds", "--max-claims", "--max-remembered", "--max-body-bytes", "--api-key")
+    for option in options:
         assert option in result.output
 
 
@@ -59,3 +63,38 @@ def test_bad_policy_is_refused() -> None:
     result = CliRunner().invoke(main, ["serve", "--stale-policy", "maybe"])
     assert result.exit_code == 2
     assert "'maybe' is not one of 'reject', 'salvage'" in result.output
+
+
+def test_serve_takes_its_api_key_from_agl_key() -> None:
+    command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--log-level", "warning"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "AGL_KEY": "k3y"})
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        match = re.search(r"serving on (http://\S+) .*API key required", line)
+        assert match, line
+        endpoint = match.group(1)
+        assert httpx.get(endpoint + "/task").status_code == 401
+        assert httpx.get(endpoint + "/task", headers={"x-api-key": "k3y"}).json()["is_available"] is False
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert "k3y" not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("log_level", ["info", "warning"])
+def test_serve_on_a_busy_port_says_so_in_one_line(log_level: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", str(port), "--log-level", log_level]
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 1
+    assert "Traceback" not in finished.stderr
+    errors = [line for line in finished.stderr.splitlines() if " INFO " not in line and "INFO:" not in line]
+    reason = f"{os.strerror(errno.EADDRINUSE)} (errno {errno.EADDRINUSE})"
+    assert errors == [f"lightning-attempts: Could not serve on 127.0.0.1:{port}: {reason}"]

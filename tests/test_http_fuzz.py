@@ -1,4 +1,7 @@
-"""The HTTP surface fuzzed from the server's own OpenAPI schema: no 5xx, and no refused request changes state."""
+"""The HTTP surface fuzzed from the server's own OpenAPI schema: no 5xx, and no refused request changes state.
+
+Run on an open server and on a keyed one, where each generated request is also sent without the key: 401.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -16,12 +20,15 @@ from lightning_attempts.testing import ManualClock, ServerThread, serve_in_threa
 from .upstream import RESOURCES
 
 Served = ServerThread[AttemptAwareServer]
+KEY = "fuzz-key-0123"
 
 
-@pytest.fixture
-def live() -> Iterator[Served]:
+@pytest.fixture(params=[None, KEY], ids=["open", "keyed"])
+def live(request: pytest.FixtureRequest) -> Iterator[Served]:
     """A server with a claimed task, a queued one and a completed one, so requests meet real state."""
-    server = AttemptAwareServer(port=0, task_timeout_seconds=60, unresponsive_seconds=30, clock=ManualClock())
+    server = AttemptAwareServer(
+        port=0, task_timeout_seconds=60, unresponsive_seconds=30, clock=ManualClock(), api_key=request.param
+    )
     with serve_in_thread(server) as served:
         served.call(server.update_resources(RESOURCES))
         for sample in ("done", "claimed", "queued"):
@@ -35,7 +42,11 @@ def live() -> Iterator[Served]:
 
 def state(server: AttemptAwareServer) -> dict[str, Any]:
     """What a refused request must not change: everything but the drop and refusal counters."""
-    stats = {k: v for k, v in server.attempt_stats().items() if not k.startswith(("dropped", "refused", "heartbeats"))}
+    stats = {
+        k: v
+        for k, v in server.attempt_stats().items()
+        if not k.startswith(("dropped", "refused", "heartbeats", "unauthorized"))
+    }
     store = server.store
     return {
         "stats": stats,
@@ -46,7 +57,9 @@ def state(server: AttemptAwareServer) -> dict[str, Any]:
 
 def test_no_server_errors_and_refusals_change_nothing(live: Served) -> None:
     """Every operation in the server's OpenAPI schema, with generated valid and invalid requests."""
-    api = schemathesis.openapi.from_url(f"{live.endpoint}/openapi.json")
+    keyed = live.server.requires_key
+    headers = {"Authorization": f"Bearer {KEY}"} if keyed else {}
+    api = schemathesis.openapi.from_dict(httpx.get(f"{live.endpoint}/openapi.json", headers=headers).json())
     operations: list[Any] = [result.ok() for result in api.get_all_operations()]  # pyright: ignore
     assert {op.path for op in operations} >= {"/task", "/rollout", "/heartbeat", "/attempts/stats"}
     calls: list[tuple[str, int]] = []
@@ -66,7 +79,11 @@ def test_no_server_errors_and_refusals_change_nothing(live: Served) -> None:
         )
         def fuzz(case: Any) -> None:
             before = state(live.server)
-            response = case.call(base_url=live.endpoint, timeout=10)
+            if keyed:
+                refused = case.call(base_url=live.endpoint, timeout=10)
+                assert refused.status_code == 401, (case.method, case.path, refused.status_code)
+                assert state(live.server) == before, (case.method, case.path, "refused")
+            response = case.call(base_url=live.endpoint, timeout=10, headers=headers)
             calls.append((case.path, response.status_code))
             assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
             if response.status_code >= 400 and case.path != "/task":  # GET /task never refuses
@@ -75,3 +92,4 @@ def test_no_server_errors_and_refusals_change_nothing(live: Served) -> None:
         fuzz()
     statuses = Counter(status for _, status in calls)
     assert statuses[422] > 0 and statuses[200] > 0  # malformed and valid requests were both exercised
+    assert live.server.attempt_stats()["unauthorized"] == (len(calls) if keyed else 0)

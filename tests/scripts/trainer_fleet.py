@@ -6,6 +6,8 @@ Usage: python trainer_fleet.py ENDPOINT N_WORKERS MAX_TASKS CLIENT   (CLIENT: sh
 ``LIGHTNING_ATTEMPTS_INSTALL=1`` turns into ``AttemptAwareClient``); this script then never
 imports lightning_attempts.
 
+The shim sends ``AGL_KEY`` when it is set; upstream's client cannot send a key.
+
 The agent straggles on the first claim of a ``{"slow": true}`` task: it asks the server how
 many claims the task has had (``GET /attempts/{rollout_id}``) and, on the first, outlasts the
 task timeout and rewards 0.0; later claims reward 1.0 at once.
@@ -34,7 +36,8 @@ class StragglingAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
     def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
         if not task.get("slow"):
             return 1.0
-        claims = httpx.get(f"{self.endpoint}/attempts/{rollout_id}").json()
+        key = os.environ.get("AGL_KEY")  # a keyed server answers every route 401 without it
+        claims = httpx.get(f"{self.endpoint}/attempts/{rollout_id}", headers={"x-api-key": key} if key else {}).json()
         if len(claims) == 1:
             time.sleep(STRAGGLE_SECONDS)  # the slow rollout itself, in a worker process
             return 0.0
