@@ -66,7 +66,7 @@ class Submission:
         if self.status == "duplicate":
             return f"Rollout {self.rollout_id} of attempt {self.attempt_id} was already stored."
         if self.status == "retrying":
-            return f"Rollout {self.rollout_id} of attempt {self.attempt_id} failed; the task was requeued for another attempt."
+            return f"Rollout {self.rollout_id} of attempt {self.attempt_id} failed; the task was requeued."
         if self.status == "refused":
             return "attempt_id is required by this server: upgrade the client to lightning_attempts.AttemptAwareClient."
         return f"Rollout {self.rollout_id} of attempt {self.attempt_id} dropped: {self.reason_text}."

@@ -589,7 +589,9 @@ class AttemptAwareDataStore(ServerDataStore):
         )
         if not retry:
             metadata = {**(rollout.metadata or {}), "lightning_attempts": {"outcome": "failed", "claims": claims}}
-            submission = self._accept(rollout.model_copy(update={"metadata": metadata}), claimed, attempt_id, credited=current)
+            submission = self._accept(
+                rollout.model_copy(update={"metadata": metadata}), claimed, attempt_id, credited=current
+            )
             attempt.outcome = "failed"
             self._counts["failed_stored"] += 1
             return submission

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "interrupted_worker.py"
 
 
 @contextmanager
-def serve(clock: ManualClock, **options: Any) -> Iterator[Served]:
+def serve(clock: ManualClock, **options: Any) -> Generator[Served]:
     server = AttemptAwareServer(port=0, task_timeout_seconds=600, clock=clock, **options)
     with serve_in_thread(server) as running:
         running.call(server.update_resources(RESOURCES))
@@ -107,9 +107,7 @@ def run_batch(served: Served, samples: list[dict[str, Any]], use_async: bool) ->
 
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
-def test_retry_failed_stores_real_results_where_upstream_stores_empty_ones(
-    clock: ManualClock, use_async: bool
-) -> None:
+def test_retry_failed_stores_real_results_where_upstream_stores_empty_ones(clock: ManualClock, use_async: bool) -> None:
     samples = [{"i": i} for i in range(TASKS)]
     with serve(clock) as served:  # the default: upstream's behaviour
         default = run_batch(served, samples, use_async)
@@ -226,7 +224,7 @@ def test_a_task_whose_resources_a_runner_could_not_fetch_is_done_by_another_with
         assert b_agent.ran == [skipped] and a_agent.ran == [gated]
         history = served.server.attempt_history(skipped) or []
         assert [e["outcome"] for e in history] == ["released", "completed"]
-        assert rollout.attempt_id == history[1]["attempt_id"]
+        assert getattr(rollout, "attempt_id", None) == history[1]["attempt_id"]
         assert served.call(served.server.poll_completed_rollout(gated, timeout=30)) is not None
         stats = served.server.attempt_stats()
         assert (stats["releases"], stats["requeues"]) == (1, 0)
@@ -318,4 +316,3 @@ def test_a_released_attempts_late_result_is_dropped_under_either_policy(clock: M
                 assert (late.status_code, late.json()["reason"]) == (409, "released"), policy
                 again = http.get("/task").json()["task"]
                 assert (again["rollout_id"], again["claim_sequence_id"]) == (rid, 2)
-

@@ -38,13 +38,16 @@ class WaitingAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
         return 1.0
 
 
-
 def main() -> None:
     endpoint, started = sys.argv[1], Path(sys.argv[2])
     spare = AttemptAwareClient(endpoint, poll_interval=0.05)
     assert spare.poll_next_task() is not None
     client = AttemptAwareClient(endpoint, poll_interval=0.05)
-    runner = LegacyRunner(agent=WaitingAgent(started), client=client, tracer=NullTracer(), triplet_exporter=None, worker_id=0)  # type: ignore[arg-type]
+    tracer: Any = NullTracer()
+    exporter: Any = None
+    runner = LegacyRunner(
+        agent=WaitingAgent(started), client=client, tracer=tracer, triplet_exporter=exporter, worker_id=0
+    )
     runner.run()
 
 
