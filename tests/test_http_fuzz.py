@@ -35,7 +35,11 @@ def live() -> Iterator[Served]:
 
 def state(server: AttemptAwareServer) -> dict[str, Any]:
     """What a refused request must not change: everything but the drop and refusal counters."""
-    stats = {k: v for k, v in server.attempt_stats().items() if not k.startswith(("dropped", "refused", "heartbeats"))}
+    stats = {
+        k: v
+        for k, v in server.attempt_stats().items()
+        if not k.startswith(("dropped", "refused", "heartbeats", "releases_stale"))
+    }
     store = server.store
     return {
         "stats": stats,
