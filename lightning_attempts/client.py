@@ -16,9 +16,10 @@ after its timeout): a claim the runner skipped (it polls again from the same thr
 asyncio task without having submitted that context's last claim, as it does when it
 cannot fetch the task's resources); the claim whose result the runner posts while an
 interrupt (Ctrl+C, ``SystemExit``, a cancelled task) unwinds it, instead of posting the
-runner's empty default result; every open claim on ``close()``, ``aclose()`` and at
-interpreter exit. Releases are best effort with a short timeout, logged, never raised;
-an unpatched server (404) is not asked again.
+runner's empty default result; every open claim on ``close()``, ``aclose()``, at
+interpreter exit and when a multiprocessing worker ends (after a fork, only the child's
+own). Releases are best effort with a short timeout, logged, never raised; an unpatched
+server (404) is not asked again.
 
 Transport: pooled httpx connections, one sync client per process and one async client per
 event loop, rebuilt after a fork (the upstream trainer forks its workers). Submissions that
@@ -32,6 +33,7 @@ import asyncio
 import atexit
 import contextvars
 import logging
+import multiprocessing.util
 import os
 import sys
 import threading
@@ -519,5 +521,11 @@ def _release_at_exit() -> None:
             logger.debug("Releasing open claims at exit failed: %s", error)
 
 
+def _release_when_the_worker_ends(_: object) -> None:
+    """In a multiprocessing child (which ends with ``os._exit``, running no atexit handler), release at its end."""
+    multiprocessing.util.Finalize(None, _release_at_exit, exitpriority=0)
+
+
 os.register_at_fork(after_in_child=_reset_after_fork)
 atexit.register(_release_at_exit)
+multiprocessing.util.register_after_fork(_release_at_exit, _release_when_the_worker_ends)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
@@ -284,6 +285,24 @@ def test_the_client_is_quiet_against_an_unpatched_server(caplog: pytest.LogCaptu
             assert not client.release(Claim("rollout-x", "a"))  # /release does not exist: 404
             client.close()
     assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith("lightning_attempts")]
+
+
+def _child_claims_and_ends(client: AttemptAwareClient) -> None:
+    assert client.poll_next_task() is not None  # never submitted: released when this worker process ends
+
+
+def test_a_forked_worker_releases_only_its_own_claims_when_it_ends(served: Served) -> None:
+    parents, childs = (served.call(served.server.queue_task(name)) for name in ("parent", "child"))
+    client = AttemptAwareClient(served.endpoint, poll_interval=0.01)
+    client.poll_next_task()  # the parent's claim, open across the fork
+    child = multiprocessing.get_context("fork").Process(target=_child_claims_and_ends, args=(client,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert served.server.attempt_history(childs)[0]["outcome"] == "released"  # pyright: ignore[reportOptionalSubscript]
+    assert served.server.attempt_history(parents)[0]["outcome"] == "in_flight"  # pyright: ignore[reportOptionalSubscript]
+    assert [claim.rollout_id for claim in client.open_claims()] == [parents]
+    client.close()
 
 
 @respx.mock
