@@ -43,6 +43,13 @@ def main() -> None:
     "--max-claims", type=click.IntRange(min=1), default=None, help="Complete a task empty after this many claims."
 )
 @click.option(
+    "--retry-failed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Requeue a task whose attempt posts a failed result (no reward, no triplets) up to this many times.",
+)
+@click.option(
     "--max-remembered",
     default=DEFAULT_MAX_REMEMBERED,
     show_default=True,
@@ -72,6 +79,7 @@ def serve(
     require_attempt_id: bool,
     unresponsive_seconds: float | None,
     max_claims: int | None,
+    retry_failed: int,
     max_remembered: int,
     max_body_bytes: int,
     api_key: str | None,
@@ -89,6 +97,7 @@ def serve(
         require_attempt_id=require_attempt_id,
         unresponsive_seconds=unresponsive_seconds,
         max_claims=max_claims,
+        retry_failed=retry_failed,
         max_remembered=max_remembered,
         max_body_bytes=max_body_bytes,
         api_key=api_key,

@@ -11,6 +11,16 @@ each claim and attaches its ``attempt_id`` when the result is submitted, choosin
 4. the only open claim of that rollout id held by this client;
 5. else none: an old-style submission, which the server still accepts while the claim lives.
 
+Claims given back (``POST /release``, so that the task is requeued at once rather than
+after its timeout): a claim the runner skipped (it polls again from the same thread or
+asyncio task without having submitted that context's last claim, as it does when it
+cannot fetch the task's resources); the claim whose result the runner posts while an
+interrupt (Ctrl+C, ``SystemExit``, a cancelled task) unwinds it, instead of posting the
+runner's empty default result; every open claim on ``close()``, ``aclose()``, at
+interpreter exit and when a multiprocessing worker ends (after a fork, only the child's
+own). Releases are best effort with a short timeout, logged, never raised; an unpatched
+server (404) is not asked again.
+
 Transport: pooled httpx connections, one sync client per process and one async client per
 event loop, rebuilt after a fork (the upstream trainer forks its workers). Submissions that
 fail in transport are retried with backoff (a retry of a stored attempt answers
@@ -20,9 +30,12 @@ fail in transport are retried with backoff (a retry of a stored attempt answers
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import logging
+import multiprocessing.util
 import os
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -49,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 MAX_OPEN_CLAIMS = 10_000
 """Claims remembered without a submission (the runner skips tasks whose resources it cannot fetch)."""
+RELEASE_TIMEOUT = 2.0
+"""Seconds a release may take; it is best effort, and may run at interpreter exit."""
 
 
 # The last claim made in this thread or asyncio task, by client (so two clients never mix).
@@ -68,6 +83,12 @@ def _is_transient(error: BaseException) -> bool:
     if isinstance(error, httpx.HTTPStatusError):
         return error.response.status_code >= 500
     return isinstance(error, httpx.TransportError)
+
+
+def _interrupted() -> bool:
+    """Whether an interrupt (not an ordinary exception) is unwinding the caller, e.g. into a ``finally``."""
+    error = sys.exc_info()[1]
+    return error is not None and not isinstance(error, Exception)
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -113,6 +134,7 @@ class AttemptAwareClient(AgentLightningClient):
         self._open: OrderedDict[str, Claim] = OrderedDict()  # attempt id -> claim
         self._stale: set[str] = set()
         self._warned_unauthorized = False
+        self._release_supported = True  # until the server answers /release with 404
         self._sync_http: httpx.Client | None = None
         self._async_http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
@@ -224,18 +246,40 @@ class AttemptAwareClient(AgentLightningClient):
     # -- claims ---------------------------------------------------------------
 
     def poll_next_task(self) -> AttemptTask | None:  # pyright: ignore[reportIncompatibleMethodOverride]
-        """Poll until a task is available (as upstream does) and remember it as a claim."""
+        """Poll until a task is available (as upstream does) and remember it as a claim.
+
+        First, release this thread's or task's previous claim if it was never submitted
+        (the runner skipped it).
+        """
+        skipped = self._skipped_claim()
+        if skipped is not None:
+            self.release(skipped)
         task, claim = self._claim(super().poll_next_task())
         if claim is not None and claim.lease_seconds and self.heartbeat_fraction:
             self._heartbeats_thread().watch(claim)
         return task
 
     async def poll_next_task_async(self) -> AttemptTask | None:  # pyright: ignore[reportIncompatibleMethodOverride]
-        """Poll until a task is available (as upstream does) and remember it as a claim."""
+        """Poll until a task is available (as upstream does) and remember it as a claim.
+
+        First, release this thread's or task's previous claim if it was never submitted
+        (the runner skipped it).
+        """
+        skipped = self._skipped_claim()
+        if skipped is not None:
+            await self.release_async(skipped)
         task, claim = self._claim(await super().poll_next_task_async())
         if claim is not None and claim.lease_seconds and self.heartbeat_fraction:
             self._heartbeats_loop().watch(claim)
         return task
+
+    def _skipped_claim(self) -> Claim | None:
+        """The last claim made in this thread or asyncio task, if it is still open (never submitted)."""
+        current = _CURRENT_CLAIM.get()
+        if current is None or current[0] != id(self):
+            return None
+        with self._lock:
+            return current[1] if current[1].attempt_id in self._open else None
 
     def _claim(self, task: Task | None) -> tuple[AttemptTask | None, Claim | None]:
         """Upstream parsed ``/task`` as a plain Task; reparse it with its attempt and remember the claim."""
@@ -306,20 +350,98 @@ class AttemptAwareClient(AgentLightningClient):
     # -- submissions ----------------------------------------------------------
 
     def post_rollout(self, rollout: LegacyRollout) -> dict[str, Any] | None:
-        """Submit ``rollout`` with its attempt id; return the server's answer (None on failure)."""
+        """Submit ``rollout`` with its attempt id; return the server's answer (None on failure).
+
+        Called while an interrupt unwinds the caller (the runner posts its empty default
+        result in a ``finally``), it releases the claim instead and returns None.
+        """
         attempt_id = self.attempt_id_for(rollout)
+        if attempt_id is not None and _interrupted():
+            self.release(self._claim_of(rollout.rollout_id, attempt_id))
+            return None
         try:
             return super().post_rollout(AttemptRollout.from_rollout(rollout, attempt_id))
         finally:
             self._forget(attempt_id)
 
     async def post_rollout_async(self, rollout: LegacyRollout) -> dict[str, Any] | None:
-        """Submit ``rollout`` with its attempt id; return the server's answer (None on failure)."""
+        """Submit ``rollout`` with its attempt id; return the server's answer (None on failure).
+
+        Called while an interrupt or a cancellation unwinds the caller, it releases the
+        claim instead and returns None.
+        """
         attempt_id = self.attempt_id_for(rollout)
+        if attempt_id is not None and _interrupted():
+            await self.release_async(self._claim_of(rollout.rollout_id, attempt_id))
+            return None
         try:
             return await super().post_rollout_async(AttemptRollout.from_rollout(rollout, attempt_id))
         finally:
             self._forget(attempt_id)
+
+    # -- releases -------------------------------------------------------------
+
+    def _claim_of(self, rollout_id: str, attempt_id: str) -> Claim:
+        with self._lock:
+            return self._open.get(attempt_id) or Claim(rollout_id, attempt_id)
+
+    @property
+    def _release_url(self) -> str:
+        return self.endpoint.rstrip("/") + "/release"
+
+    def release(self, claim: Claim) -> bool:
+        """Give ``claim`` back to the server so that its task is requeued now; True if it was.
+
+        The claim is forgotten (and no longer heartbeaten) whatever the answer. Best
+        effort: failures are logged at DEBUG, never raised.
+        """
+        self._forget(claim.attempt_id)
+        if not self._release_supported:
+            return False
+        try:
+            response = self._http().post(self._release_url, json=_heartbeat_body(claim), timeout=RELEASE_TIMEOUT)
+        except httpx.HTTPError as error:
+            logger.debug("Release of %s (attempt %s) failed: %s", claim.rollout_id, claim.attempt_id, error)
+            return False
+        return self._release_answer(claim, response)
+
+    async def release_async(self, claim: Claim) -> bool:
+        """Give ``claim`` back to the server so that its task is requeued now; True if it was."""
+        self._forget(claim.attempt_id)
+        if not self._release_supported:
+            return False
+        try:
+            response = await self._ahttp().post(self._release_url, json=_heartbeat_body(claim), timeout=RELEASE_TIMEOUT)
+        except httpx.HTTPError as error:
+            logger.debug("Release of %s (attempt %s) failed: %s", claim.rollout_id, claim.attempt_id, error)
+            return False
+        return self._release_answer(claim, response)
+
+    def _release_answer(self, claim: Claim, response: httpx.Response) -> bool:
+        if response.status_code == 200:
+            logger.info("Released claim of %s (attempt %s): the task is requeued", claim.rollout_id, claim.attempt_id)
+            return True
+        if response.status_code in (404, 405):  # a server without /release (unpatched upstream)
+            self._release_supported = False
+        logger.debug(
+            "Release of %s (attempt %s) answered %d: %s",
+            claim.rollout_id,
+            claim.attempt_id,
+            response.status_code,
+            response.text[:200],
+        )
+        return False
+
+    def release_open_claims(self) -> int:
+        """Release every claim this client holds and has not submitted; return how many were released."""
+        return sum(self.release(claim) for claim in self.open_claims())
+
+    async def release_open_claims_async(self) -> int:
+        """Release every claim this client holds and has not submitted; return how many were released."""
+        released = 0
+        for claim in self.open_claims():
+            released += await self.release_async(claim)
+        return released
 
     # -- heartbeats -----------------------------------------------------------
 
@@ -373,7 +495,8 @@ class AttemptAwareClient(AgentLightningClient):
     # -- lifecycle ------------------------------------------------------------
 
     def close(self) -> None:
-        """Close pooled connections and stop heartbeats (also done at garbage collection)."""
+        """Release open claims, stop heartbeats and close pooled connections."""
+        self.release_open_claims()
         if self._thread_heartbeats is not None:
             self._thread_heartbeats.stop()
         if self._sync_http is not None:
@@ -381,7 +504,8 @@ class AttemptAwareClient(AgentLightningClient):
             self._sync_http = None
 
     async def aclose(self) -> None:
-        """Close this event loop's pooled connections."""
+        """Release open claims and close this event loop's pooled connections."""
+        await self.release_open_claims_async()
         client = self._async_http.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
@@ -399,4 +523,20 @@ def _reset_after_fork() -> None:
         client._after_fork()  # pyright: ignore[reportPrivateUsage]
 
 
+def _release_at_exit() -> None:
+    """Give back every claim still open in this process (after a fork, a child holds only its own)."""
+    for client in list(_clients):
+        try:
+            client.release_open_claims()
+        except Exception as error:  # never fail the interpreter's exit
+            logger.debug("Releasing open claims at exit failed: %s", error)
+
+
+def _release_when_the_worker_ends(_: object) -> None:
+    """In a multiprocessing child (which ends with ``os._exit``, running no atexit handler), release at its end."""
+    multiprocessing.util.Finalize(None, _release_at_exit, exitpriority=0)
+
+
 os.register_at_fork(after_in_child=_reset_after_fork)
+atexit.register(_release_at_exit)
+multiprocessing.util.register_after_fork(_release_at_exit, _release_when_the_worker_ends)

@@ -29,6 +29,11 @@ _COUNTERS = {
     "heartbeats": "Heartbeats of current attempts.",
     "heartbeats_stale": "Heartbeats of attempts that no longer hold their claim.",
     "unauthorized": "Requests refused (401) for lack of the server's API key.",
+    "failed_attempts": "Failed results posted by live attempts (counted while retry_failed is set).",
+    "failure_retries": "Tasks requeued after a failed result (retry_failed).",
+    "failed_stored": "Failed results stored, marked failed, after retry_failed or max_claims ran out.",
+    "releases": "Claims given back by their worker (POST /release).",
+    "releases_stale": "Releases of attempts that no longer held their claim.",
 }
 
 

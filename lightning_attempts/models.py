@@ -10,6 +10,8 @@ from .compat import LegacyRollout, Task, TaskIfAny
 
 MAX_ID_LENGTH = 256
 """Longest rollout or attempt id accepted; ours are 36 (attempts) and 44 (rollouts) characters."""
+MAX_FAILURE_LENGTH = 4096
+"""Longest ``failure`` text accepted with a result (the server logs at most its first 200 characters)."""
 
 
 class AttemptTask(Task):
@@ -47,16 +49,27 @@ class AttemptRollout(LegacyRollout):
     rollout_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     attempt_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
     """The ``attempt_id`` of the claim this result belongs to; ``None`` from old clients."""
+    failure: str | None = Field(default=None, max_length=MAX_FAILURE_LENGTH)
+    """Set by a worker to say its attempt failed, and why (e.g. the exception); the server logs
+    it and, with ``retry_failed``, requeues the task. ``None``: the server judges by the content."""
 
     @classmethod
     def from_rollout(cls, rollout: Any, attempt_id: str | None) -> AttemptRollout:
         """Wrap any legacy rollout model (or a subclass) without revalidating its content."""
         fields = {name: getattr(rollout, name) for name in LegacyRollout.model_fields}
-        return cls.model_construct(**fields, attempt_id=attempt_id)
+        return cls.model_construct(**fields, attempt_id=attempt_id, failure=getattr(rollout, "failure", None))
 
 
-class Heartbeat(BaseModel):
-    """``POST /heartbeat``'s body: the claim a worker is still working on."""
+class ClaimRef(BaseModel):
+    """A claim, named by its task and attempt."""
 
     rollout_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     attempt_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+
+
+class Heartbeat(ClaimRef):
+    """``POST /heartbeat``'s body: the claim a worker is still working on."""
+
+
+class Release(ClaimRef):
+    """``POST /release``'s body: the claim a worker gives back without a result."""

@@ -23,11 +23,15 @@ class DropReason(str, Enum):
     """No such task: never queued here, or finished so long ago that it was forgotten."""
     UNKNOWN_ATTEMPT = "unknown_attempt"
     """The task exists but never handed out this attempt id."""
+    FAILED = "failed"
+    """This attempt already posted a failed result, and the task was requeued for another attempt."""
+    RELEASED = "released"
+    """This attempt gave its claim back (``POST /release``), and the task was requeued."""
 
 
-Status = Literal["ok", "duplicate", "dropped", "refused"]
+Status = Literal["ok", "duplicate", "retrying", "dropped", "refused"]
 
-_HTTP_STATUS: dict[Status, int] = {"ok": 200, "duplicate": 200, "dropped": 409, "refused": 400}
+_HTTP_STATUS: dict[Status, int] = {"ok": 200, "duplicate": 200, "retrying": 200, "dropped": 409, "refused": 400}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,7 @@ class Submission:
 
     @property
     def stored(self) -> bool:
+        """Whether this submission's result was stored (``retrying``: requeued instead)."""
         return self.status == "ok"
 
     @property
@@ -60,6 +65,8 @@ class Submission:
             return f"Rollout {self.rollout_id} received and stored."
         if self.status == "duplicate":
             return f"Rollout {self.rollout_id} of attempt {self.attempt_id} was already stored."
+        if self.status == "retrying":
+            return f"Rollout {self.rollout_id} of attempt {self.attempt_id} failed; the task was requeued."
         if self.status == "refused":
             return "attempt_id is required by this server: upgrade the client to lightning_attempts.AttemptAwareClient."
         return f"Rollout {self.rollout_id} of attempt {self.attempt_id} dropped: {self.reason_text}."

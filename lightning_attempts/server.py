@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .auth import ApiKeyMiddleware, is_loopback, validate_key
-from .compat import AgentLightningServer, ServerDataStore
+from .compat import AgentLightningServer, LegacyRollout, ServerDataStore
 from .metrics import exposition
-from .models import AttemptRollout, AttemptTaskIfAny, Heartbeat
+from .models import AttemptRollout, AttemptTaskIfAny, Heartbeat, Release
 from .outcomes import STALE_POLICIES, StalePolicy
 from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute, unprocessable
-from .store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock
+from .store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock, excerpt
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ class AttemptAwareServer(AgentLightningServer):
     - ``max_claims``: when the Nth claim of a task times out, complete the task with an
       empty rollout (``final_reward=None``, ``metadata["lightning_attempts"]`` saying
       why) instead of requeueing it, so a trainer waiting for every task goes on.
+      Released claims count as claims.
+    - ``retry_failed``: requeue a task whose live attempt posts a *failed result*
+      (``is_failed_result``) for another attempt, at most this many times per task
+      and never past ``max_claims``; after that the failed result is stored, marked
+      ``metadata["lightning_attempts"] = {"outcome": "failed", "claims": n}``.
+      0 (default): a failed result is stored as upstream stores it.
     - ``max_remembered``: how many finished tasks are remembered to answer late
       results with ``duplicate`` or ``already_completed``; a late result of a task
       forgotten since is dropped as ``unknown_rollout``.
@@ -75,6 +81,7 @@ class AttemptAwareServer(AgentLightningServer):
         require_attempt_id: bool = False,
         unresponsive_seconds: float | None = None,
         max_claims: int | None = None,
+        retry_failed: int = 0,
         max_remembered: int = DEFAULT_MAX_REMEMBERED,
         max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
         api_key: str | None = None,
@@ -82,12 +89,15 @@ class AttemptAwareServer(AgentLightningServer):
     ) -> None:
         if stale_policy not in STALE_POLICIES:
             raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
+        if retry_failed < 0:
+            raise ValueError("retry_failed must not be negative")
         if max_body_bytes is not None and max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive (or None for no limit)")
         self.stale_policy: StalePolicy = stale_policy
         self.require_attempt_id = require_attempt_id
         self.unresponsive_seconds = unresponsive_seconds
         self.max_claims = max_claims
+        self.retry_failed = retry_failed
         self.max_remembered = max_remembered
         self.max_body_bytes = max_body_bytes
         self._api_key = validate_key(api_key)
@@ -116,6 +126,7 @@ class AttemptAwareServer(AgentLightningServer):
             require_attempt_id=self.require_attempt_id,
             unresponsive_seconds=self.unresponsive_seconds,
             max_claims=self.max_claims,
+            retry_failed=self.retry_failed,
             max_remembered=self.max_remembered,
             clock=self._clock,
         )
@@ -170,6 +181,17 @@ class AttemptAwareServer(AgentLightningServer):
                 **_TOO_LARGE,
             },
         )
+        router.add_api_route(
+            "/release",
+            self._post_release,
+            methods=["POST"],
+            summary="Give an attempt's claim back without a result: the task is requeued at once",
+            route_class_override=direct,
+            responses={
+                409: {"description": "The attempt no longer holds the claim (see `reason`): nothing changed"},
+                **_TOO_LARGE,
+            },
+        )
         self._app.add_exception_handler(RequestValidationError, self._validation_error)
         self._app.add_api_route(
             "/attempts/stats", self._attempt_stats_route, methods=["GET"], summary="Attempt counters"
@@ -219,8 +241,32 @@ class AttemptAwareServer(AgentLightningServer):
         store = self._attempt_store
         if store is None:
             return JSONResponse({"detail": "Server not fully initialized."}, status_code=503)
-        submission = store.submit(payload, payload.attempt_id)
+        if self.retry_failed:
+            submission = store.submit(payload, payload.attempt_id, failed=self.is_failed_result(payload))
+        else:
+            if payload.failure is not None:
+                logger.info(
+                    "Attempt %s of %s says it failed (stored: retry_failed is 0): %r",
+                    payload.attempt_id,
+                    payload.rollout_id,
+                    excerpt(payload.failure),
+                )
+            submission = store.submit(payload, payload.attempt_id)
         return JSONResponse(submission.to_json(), status_code=submission.http_status)
+
+    def is_failed_result(self, rollout: LegacyRollout) -> bool:
+        """Whether a submitted result is a failure, to be retried under ``retry_failed``.
+
+        By default: the worker said so (``AttemptRollout.failure``), or the result has
+        no reward and no triplets, which is what every supported release's runner posts
+        after the agent raised. An agent that legitimately returns neither looks the
+        same: override this (e.g. to read your own ``metadata``), calling ``super()``
+        to keep the default. Called once per ``POST /rollout`` while ``retry_failed``
+        is set, on the server's event loop: keep it cheap and never block.
+        """
+        if getattr(rollout, "failure", None) is not None:
+            return True
+        return rollout.final_reward is None and not rollout.triplets
 
     async def _post_heartbeat(self, heartbeat: Heartbeat) -> JSONResponse:
         store = self._attempt_store
@@ -228,6 +274,13 @@ class AttemptAwareServer(AgentLightningServer):
             return JSONResponse({"detail": "Server not fully initialized."}, status_code=503)
         lease = store.heartbeat(heartbeat.rollout_id, heartbeat.attempt_id)
         return JSONResponse(lease.to_json(), status_code=200 if lease.current else 409)
+
+    async def _post_release(self, release: Release) -> JSONResponse:
+        store = self._attempt_store
+        if store is None:
+            return JSONResponse({"detail": "Server not fully initialized."}, status_code=503)
+        answer = store.release(release.rollout_id, release.attempt_id)
+        return JSONResponse(answer.to_json(), status_code=200 if answer.released else 409)
 
     def _metrics_route(self, render: Callable[[], tuple[bytes, str]]) -> Callable[[], Awaitable[Response]]:
         async def metrics() -> Response:

@@ -65,7 +65,17 @@ class _TaskQueue:
         return len(self._tasks)
 
 
-AttemptOutcome = Literal["in_flight", "timed_out", "unresponsive", "completed", "superseded", "cancelled"]
+AttemptOutcome = Literal[
+    "in_flight", "timed_out", "unresponsive", "completed", "superseded", "cancelled", "failed", "released"
+]
+
+FAILURE_LOG_CHARS = 200
+"""How much of a worker's ``failure`` text the log and the attempt history keep."""
+
+
+def excerpt(text: str) -> str:
+    """``text``, cut to ``FAILURE_LOG_CHARS`` characters, saying how long it was."""
+    return text if len(text) <= FAILURE_LOG_CHARS else text[:FAILURE_LOG_CHARS] + f"... ({len(text)} chars)"
 
 
 @dataclass(slots=True)
@@ -80,6 +90,8 @@ class _Attempt:
     last_heartbeat_at: float | None = None
     ended_at: float | None = None
     outcome: AttemptOutcome = "in_flight"
+    failure: str | None = None
+    """Why the attempt failed, as its worker said (truncated), when it did."""
 
     def end(self, outcome: AttemptOutcome) -> None:
         self.outcome, self.ended_at = outcome, time.time()
@@ -106,6 +118,10 @@ class _Finished:
     stored: str | None
     """The attempt credited with the stored result (None: cancelled, max claims, or salvaged unverified)."""
     cancelled: bool = False
+
+
+_ENDED: dict[AttemptOutcome, DropReason] = {"failed": DropReason.FAILED, "released": DropReason.RELEASED}
+"""Attempts that ended by their own worker's word: their later results are dropped under either policy."""
 
 
 def _sequence(attempts: Sequence[_Attempt], attempt_id: str | None) -> int | None:
@@ -146,6 +162,32 @@ class Lease:
         return body
 
 
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The answer to ``POST /release``: whether the claim was given back, and what became of the task."""
+
+    rollout_id: str
+    attempt_id: str
+    reason: DropReason | None = None
+    """Why the attempt could not release (it no longer holds the claim); ``None``: released."""
+    claim_sequence_id: int | None = None
+    gave_up: bool = False
+    """The release was the task's ``max_claims``-th claim: the task was completed empty, not requeued."""
+
+    @property
+    def released(self) -> bool:
+        return self.reason is None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": "released" if self.released else "stale", "rollout_id": self.rollout_id}
+        body["attempt_id"] = self.attempt_id
+        if self.released:
+            body.update(claim_sequence_id=self.claim_sequence_id, requeued=not self.gave_up)
+        else:
+            body["reason"] = self.reason.value if self.reason is not None else None
+        return body
+
+
 class AttemptAwareDataStore(ServerDataStore):
     """Upstream's ``ServerDataStore`` in which each claim is an attempt.
 
@@ -178,10 +220,13 @@ class AttemptAwareDataStore(ServerDataStore):
         require_attempt_id: bool = False,
         unresponsive_seconds: float | None = None,
         max_claims: int | None = None,
+        retry_failed: int = 0,
         max_remembered: int = DEFAULT_MAX_REMEMBERED,
         clock: Clock = time.monotonic,
     ) -> None:
         super().__init__()
+        if retry_failed < 0:
+            raise ValueError("retry_failed must not be negative")
         if stale_policy not in STALE_POLICIES:
             raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
         if max_remembered < 0:
@@ -193,6 +238,7 @@ class AttemptAwareDataStore(ServerDataStore):
         self.task_timeout_seconds = task_timeout_seconds
         self.unresponsive_seconds = unresponsive_seconds
         self.max_claims = max_claims
+        self.retry_failed = retry_failed
         self.stale_policy: StalePolicy = stale_policy
         self.require_attempt_id = require_attempt_id
         self.max_remembered = max_remembered
@@ -220,6 +266,11 @@ class AttemptAwareDataStore(ServerDataStore):
                 "heartbeats",
                 "heartbeats_stale",
                 "unauthorized",
+                "failed_attempts",
+                "failure_retries",
+                "failed_stored",
+                "releases",
+                "releases_stale",
             ),
             0,
         )
@@ -298,15 +349,16 @@ class AttemptAwareDataStore(ServerDataStore):
                 expired += 1
         return expired
 
-    def _expire(self, rollout_id: str, claimed: _Claimed, outcome: AttemptOutcome) -> None:
-        """End the live claim; requeue the task, or complete it empty after ``max_claims`` claims."""
-        del self._processing_tasks[rollout_id]
-        self._by_last_seen.pop(rollout_id, None)
-        claimed.live = False
+    def _expire(self, rollout_id: str, claimed: _Claimed, outcome: AttemptOutcome) -> bool:
+        """End the live claim; requeue the task (True), or complete it empty after ``max_claims`` claims."""
+        self._end_claim(rollout_id, claimed)
         attempt = claimed.attempts[-1]
         attempt.end(outcome)
         claims = len(claimed.attempts)
-        if outcome == "unresponsive":
+        if outcome == "released":
+            self._counts["releases"] += 1
+            why = "was released by its worker"
+        elif outcome == "unresponsive":
             self._counts["requeues_unresponsive"] += 1
             why = f"had no heartbeat for {self.unresponsive_seconds}s"
         else:
@@ -321,20 +373,37 @@ class AttemptAwareDataStore(ServerDataStore):
                 self.max_claims,
                 why,
             )
-            return
+            return False
         self._queue.put_nowait(claimed.task)
+        if outcome == "released":  # a worker's deliberate act, not a fault
+            logger.info("Requeuing task %s: attempt %s (claim %d) %s", rollout_id, attempt.attempt_id, claims, why)
+            return True
         self._counts["requeues"] += 1
         logger.warning("Requeuing task %s: attempt %s (claim %d) %s", rollout_id, attempt.attempt_id, claims, why)
+        return True
+
+    def _end_claim(self, rollout_id: str, claimed: _Claimed) -> None:
+        """The live claim no longer holds the task (its attempt's outcome is set by the caller)."""
+        del self._processing_tasks[rollout_id]
+        self._by_last_seen.pop(rollout_id, None)
+        claimed.live = False
 
     def _give_up(self, rollout_id: str, claimed: _Claimed) -> None:
         """Complete a task with an empty result, so that a trainer waiting for it can go on."""
         del self._claimed[rollout_id]
         self._remember(rollout_id, _Finished(tuple(claimed.attempts), None))
         outcome = {"outcome": "max_claims_exceeded", "claims": len(claimed.attempts)}
-        self._completed_rollouts[rollout_id] = AttemptRollout(
-            rollout_id=rollout_id, task=claimed.task, final_reward=None, metadata={"lightning_attempts": outcome}
+        self._complete(
+            rollout_id,
+            AttemptRollout(
+                rollout_id=rollout_id, task=claimed.task, final_reward=None, metadata={"lightning_attempts": outcome}
+            ),
         )
         self._counts["max_claims_exceeded"] += 1
+
+    def _complete(self, rollout_id: str, rollout: LegacyRollout) -> None:
+        """Store a task's one result (every stored result goes through here)."""
+        self._completed_rollouts[rollout_id] = rollout
 
     async def requeue_task(self, task: Task) -> None:
         """Requeue ``task``'s claim now, if it is still the live one (upstream's API)."""
@@ -365,10 +434,28 @@ class AttemptAwareDataStore(ServerDataStore):
             rollout_id, attempt_id, None, len(claimed.attempts), self.unresponsive_seconds, claimed.deadline - now
         )
 
+    def release(self, rollout_id: str, attempt_id: str) -> Release:
+        """Give back the claim of ``attempt_id`` if it holds it: the task is requeued at once.
+
+        The attempt ends ``released`` and a later result of it is dropped (reason
+        ``released``). A release is a claim like any other for ``max_claims`` (a task
+        every worker gives back is as hopeless as one that always times out: releasing
+        its last allowed claim completes it empty), and it never counts toward
+        ``retry_failed``. An attempt that no longer holds the claim changes nothing.
+        """
+        claimed = self._claimed.get(rollout_id)
+        if claimed is None or not claimed.live or self._current(claimed) != attempt_id:
+            self._counts["releases_stale"] += 1
+            return Release(rollout_id, attempt_id, self._why_not_current(rollout_id, attempt_id, claimed))
+        requeued = self._expire(rollout_id, claimed, "released")
+        return Release(rollout_id, attempt_id, None, len(claimed.attempts), gave_up=not requeued)
+
     def _why_not_current(self, rollout_id: str, attempt_id: str, claimed: _Claimed | None) -> DropReason:
         if claimed is not None:
-            known = _sequence(claimed.attempts, attempt_id) is not None
-            return DropReason.SUPERSEDED if known else DropReason.UNKNOWN_ATTEMPT
+            for attempt in claimed.attempts:
+                if attempt.attempt_id == attempt_id:
+                    return _ENDED.get(attempt.outcome, DropReason.SUPERSEDED)
+            return DropReason.UNKNOWN_ATTEMPT
         finished = self._finished.get(rollout_id)
         if finished is None:
             return DropReason.UNKNOWN_ATTEMPT if rollout_id in self._queue else DropReason.UNKNOWN_ROLLOUT
@@ -380,7 +467,7 @@ class AttemptAwareDataStore(ServerDataStore):
 
     # -- submissions ----------------------------------------------------------
 
-    def submit(self, rollout: LegacyRollout, attempt_id: str | None = None) -> Submission:
+    def submit(self, rollout: LegacyRollout, attempt_id: str | None = None, *, failed: bool = False) -> Submission:
         """Store ``rollout`` if ``attempt_id`` may complete its task; say what happened.
 
         The outcome follows the table in the README: the live claim's attempt (or an
@@ -388,6 +475,15 @@ class AttemptAwareDataStore(ServerDataStore):
         earlier attempt is dropped as ``superseded`` under ``"reject"`` and stored
         under ``"salvage"``; a retry of the stored attempt is a ``duplicate``. A drop
         or refusal changes nothing but the counters.
+
+        ``failed`` says the result is a failure (the server's ``is_failed_result``).
+        With ``retry_failed`` set, a failed result of the live attempt ends it
+        ``failed`` and requeues the task (``retrying``) while the task has had fewer
+        than ``retry_failed`` failed attempts and fewer than ``max_claims`` claims;
+        after that it is stored, marked failed in its metadata. A later result of a
+        failed or released attempt is dropped under either policy, and salvage never
+        stores a failed result of an attempt that no longer holds the claim. With
+        ``retry_failed=0`` ``failed`` is ignored: the result is stored as upstream does.
         """
         rollout_id = rollout.rollout_id
         if attempt_id is None and self.require_attempt_id:
@@ -403,10 +499,15 @@ class AttemptAwareDataStore(ServerDataStore):
             return self._drop(DropReason.UNKNOWN_ATTEMPT, rollout_id, attempt_id, attempts, self._current(claimed))
         current = self._current(claimed)
         if current is not None and attempt_id in (None, current):
+            if failed and self.retry_failed:
+                return self._failed(rollout, claimed, attempt_id, current)
             return self._accept(rollout, claimed, attempt_id, credited=current)
-        if self.stale_policy == "salvage":
+        latest = current or attempts[-1].attempt_id
+        if sequence is not None and (ended := _ENDED.get(attempts[sequence - 1].outcome)) is not None:
+            return self._drop(ended, rollout_id, attempt_id, attempts, latest)
+        if self.stale_policy == "salvage" and not (failed and self.retry_failed):
             return self._accept(rollout, claimed, attempt_id, credited=attempt_id)
-        return self._drop(DropReason.SUPERSEDED, rollout_id, attempt_id, attempts, current or attempts[-1].attempt_id)
+        return self._drop(DropReason.SUPERSEDED, rollout_id, attempt_id, attempts, latest)
 
     async def store_rollout(self, rollout: LegacyRollout) -> Submission:  # pyright: ignore[reportIncompatibleMethodOverride]
         """Upstream's API for ``submit``, reading the attempt id from the rollout itself."""
@@ -451,7 +552,7 @@ class AttemptAwareDataStore(ServerDataStore):
         self._by_last_seen.pop(rollout_id, None)
         self._queue.discard(rollout_id)
         self._remember(rollout_id, _Finished(tuple(attempts), credited))
-        self._completed_rollouts[rollout_id] = rollout
+        self._complete(rollout_id, rollout)
         self._counts["accepted"] += 1
         if attempt_id is None:
             self._counts["accepted_unverified"] += 1
@@ -475,6 +576,41 @@ class AttemptAwareDataStore(ServerDataStore):
             )
         sequence = _sequence(attempts, credited)
         return Submission("ok", rollout_id, attempt_id, sequence, credited, sequence, verified=attempt_id is not None)
+
+    def _failed(self, rollout: LegacyRollout, claimed: _Claimed, attempt_id: str | None, current: str) -> Submission:
+        """The live attempt's result is a failure: requeue the task for another attempt, or store it marked."""
+        rollout_id = rollout.rollout_id
+        attempts = claimed.attempts
+        attempt, claims = attempts[-1], len(attempts)
+        failure = getattr(rollout, "failure", None)
+        if failure:
+            attempt.failure = excerpt(failure)
+        failures = sum(earlier.outcome == "failed" for earlier in attempts)  # this one is not marked yet
+        self._counts["failed_attempts"] += 1
+        retry = failures < self.retry_failed and (self.max_claims is None or claims < self.max_claims)
+        logger.warning(
+            "Attempt %s of %s failed (claim %d, failure %d, retry_failed=%d): %s%s",
+            current,
+            rollout_id,
+            claims,
+            failures + 1,
+            self.retry_failed,
+            "requeuing the task" if retry else "storing the failed result",
+            f"; the worker says: {attempt.failure!r}" if attempt.failure else "",
+        )
+        if not retry:
+            metadata = {**(rollout.metadata or {}), "lightning_attempts": {"outcome": "failed", "claims": claims}}
+            submission = self._accept(
+                rollout.model_copy(update={"metadata": metadata}), claimed, attempt_id, credited=current
+            )
+            attempt.outcome = "failed"
+            self._counts["failed_stored"] += 1
+            return submission
+        attempt.end("failed")
+        self._end_claim(rollout_id, claimed)
+        self._queue.put_nowait(claimed.task)
+        self._counts["failure_retries"] += 1
+        return Submission("retrying", rollout_id, attempt_id, claims, current, claims)
 
     def _drop(
         self,

@@ -54,8 +54,8 @@ def test_serve_help_lists_the_options() -> None:
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0
     options = ("--host", "--port", "--task-timeout", "--stale-policy", "--require-attempt-id", "--log-level")
-    options += ("--unresponsive-seconds", "--max-claims", "--max-remembered", "--max-body-bytes", "--api-key")
-    for option in options:
+    more = ("--unresponsive-seconds", "--max-claims", "--retry-failed", "--max-remembered", "--max-body-bytes")
+    for option in (*options, *more, "--api-key"):
         assert option in result.output
 
 

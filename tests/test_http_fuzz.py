@@ -45,7 +45,7 @@ def state(server: AttemptAwareServer) -> dict[str, Any]:
     stats = {
         k: v
         for k, v in server.attempt_stats().items()
-        if not k.startswith(("dropped", "refused", "heartbeats", "unauthorized"))
+        if not k.startswith(("dropped", "refused", "heartbeats", "releases_stale", "unauthorized"))
     }
     store = server.store
     return {

@@ -269,6 +269,8 @@ async def test_drop_counters_by_reason(store: AttemptAwareDataStore) -> None:
         "cancelled": 0,
         "unknown_rollout": 1,
         "unknown_attempt": 1,
+        "failed": 0,
+        "released": 0,
     }
     assert (stats["accepted"], stats["duplicates"], stats["claims"], stats["dropped_total"]) == (1, 1, 1, 2)
 

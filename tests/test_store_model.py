@@ -1,7 +1,8 @@
 """Model-based test of AttemptAwareDataStore: random operations against a small reference model.
 
 After every step: each outcome is what the README's table says, at most one rollout is ever
-stored per task, no task is lost, and the counters agree with what happened.
+stored per task, no task is lost, and the counters agree with what happened. Submissions may
+be failed results (retried under ``retry_failed``), and workers may release their claims.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ class ModelTask:
     attempts: list[str] = field(default_factory=list[str])
     deadline: float = 0.0
     stored: str | None = None  # attempt credited with the stored result
+    failures: int = 0  # failed results of live attempts that were retried
+    ended: dict[str, str] = field(default_factory=dict[str, str])  # attempt -> "failed" | "released"
 
 
 class StoreMachine(RuleBasedStateMachine):
     policy: StalePolicy = "reject"
     require_attempt_id = False
+    retry_failed = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -43,6 +47,7 @@ class StoreMachine(RuleBasedStateMachine):
             task_timeout_seconds=TIMEOUT,
             stale_policy=self.policy,
             require_attempt_id=self.require_attempt_id,
+            retry_failed=self.retry_failed,
             clock=self.clock,
         )
         self.tasks: dict[str, ModelTask] = {}
@@ -96,8 +101,9 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         which=st.sampled_from(["current", "earlier", "any issued", "forged", "none", "unknown rollout"]),
+        failed=st.booleans(),
     )
-    def submit(self, data: st.DataObject, which: str) -> None:
+    def submit(self, data: st.DataObject, which: str, failed: bool) -> None:
         rid = data.draw(st.sampled_from(list(self.tasks)))
         model = self.tasks[rid]
         attempt: str | None
@@ -114,14 +120,31 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             attempt = str(uuid.uuid4())
         before = self.store.stats()
-        outcome = self.store.submit(AttemptRollout(rollout_id=rid, attempt_id=attempt, final_reward=1.0), attempt)
-        status, reason, credited = self.expected(rid, attempt)
+        outcome = self.store.submit(
+            AttemptRollout(rollout_id=rid, attempt_id=attempt, final_reward=None if failed else 1.0),
+            attempt,
+            failed=failed,
+        )
+        status, reason, credited = self.expected(rid, attempt, failed)
         assert (outcome.status, outcome.reason.value if outcome.reason else None) == (status, reason), (
             which,
             self.tasks.get(rid),
         )
+        live_failure = failed and self.retry_failed > 0 and status in ("ok", "retrying") and credited is not None
+        if live_failure and self.tasks[rid].attempts[-1] == credited and self.tasks[rid].status == "claimed":
+            self.counts["failed_attempts"] += 1
         if status == "ok":
+            if live_failure and self.tasks[rid].status == "claimed":
+                self.counts["failed_stored"] += 1
             self.accept(rid, credited)
+        elif status == "retrying":
+            model = self.tasks[rid]
+            model.failures += 1
+            model.ended[model.attempts[-1]] = "failed"
+            model.status = "requeued"
+            self.in_flight.remove(rid)
+            self.queue.append(rid)
+            self.counts["failure_retries"] += 1
         elif status == "duplicate":
             self.counts["duplicates"] += 1
         elif status == "refused":
@@ -133,7 +156,7 @@ class StoreMachine(RuleBasedStateMachine):
                 k: v for k, v in before.items() if not k.startswith("dropped")
             }  # a drop changes nothing but its counter
 
-    def expected(self, rid: str, attempt: str | None) -> tuple[str, str | None, str | None]:
+    def expected(self, rid: str, attempt: str | None, failed: bool = False) -> tuple[str, str | None, str | None]:
         """(status, reason, credited attempt) as the README's outcome table says."""
         if attempt is None and self.require_attempt_id:
             return "refused", None, None
@@ -152,11 +175,44 @@ class StoreMachine(RuleBasedStateMachine):
             return "dropped", "unknown_attempt", None
         if model.status == "queued":  # never claimed: no attempt could have produced it
             return "dropped", "unknown_attempt", None
+        retry = failed and self.retry_failed > 0
         if model.status == "claimed" and attempt in (None, model.attempts[-1]):
+            if retry and model.failures < self.retry_failed:
+                return "retrying", None, model.attempts[-1]
             return "ok", None, model.attempts[-1]
-        if self.policy == "salvage":
+        if attempt in model.ended:  # a failed or released attempt: dropped under either policy
+            return "dropped", model.ended[attempt], None
+        if self.policy == "salvage" and not retry:
             return "ok", None, attempt
         return "dropped", "superseded", None
+
+    @precondition(lambda self: bool(self.tasks))
+    @rule(data=st.data(), which=st.sampled_from(["current", "earlier", "forged"]))
+    def release(self, data: st.DataObject, which: str) -> None:
+        rid = data.draw(st.sampled_from(list(self.tasks)))
+        model = self.tasks[rid]
+        if which == "current" and model.attempts:
+            attempt = model.attempts[-1]
+        elif which == "earlier" and len(model.attempts) > 1:
+            attempt = data.draw(st.sampled_from(model.attempts[:-1]))
+        else:
+            attempt = str(uuid.uuid4())
+        before = self.store.stats()
+        answer = self.store.release(rid, attempt)
+        if model.status == "claimed" and attempt == model.attempts[-1]:
+            assert answer.released
+            model.ended[attempt] = "released"
+            model.status = "requeued"
+            self.in_flight.remove(rid)
+            self.queue.append(rid)
+            self.counts["releases"] += 1
+            return
+        assert not answer.released
+        self.counts["releases_stale"] += 1
+        after = self.store.stats()
+        assert {k: v for k, v in after.items() if k != "releases_stale"} == {
+            k: v for k, v in before.items() if k != "releases_stale"
+        }  # a refused release changes nothing
 
     def accept(self, rid: str, credited: str | None) -> None:
         model = self.tasks[rid]
@@ -208,19 +264,35 @@ class StoreMachine(RuleBasedStateMachine):
     @invariant()
     def counters_agree(self) -> None:
         stats: dict[str, Any] = self.store.stats()
-        for name in ("claims", "requeues", "accepted", "duplicates", "refused"):
+        for name in (
+            "claims",
+            "requeues",
+            "accepted",
+            "duplicates",
+            "refused",
+            "failed_attempts",
+            "failure_retries",
+            "failed_stored",
+            "releases",
+            "releases_stale",
+        ):
             assert stats[name] == self.counts[name], name
         for reason, count in stats["dropped"].items():
             assert count == self.counts[f"dropped:{reason}"], reason
 
 
-def machine(policy: StalePolicy, require: bool) -> type[StoreMachine]:
-    return type(f"StoreMachine_{policy}_{require}", (StoreMachine,), {"policy": policy, "require_attempt_id": require})
+def machine(policy: StalePolicy, require: bool, retry_failed: int) -> type[StoreMachine]:
+    return type(
+        f"StoreMachine_{policy}_{require}_{retry_failed}",
+        (StoreMachine,),
+        {"policy": policy, "require_attempt_id": require, "retry_failed": retry_failed},
+    )
 
 
 @pytest.mark.parametrize("policy", ["reject", "salvage"])
 @pytest.mark.parametrize("require", [False, True], ids=["old-clients-allowed", "attempt-required"])
-def test_store_against_the_model(policy: StalePolicy, require: bool) -> None:
-    test_case = machine(policy, require).TestCase
+@pytest.mark.parametrize("retry_failed", [0, 2], ids=["no-retries", "retry-failed-2"])
+def test_store_against_the_model(policy: StalePolicy, require: bool, retry_failed: int) -> None:
+    test_case = machine(policy, require, retry_failed).TestCase
     test_case.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
     test_case().runTest()
