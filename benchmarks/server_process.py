@@ -42,7 +42,7 @@ def build(kind: str, port: int, http: str, access_log: bool = True) -> AgentLigh
         http=http,
         access_log=access_log,
     )
-    server._uvicorn_server = uvicorn.Server(config)  # pyright: ignore[reportPrivateUsage]
+    server._uvicorn_server.config = config  # pyright: ignore[reportPrivateUsage] # the same Server, reconfigured
     add_control_routes(server)
     return server
 

@@ -15,6 +15,14 @@ Transport: pooled httpx connections, one sync client per process and one async c
 event loop, rebuilt after a fork (the upstream trainer forks its workers). Submissions that
 fail in transport are retried with backoff (a retry of a stored attempt answers
 ``duplicate``); a dropped result is logged and returned, never raised.
+
+Polling: every ``GET /task`` asks the server to hold it (``?wait=poll_wait``, 20 s by
+default; the request's timeout is ``timeout`` plus that). A patched server answers as
+soon as a task is claimed for the poll, and says in a header that it held it; then
+upstream's poll loop, which this client runs unchanged, polls again at once (its
+``poll_interval`` reads as what is left of it: usually 0). An unpatched server ignores
+the parameter and answers at once without the header, and the loop sleeps
+``poll_interval`` as upstream's does; so does it after a failed request.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import contextvars
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,12 +51,14 @@ from tenacity import (
 
 from .compat import AgentLightningClient, LegacyRollout, Task
 from .heartbeats import AsyncHeartbeats, ThreadHeartbeats
-from .models import AttemptRollout, AttemptTask
+from .models import WAIT_HEADER, AttemptRollout, AttemptTask
 
 logger = logging.getLogger(__name__)
 
 MAX_OPEN_CLAIMS = 10_000
 """Claims remembered without a submission (the runner skips tasks whose resources it cannot fetch)."""
+DEFAULT_POLL_WAIT = 20.0
+"""Seconds each ``GET /task`` asks the server to hold it (a patched server caps it, 20 s by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +78,10 @@ _CURRENT_CLAIM: contextvars.ContextVar[tuple[int, Claim] | None] = contextvars.C
 # The raw ``/task`` answer upstream's poll loop just parsed (it drops the attempt fields).
 _LAST_TASK_JSON: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "lightning_attempts_task_json", default=None
+)
+# After an empty /task answer the server held, by client: the sleep left of poll_interval.
+_POLL_PAUSE: contextvars.ContextVar[tuple[int, float] | None] = contextvars.ContextVar(
+    "lightning_attempts_poll_pause", default=None
 )
 
 _clients: weakref.WeakSet[AttemptAwareClient] = weakref.WeakSet()
@@ -88,9 +103,10 @@ class AttemptAwareClient(AgentLightningClient):
     """Drop-in ``AgentLightningClient`` that submits each result with its claim's attempt id.
 
     Same constructor as upstream (``endpoint``, ``poll_interval``, ``timeout``), plus
-    keyword-only ``submit_attempts`` (tries per submission, default 5) and
+    keyword-only ``submit_attempts`` (tries per submission, default 5),
     ``heartbeat_fraction`` (heartbeat every this fraction of the lease the server
-    announces, default 1/3; ``None`` turns heartbeats off).
+    announces, default 1/3; ``None`` turns heartbeats off) and ``poll_wait`` (seconds
+    each ``GET /task`` asks the server to hold it, default 20; ``None`` or 0: plain polls).
     """
 
     def __init__(
@@ -101,12 +117,16 @@ class AttemptAwareClient(AgentLightningClient):
         *,
         submit_attempts: int = 5,
         heartbeat_fraction: float | None = 1 / 3,
+        poll_wait: float | None = DEFAULT_POLL_WAIT,
     ) -> None:
         super().__init__(endpoint=endpoint, poll_interval=poll_interval, timeout=timeout)
         if submit_attempts < 1:
             raise ValueError("submit_attempts must be at least 1")
+        if poll_wait is not None and poll_wait < 0:
+            raise ValueError("poll_wait must not be negative")
         self.submit_attempts = submit_attempts
         self.heartbeat_fraction = heartbeat_fraction
+        self.poll_wait = poll_wait or None
         self._reset_process_state()
         _clients.add(self)
 
@@ -140,29 +160,69 @@ class AttemptAwareClient(AgentLightningClient):
             client = self._async_http[loop] = httpx.AsyncClient(timeout=self.timeout, headers=self._default_headers)
         return client
 
+    @property
+    def poll_interval(self) -> float:  # pyright: ignore[reportIncompatibleVariableOverride]
+        """Seconds upstream's poll loop sleeps after an empty ``/task`` answer.
+
+        What it was set to; but right after an empty answer that the server held
+        (``GET /task?wait=S``), in the thread or task that polled, only what is left of
+        it once the poll's own duration is counted (usually 0: poll again at once).
+        """
+        pause = _POLL_PAUSE.get()
+        if pause is not None and pause[0] == id(self):
+            return pause[1]
+        return self._poll_interval
+
+    @poll_interval.setter
+    def poll_interval(self, seconds: float) -> None:
+        self._poll_interval = seconds
+
+    def _long_poll(self, url: str) -> float | None:
+        """The wait to ask for when ``url`` is ``/task`` (None: a plain request); forget the last pause."""
+        if not url.endswith(self._next_task_uri):
+            return None
+        _POLL_PAUSE.set(None)
+        return self.poll_wait
+
     def _request_json(self, url: str) -> dict[str, Any] | None:
+        wait = self._long_poll(url)
+        started = time.monotonic()
         try:
-            response = self._http().get(url)
+            if wait is None:
+                response = self._http().get(url)
+            else:
+                response = self._http().get(url, params={"wait": wait}, timeout=self.timeout + wait)
             response.raise_for_status()
             body: dict[str, Any] = response.json()
         except (httpx.HTTPError, ValueError) as error:
             logger.debug("GET %s failed: %s", url, error)
             return None
-        return self._remember_task_json(url, body)
+        return self._remember_task_json(url, body, response, time.monotonic() - started)
 
     async def _request_json_async(self, url: str) -> dict[str, Any] | None:
+        wait = self._long_poll(url)
+        started = time.monotonic()
         try:
-            response = await self._ahttp().get(url)
+            if wait is None:
+                response = await self._ahttp().get(url)
+            else:
+                response = await self._ahttp().get(url, params={"wait": wait}, timeout=self.timeout + wait)
             response.raise_for_status()
             body: dict[str, Any] = response.json()
         except (httpx.HTTPError, ValueError) as error:
             logger.debug("GET %s failed: %s", url, error)
             return None
-        return self._remember_task_json(url, body)
+        return self._remember_task_json(url, body, response, time.monotonic() - started)
 
-    def _remember_task_json(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        if url.endswith(self._next_task_uri) and isinstance(body.get("task"), dict):
+    def _remember_task_json(
+        self, url: str, body: dict[str, Any], response: httpx.Response, elapsed: float
+    ) -> dict[str, Any]:
+        if not url.endswith(self._next_task_uri):
+            return body
+        if isinstance(body.get("task"), dict):
             _LAST_TASK_JSON.set(body["task"])
+        elif _held(response):  # an empty answer after the server held the poll: no need to sleep
+            _POLL_PAUSE.set((id(self), max(self._poll_interval - elapsed, 0.0)))
         return body
 
     def _retry_policy(self) -> dict[str, Any]:
@@ -377,6 +437,14 @@ class AttemptAwareClient(AgentLightningClient):
 
     def _after_fork(self) -> None:
         self._reset_process_state()
+
+
+def _held(response: httpx.Response) -> bool:
+    """Whether the server says it held this ``/task`` poll (an unpatched server says nothing)."""
+    try:
+        return float(response.headers.get(WAIT_HEADER, "0")) > 0
+    except ValueError:
+        return False
 
 
 def _heartbeat_body(claim: Claim) -> dict[str, str]:

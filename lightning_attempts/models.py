@@ -11,6 +11,9 @@ from .compat import LegacyRollout, Task, TaskIfAny
 MAX_ID_LENGTH = 256
 """Longest rollout or attempt id accepted; ours are 36 (attempts) and 44 (rollouts) characters."""
 
+WAIT_HEADER = "X-Lightning-Attempts-Wait"
+"""Header of the answer to ``GET /task?wait=S``: the seconds the server held (or would hold) the poll; 0: none."""
+
 
 class AttemptTask(Task):
     """A task as handed out by one claim: upstream's ``Task`` plus the attempt.
