@@ -166,7 +166,8 @@ class AttemptAwareClient(AgentLightningClient):
 
         What it was set to; but right after an empty answer that the server held
         (``GET /task?wait=S``), in the thread or task that polled, only what is left of
-        it once the poll's own duration is counted (usually 0: poll again at once).
+        it, or of the wait if shorter, once the poll's own duration is counted: 0 after a
+        poll held until its wait ended, so the poll loop polls again at once.
         """
         pause = _POLL_PAUSE.get()
         if pause is not None and pause[0] == id(self):
@@ -221,8 +222,10 @@ class AttemptAwareClient(AgentLightningClient):
             return body
         if isinstance(body.get("task"), dict):
             _LAST_TASK_JSON.set(body["task"])
-        elif _held(response):  # an empty answer after the server held the poll: no need to sleep
-            _POLL_PAUSE.set((id(self), max(self._poll_interval - elapsed, 0.0)))
+        elif held := _held(response):
+            # The server held this poll: sleep only what is left of the shorter of the two
+            # (nothing, when it held it that long; never a busy loop, whatever it says).
+            _POLL_PAUSE.set((id(self), max(min(self._poll_interval, held) - elapsed, 0.0)))
         return body
 
     def _retry_policy(self) -> dict[str, Any]:
@@ -439,12 +442,13 @@ class AttemptAwareClient(AgentLightningClient):
         self._reset_process_state()
 
 
-def _held(response: httpx.Response) -> bool:
-    """Whether the server says it held this ``/task`` poll (an unpatched server says nothing)."""
+def _held(response: httpx.Response) -> float:
+    """How long the server says it would hold this ``/task`` poll; 0 when it did not (an unpatched server)."""
     try:
-        return float(response.headers.get(WAIT_HEADER, "0")) > 0
+        seconds = float(response.headers.get(WAIT_HEADER, "0"))
     except ValueError:
-        return False
+        return 0.0
+    return seconds if 0 < seconds < float("inf") else 0.0
 
 
 def _heartbeat_body(claim: Claim) -> dict[str, str]:
