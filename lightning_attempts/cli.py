@@ -11,6 +11,7 @@ import click
 from .outcomes import STALE_POLICIES, StalePolicy
 from .routing import DEFAULT_MAX_BODY_BYTES
 from .store import DEFAULT_MAX_REMEMBERED
+from .waiting import DEFAULT_MAX_POLL_WAIT
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -55,6 +56,13 @@ def main() -> None:
     show_default=True,
     help="Larger submissions and heartbeats are refused (413), read no further than this.",
 )
+@click.option(
+    "--max-poll-wait",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_MAX_POLL_WAIT,
+    show_default=True,
+    help="Longest a long poll (GET /task?wait=S) is held, in seconds; 0: answer at once.",
+)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def serve(
     host: str,
@@ -66,6 +74,7 @@ def serve(
     max_claims: int | None,
     max_remembered: int,
     max_body_bytes: int,
+    max_poll_wait: float,
     log_level: str,
 ) -> None:
     """Run a standalone AttemptAwareServer until interrupted."""
@@ -82,6 +91,7 @@ def serve(
         max_claims=max_claims,
         max_remembered=max_remembered,
         max_body_bytes=max_body_bytes,
+        max_poll_wait=max_poll_wait,
     )
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # upstream configures uvicorn at INFO
         logging.getLogger(name).setLevel(log_level.upper())

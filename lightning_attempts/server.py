@@ -24,12 +24,10 @@ from .models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, 
 from .outcomes import STALE_POLICIES, StalePolicy
 from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute, unprocessable
 from .store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock
-from .waiting import Completions, DeadlineTimer, ParkedPolls
+from .waiting import DEFAULT_MAX_POLL_WAIT, Completions, DeadlineTimer, ParkedPolls
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_POLL_WAIT = 20.0
-"""Longest a ``GET /task?wait=S`` is held, in seconds (SQS's longest wait, too)."""
 
 _NO_TASK = b'{"is_available":false,"task":null}'
 _WAIT_PARAMETER: dict[str, Any] = {

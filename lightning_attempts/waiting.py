@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 """The ASGI receive channel of a request."""
 
+DEFAULT_MAX_POLL_WAIT = 20.0
+"""Longest a ``GET /task?wait=S`` is held by default, in seconds (SQS's longest wait, too)."""
 TIMER_SLACK = 0.001
 """Seconds the deadline timer fires after a deadline, so that the claim has expired by then."""
 
