@@ -21,7 +21,10 @@ Served = ServerThread[AttemptAwareServer]
 @pytest.fixture
 def live() -> Iterator[Served]:
     """A server with a claimed task, a queued one and a completed one, so requests meet real state."""
-    server = AttemptAwareServer(port=0, task_timeout_seconds=60, unresponsive_seconds=30, clock=ManualClock())
+    # Long polls are held no longer than 50 ms, so that generated waits do not stall the run.
+    server = AttemptAwareServer(
+        port=0, task_timeout_seconds=60, unresponsive_seconds=30, max_poll_wait=0.05, clock=ManualClock()
+    )
     with serve_in_thread(server) as served:
         served.call(server.update_resources(RESOURCES))
         for sample in ("done", "claimed", "queued"):
