@@ -6,7 +6,10 @@
 Each server runs in its own process and the aiohttp load generator in another. Measured
 for both: claim+submit cycles per second, server CPU per cycle (from the server process),
 ``/task`` p50/p99 with claims in flight, memory per claim in flight, and memory while a
-million tasks are completed (the trainer retrieving results as it goes). Writes
+million tasks are completed (the trainer retrieving results as it goes). With idle
+workers polling as each server's client does (upstream: every ``poll_interval``, 5 s;
+ours: long polls): how long a batch queued at once takes to reach an idle fleet, the
+requests an idle worker sends per minute, and the server's CPU with 1,000 idle workers. Writes
 ``benchmarks/results/results.json`` and ``results.md`` (and ``latency.png`` when
 matplotlib is installed; ``--output`` puts them elsewhere), and prints the markdown.
 """
@@ -162,6 +165,21 @@ def memory(kind: str, completed: int, checkpoints: int) -> dict[str, Any]:
     return {"series": series}
 
 
+def idle_workers(kind: str, fleet: int, idle: float, parked: int, seconds: float) -> dict[str, Any]:
+    """Idle workers polling as ``kind``'s client does, on one server.
+
+    A fleet of ``fleet`` idle for ``idle`` s, then a batch of as many tasks queued at
+    once: the latency to each claim and the requests per idle worker-minute. Then
+    ``parked`` idle workers: the server's CPU per second over ``seconds``.
+    """
+    with server_process(kind) as endpoint:
+        batch = load(
+            "fleet", endpoint, "--client", kind, "--workers", str(fleet), "--idle", str(idle), "--tasks", str(fleet)
+        )
+        cpu = load("parked", endpoint, "--client", kind, "--workers", str(parked), "--seconds", str(seconds))
+    return {"fleet": batch, "idle_cpu": cpu}
+
+
 def ratio(patched: float, upstream: float) -> str:
     return f"{patched / upstream:.2f}x" if upstream else "n/a"
 
@@ -207,6 +225,26 @@ def markdown(results: dict[str, Any]) -> str:
             f"| RSS after {s_up['completed']:,} completed tasks (MB) | {s_up['rss_mb']:.0f} | {s_pa['rss_mb']:.0f} "
             f"| {ratio(s_pa['rss_mb'], s_up['rss_mb'])} |"
         )
+    if "fleet" in up and "fleet" in pa:
+        f_up, f_pa = up["fleet"], pa["fleet"]
+        batch = f"batch of {f_up['tasks']} to an idle fleet of {f_up['workers']}"
+        for q in ("p50", "p99", "max"):
+            lines.append(
+                f"| {batch}: queue_task to claim, {q} (ms) | {f_up[f'{q}_ms']:.1f} | {f_pa[f'{q}_ms']:.1f} "
+                f"| {ratio(f_pa[f'{q}_ms'], f_up[f'{q}_ms'])} |"
+            )
+        lines.append(
+            f"| requests per idle worker-minute | {f_up['requests_per_idle_worker_minute']:.1f} "
+            f"| {f_pa['requests_per_idle_worker_minute']:.1f} "
+            f"| {ratio(f_pa['requests_per_idle_worker_minute'], f_up['requests_per_idle_worker_minute'])} |"
+        )
+    if "idle_cpu" in up and "idle_cpu" in pa:
+        c_up, c_pa = up["idle_cpu"], pa["idle_cpu"]
+        lines.append(
+            f"| server CPU with {c_up['workers']:,} idle workers (ms per s; requests/s) "
+            f"| {c_up['server_cpu_ms_per_s']:.1f}; {c_up['requests_per_s']:.0f} "
+            f"| {c_pa['server_cpu_ms_per_s']:.1f}; {c_pa['requests_per_s']:.0f} | |"
+        )
     for name, label in VARIANTS.items():
         if name in results:
             variant = results[name]
@@ -245,12 +283,16 @@ def main() -> None:
     parser.add_argument("--completed", type=int, default=1_000_000)
     parser.add_argument("--compare-loops", action="store_true", help="also run ours on uvloop, and with h11")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where results.{json,md} go")
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds the idle fleet idles before its batch")
+    parser.add_argument("--parked", type=int, default=1000, help="idle workers while measuring the server's CPU")
     options = parser.parse_args()
     in_flight = [0, 2_000, 20_000, 100_000]
     probes, checkpoints = 300, 5
+    fleet_size, idle_seconds = 32, 10.0
     if options.quick:
         options.loops, options.seconds, options.rounds, options.completed = 4, 1.0, 1, 2_000
         in_flight, probes, checkpoints = [0, 200], 20, 2
+        fleet_size, options.idle, options.parked, idle_seconds = 4, 5.5, 20, 1.0  # every worker has polled
     output: Path = options.output
     output.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -272,6 +314,8 @@ def main() -> None:
         results[kind]["latency"] = latency(kind, in_flight, probes)
         print(f"{kind}: memory over {options.completed:,} completed tasks...", file=sys.stderr, flush=True)
         results[kind]["memory"] = memory(kind, options.completed, checkpoints)
+        print(f"{kind}: idle workers (a batch to {fleet_size}, CPU with {options.parked:,})...", file=sys.stderr)
+        results[kind].update(idle_workers(kind, fleet_size, options.idle, options.parked, idle_seconds))
     for name in VARIANTS:
         if name in cycles:
             results[name] = cycles[name]

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import gc
 import os
+import resource
 import time
 from typing import Any
 
@@ -42,7 +43,7 @@ def build(kind: str, port: int, http: str, access_log: bool = True) -> AgentLigh
         http=http,
         access_log=access_log,
     )
-    server._uvicorn_server = uvicorn.Server(config)  # pyright: ignore[reportPrivateUsage]
+    server._uvicorn_server.config = config  # pyright: ignore[reportPrivateUsage] # the same Server, reconfigured
     add_control_routes(server)
     return server
 
@@ -52,9 +53,10 @@ def add_control_routes(server: Any) -> None:
     app = server._app
 
     async def queue(n: int) -> dict[str, Any]:
+        at = time.time()
         for i in range(n):
             await server.queue_task({"i": i})
-        return {"queued": n}
+        return {"queued": n, "at": at}
 
     async def claim(n: int) -> dict[str, Any]:
         store = server._store
@@ -81,8 +83,9 @@ def add_control_routes(server: Any) -> None:
         await server.retrieve_completed_rollouts()
         return {"completed": n, "seconds": time.perf_counter() - started}
 
-    async def usage() -> dict[str, Any]:
-        gc.collect()
+    async def usage(collect: bool = True) -> dict[str, Any]:
+        if collect:  # for a steady RSS; not when measuring CPU, which it would count
+            gc.collect()
         times = process.cpu_times()
         return {"cpu": times.user + times.system, "rss": process.memory_info().rss}
 
@@ -100,6 +103,8 @@ def main() -> None:
     parser.add_argument("--http", default="auto")
     parser.add_argument("--no-access-log", action="store_true")
     options = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a socket per idle worker
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     server = build(options.kind, options.port, options.http, not options.no_access_log)
     if options.loop == "uvloop":  # pip install 'lightning-attempts[bench]'
         import uvloop

@@ -11,6 +11,7 @@ import click
 from .outcomes import STALE_POLICIES, StalePolicy
 from .routing import DEFAULT_MAX_BODY_BYTES
 from .store import DEFAULT_MAX_REMEMBERED
+from .waiting import DEFAULT_MAX_POLL_WAIT
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -63,6 +64,13 @@ def main() -> None:
     help="Larger submissions and heartbeats are refused (413), read no further than this.",
 )
 @click.option(
+    "--max-poll-wait",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_MAX_POLL_WAIT,
+    show_default=True,
+    help="Longest a long poll (GET /task?wait=S) is held, in seconds; 0: answer at once.",
+)
+@click.option(
     "--api-key",
     envvar="AGL_KEY",
     show_envvar=True,
@@ -82,6 +90,7 @@ def serve(
     retry_failed: int,
     max_remembered: int,
     max_body_bytes: int,
+    max_poll_wait: float,
     api_key: str | None,
     log_level: str,
 ) -> None:
@@ -100,6 +109,7 @@ def serve(
         retry_failed=retry_failed,
         max_remembered=max_remembered,
         max_body_bytes=max_body_bytes,
+        max_poll_wait=max_poll_wait,
         api_key=api_key,
     )
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # upstream configures uvicorn at INFO

@@ -25,6 +25,14 @@ Transport: pooled httpx connections, one sync client per process and one async c
 event loop, rebuilt after a fork (the upstream trainer forks its workers). Submissions that
 fail in transport are retried with backoff (a retry of a stored attempt answers
 ``duplicate``); a dropped result is logged and returned, never raised.
+
+Polling: every ``GET /task`` asks the server to hold it (``?wait=poll_wait``, 20 s by
+default; the request's timeout is ``timeout`` plus that). A patched server answers as
+soon as a task is claimed for the poll, and says in a header that it held it; then
+upstream's poll loop, which this client runs unchanged, polls again at once (its
+``poll_interval`` reads as what is left of it: usually 0). An unpatched server ignores
+the parameter and answers at once without the header, and the loop sleeps
+``poll_interval`` as upstream's does; so does it after a failed request.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import multiprocessing.util
 import os
 import sys
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -56,7 +65,7 @@ from .auth import key_from_env, validate_key
 from .claims import Claim
 from .compat import AgentLightningClient, LegacyRollout, Task
 from .heartbeats import AsyncHeartbeats, ThreadHeartbeats
-from .models import AttemptRollout, AttemptTask
+from .models import WAIT_HEADER, AttemptRollout, AttemptTask
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +73,8 @@ MAX_OPEN_CLAIMS = 10_000
 """Claims remembered without a submission (the runner skips tasks whose resources it cannot fetch)."""
 RELEASE_TIMEOUT = 2.0
 """Seconds a release may take; it is best effort, and may run at interpreter exit."""
+DEFAULT_POLL_WAIT = 20.0
+"""Seconds each ``GET /task`` asks the server to hold it (a patched server caps it, 20 s by default)."""
 
 
 # The last claim made in this thread or asyncio task, by client (so two clients never mix).
@@ -73,6 +84,10 @@ _CURRENT_CLAIM: contextvars.ContextVar[tuple[int, Claim] | None] = contextvars.C
 # The raw ``/task`` answer upstream's poll loop just parsed (it drops the attempt fields).
 _LAST_TASK_JSON: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "lightning_attempts_task_json", default=None
+)
+# After an empty /task answer the server held, by client: the sleep left of poll_interval.
+_POLL_PAUSE: contextvars.ContextVar[tuple[int, float] | None] = contextvars.ContextVar(
+    "lightning_attempts_poll_pause", default=None
 )
 
 _clients: weakref.WeakSet[AttemptAwareClient] = weakref.WeakSet()
@@ -100,11 +115,12 @@ class AttemptAwareClient(AgentLightningClient):
     """Drop-in ``AgentLightningClient`` that submits each result with its claim's attempt id.
 
     Same constructor as upstream (``endpoint``, ``poll_interval``, ``timeout``), plus
-    keyword-only ``submit_attempts`` (tries per submission, default 5) and
+    keyword-only ``submit_attempts`` (tries per submission, default 5),
     ``heartbeat_fraction`` (heartbeat every this fraction of the lease the server
-    announces, default 1/3; ``None`` turns heartbeats off) and ``api_key`` (sent on every
-    request as ``Authorization: Bearer <key>``; ``None``, the default, reads ``AGL_KEY``
-    as agentlightning 1.0 does; ``""`` sends none).
+    announces, default 1/3; ``None`` turns heartbeats off), ``poll_wait`` (seconds each
+    ``GET /task`` asks the server to hold it, default 20; ``None`` or 0: plain polls) and
+    ``api_key`` (sent on every request as ``Authorization: Bearer <key>``; ``None``, the
+    default, reads ``AGL_KEY`` as agentlightning 1.0 does; ``""`` sends none).
     """
 
     def __init__(
@@ -115,16 +131,20 @@ class AttemptAwareClient(AgentLightningClient):
         *,
         submit_attempts: int = 5,
         heartbeat_fraction: float | None = 1 / 3,
+        poll_wait: float | None = DEFAULT_POLL_WAIT,
         api_key: str | None = None,
     ) -> None:
         super().__init__(endpoint=endpoint, poll_interval=poll_interval, timeout=timeout)
         if submit_attempts < 1:
             raise ValueError("submit_attempts must be at least 1")
+        if poll_wait is not None and poll_wait < 0:
+            raise ValueError("poll_wait must not be negative")
         key = key_from_env() if api_key is None else validate_key(api_key)
         if key is not None:  # every request goes through the pooled clients built with these headers
             self._default_headers = {**self._default_headers, "Authorization": f"Bearer {key}"}
         self.submit_attempts = submit_attempts
         self.heartbeat_fraction = heartbeat_fraction
+        self.poll_wait = poll_wait or None
         self._reset_process_state()
         _clients.add(self)
 
@@ -160,27 +180,62 @@ class AttemptAwareClient(AgentLightningClient):
             client = self._async_http[loop] = httpx.AsyncClient(timeout=self.timeout, headers=self._default_headers)
         return client
 
+    @property
+    def poll_interval(self) -> float:  # pyright: ignore[reportIncompatibleVariableOverride]
+        """Seconds upstream's poll loop sleeps after an empty ``/task`` answer.
+
+        What it was set to; but right after an empty answer that the server held
+        (``GET /task?wait=S``), in the thread or task that polled, only what is left of
+        it, or of the wait if shorter, once the poll's own duration is counted: 0 after a
+        poll held until its wait ended, so the poll loop polls again at once.
+        """
+        pause = _POLL_PAUSE.get()
+        if pause is not None and pause[0] == id(self):
+            return pause[1]
+        return self._poll_interval
+
+    @poll_interval.setter
+    def poll_interval(self, seconds: float) -> None:
+        self._poll_interval = seconds
+
+    def _long_poll(self, url: str) -> float | None:
+        """The wait to ask for when ``url`` is ``/task`` (None: a plain request); forget the last pause."""
+        if not url.endswith(self._next_task_uri):
+            return None
+        _POLL_PAUSE.set(None)
+        return self.poll_wait
+
     def _request_json(self, url: str) -> dict[str, Any] | None:
+        wait = self._long_poll(url)
+        started = time.monotonic()
         try:
-            response = self._http().get(url)
+            if wait is None:
+                response = self._http().get(url)
+            else:
+                response = self._http().get(url, params={"wait": wait}, timeout=self.timeout + wait)
             self._check_key(response)
             response.raise_for_status()
             body: dict[str, Any] = response.json()
         except (httpx.HTTPError, ValueError) as error:
             logger.debug("GET %s failed: %s", url, error)
             return None
-        return self._remember_task_json(url, body)
+        return self._remember_task_json(url, body, response, time.monotonic() - started)
 
     async def _request_json_async(self, url: str) -> dict[str, Any] | None:
+        wait = self._long_poll(url)
+        started = time.monotonic()
         try:
-            response = await self._ahttp().get(url)
+            if wait is None:
+                response = await self._ahttp().get(url)
+            else:
+                response = await self._ahttp().get(url, params={"wait": wait}, timeout=self.timeout + wait)
             self._check_key(response)
             response.raise_for_status()
             body: dict[str, Any] = response.json()
         except (httpx.HTTPError, ValueError) as error:
             logger.debug("GET %s failed: %s", url, error)
             return None
-        return self._remember_task_json(url, body)
+        return self._remember_task_json(url, body, response, time.monotonic() - started)
 
     def _check_key(self, response: httpx.Response) -> None:
         """Say once at WARNING that the server wants a key this client lacks (polls fail only at DEBUG)."""
@@ -193,9 +248,17 @@ class AttemptAwareClient(AgentLightningClient):
                 "wrong API key" if sent else "no API key",
             )
 
-    def _remember_task_json(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        if url.endswith(self._next_task_uri) and isinstance(body.get("task"), dict):
+    def _remember_task_json(
+        self, url: str, body: dict[str, Any], response: httpx.Response, elapsed: float
+    ) -> dict[str, Any]:
+        if not url.endswith(self._next_task_uri):
+            return body
+        if isinstance(body.get("task"), dict):
             _LAST_TASK_JSON.set(body["task"])
+        elif held := _held(response):
+            # The server held this poll: sleep only what is left of the shorter of the two
+            # (nothing, when it held it that long; never a busy loop, whatever it says).
+            _POLL_PAUSE.set((id(self), max(min(self._poll_interval, held) - elapsed, 0.0)))
         return body
 
     def _retry_policy(self) -> dict[str, Any]:
@@ -512,6 +575,15 @@ class AttemptAwareClient(AgentLightningClient):
 
     def _after_fork(self) -> None:
         self._reset_process_state()
+
+
+def _held(response: httpx.Response) -> float:
+    """How long the server says it would hold this ``/task`` poll; 0 when it did not (an unpatched server)."""
+    try:
+        seconds = float(response.headers.get(WAIT_HEADER, "0"))
+    except ValueError:
+        return 0.0
+    return seconds if 0 < seconds < float("inf") else 0.0
 
 
 def _heartbeat_body(claim: Claim) -> dict[str, str]:

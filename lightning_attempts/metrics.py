@@ -14,9 +14,11 @@ _GAUGES = {
     "queued": "Tasks waiting for a claim.",
     "completed_unretrieved": "Stored results not yet retrieved by the trainer.",
     "finished_remembered": "Finished tasks remembered to answer late results.",
+    "polls_parked": "Long polls (GET /task?wait=S) waiting for a task.",
 }
 _COUNTERS = {
     "claims": "Tasks handed out (each claim is an attempt).",
+    "claims_undelivered": "Claims given back because their long poll's client had gone.",
     "requeues": "Claims requeued after a timeout or silence.",
     "requeues_unresponsive": "Claims requeued because their worker went silent.",
     "max_claims_exceeded": "Tasks completed empty after max_claims claims.",

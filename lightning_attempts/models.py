@@ -13,6 +13,9 @@ MAX_ID_LENGTH = 256
 MAX_FAILURE_LENGTH = 4096
 """Longest ``failure`` text accepted with a result (the server logs at most its first 200 characters)."""
 
+WAIT_HEADER = "X-Lightning-Attempts-Wait"
+"""Header of the answer to ``GET /task?wait=S``: the seconds the server held (or would hold) the poll; 0: none."""
+
 
 class AttemptTask(Task):
     """A task as handed out by one claim: upstream's ``Task`` plus the attempt.

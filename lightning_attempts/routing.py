@@ -59,7 +59,7 @@ async def read_body(request: Request, limit: int | None) -> bytes:
 
 
 class DirectRoute(APIRoute):
-    """An ``APIRoute`` for an endpoint taking no argument or one pydantic body, returning a Response."""
+    """An ``APIRoute`` for an endpoint taking nothing, the ``Request`` or one pydantic body, returning a Response."""
 
     max_body_bytes: ClassVar[int | None] = DEFAULT_MAX_BODY_BYTES
     """Bodies over this many bytes are answered 413, read no further than the limit; ``None``: no limit."""
@@ -80,7 +80,14 @@ class DirectRoute(APIRoute):
             return handler
         if len(parameters) > 1:
             raise TypeError(f"DirectRoute takes endpoints with at most one (body) parameter, not {parameters}")
-        body: type[BaseModel] = typing.get_type_hints(endpoint)[parameters[0]]
+        annotation = typing.get_type_hints(endpoint)[parameters[0]]
+        if annotation is Request:
+
+            async def handler_with_request(request: Request) -> Response:
+                return await endpoint(request)
+
+            return handler_with_request
+        body: type[BaseModel] = annotation
         limit = self.max_body_bytes
 
         async def handler_with_body(request: Request) -> Response:

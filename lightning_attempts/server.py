@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import uvicorn
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -19,14 +22,24 @@ from starlette.responses import JSONResponse, Response
 from .auth import ApiKeyMiddleware, is_loopback, validate_key
 from .compat import AgentLightningServer, LegacyRollout, ServerDataStore
 from .metrics import exposition
-from .models import AttemptRollout, AttemptTaskIfAny, Heartbeat, Release
+from .models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
 from .outcomes import STALE_POLICIES, StalePolicy
 from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute, unprocessable
 from .store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock, excerpt
+from .waiting import DEFAULT_MAX_POLL_WAIT, Completions, DeadlineTimer, ParkedPolls
 
 logger = logging.getLogger(__name__)
 
+
 _NO_TASK = b'{"is_available":false,"task":null}'
+_WAIT_PARAMETER: dict[str, Any] = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "minimum": 0},
+    "description": "Long poll: hold the request until a task can be claimed or this many seconds pass "
+    "(capped by the server's `max_poll_wait`). Answers carry `X-Lightning-Attempts-Wait`.",
+}
 _REPLACED_ROUTES = {("/task", "GET"), ("/rollout", "POST")}
 _TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body is larger than the server's `max_body_bytes`"}
@@ -35,6 +48,33 @@ _TOO_LARGE: dict[int | str, dict[str, Any]] = {
 
 class ServerStartError(RuntimeError):
     """The server could not start, e.g. because its port is in use."""
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, telling ours when shutdown begins: before it waits for open requests to end."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_shutdown()
+        await super().shutdown(sockets)
+
+
+def _seconds(raw: str) -> float | None:
+    """A ``wait`` parameter as seconds; None unless a finite, non-negative number."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _task_answer(task: AttemptTask | None, held: float | None) -> Response:
+    body = _NO_TASK if task is None else b'{"is_available":true,"task":' + task.model_dump_json().encode() + b"}"
+    headers = None if held is None else {WAIT_HEADER: format(held, "g")}
+    return Response(body, media_type="application/json", headers=headers)
 
 
 class AttemptAwareServer(AgentLightningServer):
@@ -62,11 +102,20 @@ class AttemptAwareServer(AgentLightningServer):
       forgotten since is dropped as ``unknown_rollout``.
     - ``max_body_bytes``: larger bodies of ``/rollout`` and ``/heartbeat`` are answered
       413, read no further than the limit (default 64 MiB; ``None``: no limit).
+    - ``max_poll_wait``: longest ``GET /task?wait=S`` is held, in seconds (default 20;
+      0: answer at once, as upstream does).
     - ``api_key``: every route answers 401 to a request without this key in
       ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (agentlightning 1.0's
       headers; ``AttemptAwareClient`` sends ``AGL_KEY``). ``None`` (default): open, as
       upstream; a server bound beyond loopback then logs a warning at start.
     - ``clock``: monotonic clock for claim deadlines (injectable for tests).
+
+    ``GET /task?wait=S`` is a long poll: held until a task can be claimed for it or S
+    seconds pass; parked polls are served first come, first served, and one whose
+    client disconnected takes nothing. Without ``wait``, ``/task`` answers at once, as
+    upstream's does. Expired claims are requeued at their deadline by a timer, not
+    only when someone polls. ``wait_for_rollouts`` and ``poll_completed_rollout``
+    return as soon as the results are stored.
 
     ``port=0`` binds a free port; ``port`` and ``endpoint`` hold the real one after ``start()``.
     """
@@ -84,6 +133,7 @@ class AttemptAwareServer(AgentLightningServer):
         retry_failed: int = 0,
         max_remembered: int = DEFAULT_MAX_REMEMBERED,
         max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
+        max_poll_wait: float = DEFAULT_MAX_POLL_WAIT,
         api_key: str | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -93,6 +143,8 @@ class AttemptAwareServer(AgentLightningServer):
             raise ValueError("retry_failed must not be negative")
         if max_body_bytes is not None and max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive (or None for no limit)")
+        if not (math.isfinite(max_poll_wait) and max_poll_wait >= 0):
+            raise ValueError("max_poll_wait must be a finite number of seconds, 0 or more")
         self.stale_policy: StalePolicy = stale_policy
         self.require_attempt_id = require_attempt_id
         self.unresponsive_seconds = unresponsive_seconds
@@ -100,11 +152,16 @@ class AttemptAwareServer(AgentLightningServer):
         self.retry_failed = retry_failed
         self.max_remembered = max_remembered
         self.max_body_bytes = max_body_bytes
+        self.max_poll_wait = max_poll_wait
         self._api_key = validate_key(api_key)
         self._clock = clock
         self._attempt_store: AttemptAwareDataStore | None = None
+        self._polls: ParkedPolls | None = None
+        self._deadlines: DeadlineTimer | None = None
+        self._completions: Completions | None = None
         self._serving: asyncio.Task[None] | None = None
         super().__init__(host=host, port=port, task_timeout_seconds=task_timeout_seconds)
+        self._uvicorn_server = _Uvicorn(self._uvicorn_config, self._answer_parked_polls)
 
     # Upstream's lifespan builds a plain ServerDataStore() itself; assigning it here
     # swaps in ours before its startup_event is set, so no caller ever sees the other.
@@ -116,7 +173,32 @@ class AttemptAwareServer(AgentLightningServer):
     def _store(self, store: ServerDataStore | None) -> None:  # pyright: ignore[reportIncompatibleVariableOverride]
         if store is not None and not isinstance(store, AttemptAwareDataStore):
             store = self.create_store()
+        self._detach()
         self._attempt_store = store
+        if store is not None:
+            self._attach(store)
+
+    def _attach(self, store: AttemptAwareDataStore) -> None:
+        """Wire the store's hooks to what waits on it: parked polls, the deadline timer, completions."""
+        self._polls = ParkedPolls(store)
+        self._completions = Completions()
+        store.on_claimable = self._polls.claimable
+        store.on_finished = self._completions.finished
+        with contextlib.suppress(RuntimeError):  # no running loop: requeues happen on /task only
+            self._deadlines = DeadlineTimer(store, self._clock, asyncio.get_running_loop())
+            store.on_deadline = self._deadlines.deadline_added
+            self._deadlines.arm()
+
+    def _detach(self) -> None:
+        self._answer_parked_polls()
+        if self._deadlines is not None:
+            self._deadlines.stop()
+        self._polls = self._deadlines = self._completions = None
+
+    def _answer_parked_polls(self) -> None:
+        """Shutdown begins: answer parked long polls now rather than when their wait ends."""
+        if self._polls is not None:
+            self._polls.close()
 
     def create_store(self) -> AttemptAwareDataStore:
         """The store a fresh server run uses; override to customise it."""
@@ -156,6 +238,8 @@ class AttemptAwareServer(AgentLightningServer):
             response_model=AttemptTaskIfAny,
             summary="Claim the next task as a new attempt",
             route_class_override=direct,
+            openapi_extra={"parameters": [_WAIT_PARAMETER]},
+            responses={422: {"description": "`wait` is not a non-negative number of seconds"}},
         )
         router.add_api_route(
             "/rollout",
@@ -226,16 +310,27 @@ class AttemptAwareServer(AgentLightningServer):
         if self._attempt_store is not None:
             self._attempt_store.requeue_expired()
 
-    async def _next_task(self) -> Response:
-        store = self._attempt_store
-        if store is None:
-            return Response(_NO_TASK, media_type="application/json")
+    async def _next_task(self, request: Request) -> Response:
+        wait: float | None = None
+        if request.scope.get("query_string"):
+            raw = request.query_params.get("wait")
+            if raw is not None and (wait := _seconds(raw)) is None:
+                error = {"type": "wait", "loc": ("query", "wait"), "msg": "wait must be a number of seconds, 0 or more"}
+                return unprocessable([error])
+        store, polls = self._attempt_store, self._polls
+        if store is None or polls is None:
+            return _task_answer(None, None if wait is None else 0.0)
         store.requeue_expired()
-        task = store.claim()
-        if task is None:
-            return Response(_NO_TASK, media_type="application/json")
-        body = b'{"is_available":true,"task":' + task.model_dump_json().encode() + b"}"
-        return Response(body, media_type="application/json")
+        if wait is None:  # upstream's /task
+            return _task_answer(store.claim(), None)
+        held = 0.0 if polls.closing else min(wait, self.max_poll_wait)
+        # Polls parked earlier come first: they get the queued tasks being handed out.
+        task = store.claim() if held == 0 or not polls else None
+        if task is None and held > 0:
+            task = await polls.wait(request.receive, held)
+            if task is None and polls.closing:
+                held = 0.0  # answered early: the server is stopping
+        return _task_answer(task, held)
 
     async def _post_rollout(self, payload: AttemptRollout) -> JSONResponse:
         store = self._attempt_store
@@ -364,7 +459,8 @@ class AttemptAwareServer(AgentLightningServer):
             await asyncio.shield(self._serving)
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop serving and wait until the server has shut down (no fixed sleep)."""
+        """Stop serving and wait until the server has shut down (no fixed sleep); answer parked polls."""
+        self._answer_parked_polls()
         serving, self._serving = self._serving, None
         if serving is None:
             await super().stop()
@@ -377,8 +473,8 @@ class AttemptAwareServer(AgentLightningServer):
     # -- operations -----------------------------------------------------------
 
     def attempt_stats(self) -> dict[str, Any]:
-        """Counters by outcome and drop reason, as served at ``GET /attempts/stats``."""
-        return self.store.stats()
+        """Counters by outcome and drop reason, as served at ``GET /attempts/stats``; and the parked long polls."""
+        return {**self.store.stats(), "polls_parked": len(self._polls or ())}
 
     def attempt_history(self, rollout_id: str) -> list[dict[str, Any]] | None:
         """Each claim of a task (attempt id, times, outcome), as served at ``GET /attempts/{rollout_id}``.
@@ -391,3 +487,39 @@ class AttemptAwareServer(AgentLightningServer):
     async def cancel_pending(self) -> list[str]:
         """Cancel every queued and claimed task (a batch fence); return their rollout ids."""
         return self.store.cancel()
+
+    # -- completion -----------------------------------------------------------
+
+    async def wait_for_rollouts(self, rollout_ids: Iterable[str], timeout: float | None = None) -> list[LegacyRollout]:
+        """The stored results among ``rollout_ids``, once every one of them is finished or ``timeout`` passes.
+
+        LightningStore's name and shape: ``timeout=None`` waits as long as it takes; a
+        task is finished when its result is stored or it is cancelled; an id the server
+        neither holds nor remembers raises ``ValueError``. It returns as soon as the last
+        result is stored (no polling), and does not take the results:
+        ``retrieve_completed_rollouts()`` still returns them.
+        """
+        rollout_ids = list(rollout_ids)
+        store, completions = self.store, self._completions
+        if completions is not None:
+            await completions.wait(store.unfinished(rollout_ids), timeout)
+        return store.stored(rollout_ids)
+
+    async def poll_completed_rollout(self, rollout_id: str, timeout: float | None = None) -> LegacyRollout | None:
+        """Upstream's: take the rollout once it is stored, or None after ``timeout`` (falsy: no limit).
+
+        It returns as soon as the result is stored, where upstream checks every second.
+        """
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            rollout = await self.get_completed_rollout(rollout_id)
+            if rollout is not None:
+                return rollout
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            # No await since the check: a result stored from here on ends the wait.
+            completions = self._completions
+            if completions is None:
+                raise RuntimeError("Store not initialized. The server may not be running.")
+            await completions.wait((rollout_id,), remaining)

@@ -21,6 +21,7 @@ DEFAULT_MAX_REMEMBERED = 100_000
 """Finished tasks remembered to answer late results with ``duplicate`` / ``already_completed``."""
 
 Clock = Callable[[], float]
+Hook = Callable[[], None]
 
 
 class _TaskQueue:
@@ -28,17 +29,24 @@ class _TaskQueue:
 
     It replaces upstream's ``asyncio.Queue`` under the same name and methods, so that
     upstream's ``add_task`` works unchanged, and a salvaged or cancelled task can
-    leave the queue without a scan.
+    leave the queue without a scan. Every task that becomes claimable comes through
+    ``put_nowait``, which then calls ``on_put`` (the server hands it to a parked poll).
     """
 
     def __init__(self) -> None:
         self._tasks: OrderedDict[str, Task] = OrderedDict()
+        self.on_put: Hook | None = None
 
     async def put(self, task: Task) -> None:
         self.put_nowait(task)
 
-    def put_nowait(self, task: Task) -> None:
+    def put_nowait(self, task: Task, *, front: bool = False) -> None:
+        """Queue ``task`` last (or first: a claim given back keeps its turn)."""
         self._tasks[task.rollout_id] = task
+        if front:
+            self._tasks.move_to_end(task.rollout_id, last=False)
+        if self.on_put is not None:
+            self.on_put()
 
     def get_nowait(self) -> Task:
         try:
@@ -210,6 +218,14 @@ class AttemptAwareDataStore(ServerDataStore):
     Concurrency: every state change is a plain synchronous method with no ``await``
     inside, run on the server's event loop, so no two of them interleave and no
     lock is needed; the ``async`` methods upstream's API requires only wrap them.
+    Waiting belongs to the server, which sets three hooks; each only schedules work
+    or resolves futures, and never calls back into the store:
+
+    - ``on_claimable()``: a task was queued or requeued (through ``_TaskQueue.put_nowait``);
+    - ``on_deadline()``: a claim was made while none was in flight, so ``next_deadline()``
+      went from ``None`` to a time;
+    - ``on_finished(rollout_id)``: a task's result was stored (``_complete``) or it
+      was cancelled.
     """
 
     def __init__(
@@ -244,6 +260,8 @@ class AttemptAwareDataStore(ServerDataStore):
         self.max_remembered = max_remembered
         self._clock = clock
         self._queue = _TaskQueue()
+        self.on_deadline: Hook | None = None
+        self.on_finished: Callable[[str], None] | None = None
         self._task_queue = self._queue  # pyright: ignore[reportAttributeAccessIssue] # where upstream's add_task puts
         # Live claims, oldest first; a fixed timeout makes that deadline order too.
         self._processing_tasks: OrderedDict[str, Task] = OrderedDict()  # pyright: ignore[reportIncompatibleVariableOverride]
@@ -254,6 +272,7 @@ class AttemptAwareDataStore(ServerDataStore):
         self._counts: dict[str, int] = dict.fromkeys(
             (
                 "claims",
+                "claims_undelivered",
                 "requeues",
                 "requeues_unresponsive",
                 "max_claims_exceeded",
@@ -275,6 +294,15 @@ class AttemptAwareDataStore(ServerDataStore):
             0,
         )
         self._drops: dict[str, int] = dict.fromkeys((reason.value for reason in DropReason), 0)
+
+    @property
+    def on_claimable(self) -> Hook | None:
+        """Called (with no argument) whenever a task becomes claimable."""
+        return self._queue.on_put
+
+    @on_claimable.setter
+    def on_claimable(self, hook: Hook | None) -> None:
+        self._queue.on_put = hook
 
     # -- claims ---------------------------------------------------------------
 
@@ -301,7 +329,30 @@ class AttemptAwareDataStore(ServerDataStore):
         sequence = len(claimed.attempts)
         if sequence > 1:
             logger.info("Task %s re-claimed: attempt %s (claim %d)", rollout_id, attempt_id, sequence)
+        if len(self._processing_tasks) == 1 and self.on_deadline is not None:
+            self.on_deadline()
         return self._handed_out(claimed)
+
+    def give_back(self, rollout_id: str, attempt_id: str) -> bool:
+        """Undo a claim that never reached its poller (its connection closed first).
+
+        The attempt is forgotten, as if never issued, and the task goes back to the
+        front of the queue. Nothing happens (False) unless ``attempt_id`` still holds
+        the live claim. Counted as ``claims_undelivered``.
+        """
+        claimed = self._claimed.get(rollout_id)
+        if claimed is None or self._current(claimed) != attempt_id:
+            return False
+        claimed.attempts.pop()
+        claimed.live = False
+        del self._processing_tasks[rollout_id]
+        self._by_last_seen.pop(rollout_id, None)
+        if not claimed.attempts:
+            del self._claimed[rollout_id]
+        self._counts["claims_undelivered"] += 1
+        logger.info("Task %s back in the queue: its poller left before attempt %s reached it", rollout_id, attempt_id)
+        self._queue.put_nowait(claimed.task, front=True)
+        return True
 
     def _handed_out(self, claimed: _Claimed) -> AttemptTask:
         """The task as its live claim sees it (no validation: every field is ours)."""
@@ -323,6 +374,19 @@ class AttemptAwareDataStore(ServerDataStore):
     async def get_next_task(self) -> Task | None:
         """Upstream's API for ``claim``."""
         return self.claim()
+
+    def next_deadline(self) -> float | None:
+        """When the next claim expires (timeout or silence), on the store's clock; None: no claim in flight.
+
+        O(1): the claims are kept in deadline order, so it is the earlier of two fronts.
+        """
+        deadline: float | None = None
+        if self._processing_tasks:
+            deadline = self._claimed[next(iter(self._processing_tasks))].deadline
+        if self.unresponsive_seconds is not None and self._by_last_seen:
+            silent = self._claimed[next(iter(self._by_last_seen))].attempts[-1].seen + self.unresponsive_seconds
+            deadline = silent if deadline is None else min(deadline, silent)
+        return deadline
 
     def requeue_expired(self) -> int:
         """Requeue every claim past its timeout or silent too long; return how many."""
@@ -393,17 +457,19 @@ class AttemptAwareDataStore(ServerDataStore):
         del self._claimed[rollout_id]
         self._remember(rollout_id, _Finished(tuple(claimed.attempts), None))
         outcome = {"outcome": "max_claims_exceeded", "claims": len(claimed.attempts)}
+        self._counts["max_claims_exceeded"] += 1
         self._complete(
             rollout_id,
             AttemptRollout(
                 rollout_id=rollout_id, task=claimed.task, final_reward=None, metadata={"lightning_attempts": outcome}
             ),
         )
-        self._counts["max_claims_exceeded"] += 1
 
     def _complete(self, rollout_id: str, rollout: LegacyRollout) -> None:
         """Store a task's one result (every stored result goes through here)."""
         self._completed_rollouts[rollout_id] = rollout
+        if self.on_finished is not None:
+            self.on_finished(rollout_id)
 
     async def requeue_task(self, task: Task) -> None:
         """Requeue ``task``'s claim now, if it is still the live one (upstream's API)."""
@@ -663,11 +729,39 @@ class AttemptAwareDataStore(ServerDataStore):
             cancelled.append(rollout_id)
         if cancelled:
             logger.info("Cancelled %d pending tasks", len(cancelled))
+            if self.on_finished is not None:
+                for rollout_id in cancelled:
+                    self.on_finished(rollout_id)
         return cancelled
 
     def count_unauthorized(self) -> None:
         """Count a request the server refused for lack of its API key (it changed nothing else)."""
         self._counts["unauthorized"] += 1
+
+    # -- completion -----------------------------------------------------------
+
+    def queued(self) -> int:
+        """How many tasks wait in the queue for a claim."""
+        return len(self._queue)
+
+    def unfinished(self, rollout_ids: Iterable[str]) -> set[str]:
+        """Those of ``rollout_ids`` still queued or claimed (neither completed nor cancelled).
+
+        Raises ``ValueError`` for an id this store neither holds nor remembers, as
+        LightningStore's ``wait_for_rollouts`` does.
+        """
+        pending: set[str] = set()
+        for rollout_id in rollout_ids:
+            if rollout_id in self._claimed or rollout_id in self._queue:
+                pending.add(rollout_id)
+            elif rollout_id not in self._completed_rollouts and rollout_id not in self._finished:
+                raise ValueError(f"Rollout ID '{rollout_id}' is neither live, stored nor remembered.")
+        return pending
+
+    def stored(self, rollout_ids: Iterable[str]) -> list[LegacyRollout]:
+        """The stored, not yet retrieved results among ``rollout_ids`` (left in place)."""
+        completed = self._completed_rollouts
+        return [completed[rollout_id] for rollout_id in dict.fromkeys(rollout_ids) if rollout_id in completed]
 
     # -- inspection -----------------------------------------------------------
 

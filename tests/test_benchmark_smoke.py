@@ -38,7 +38,12 @@ def test_quick_benchmark_measures_both_servers(tmp_path: Path) -> None:
         assert all(p["p50_ms"] > 0 and p["p99_ms"] >= p["p50_ms"] for p in points), points
         series = results[kind]["memory"]["series"]
         assert [s["completed"] for s in series] == [0, 1_000, 2_000]
+        fleet = results[kind]["fleet"]
+        assert fleet["tasks"] == 4 and 0 < fleet["p50_ms"] <= fleet["p99_ms"] <= fleet["max_ms"], fleet
+        assert fleet["requests_per_idle_worker_minute"] > 0
+        assert results[kind]["idle_cpu"]["workers"] == 20 and results[kind]["idle_cpu"]["server_cpu_ms_per_s"] >= 0
     table = (tmp_path / "results.md").read_text()
     assert table == done.stdout.split("\n\nplot:")[0].strip() + "\n"
     assert "| claim+submit cycles/s |" in table and "| server CPU per cycle (us) |" in table
     assert "| RSS after 2,000 completed tasks (MB) |" in table
+    assert "| requests per idle worker-minute |" in table

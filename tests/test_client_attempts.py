@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from lightning_attempts import AttemptAwareClient, AttemptAwareServer, AttemptRollout, AttemptTask
@@ -271,3 +272,56 @@ def test_no_heartbeats_to_a_server_without_leases(served: Served, client: Attemp
     task = poll(client)
     assert task.lease_seconds is None
     assert client._thread_heartbeats is None  # pyright: ignore[reportPrivateUsage]
+
+
+# -- long polling -------------------------------------------------------------------------------
+
+
+def count_task_requests(client: AttemptAwareClient) -> list[httpx.Request]:
+    """Record the client's ``GET /task`` requests as they go out."""
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> None:
+        if request.url.path == "/task":
+            sent.append(request)
+
+    client._http().event_hooks["request"].append(record)  # pyright: ignore[reportPrivateUsage]
+    return sent
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_the_shim_long_polls_a_patched_server(served: Served, use_async: bool) -> None:
+    """Held polls that end empty are repeated at once: the 60 s poll interval is never slept."""
+    client = AttemptAwareClient(served.endpoint, poll_interval=60, poll_wait=0.2)
+    polled: list[AttemptTask | None] = []
+
+    def work() -> None:
+        polled.append(asyncio.run(client.poll_next_task_async()) if use_async else client.poll_next_task())
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    threading.Event().wait(1.0)  # several held polls end empty meanwhile
+    rid = served.call(served.server.queue_task("x"))
+    worker.join(10)
+    assert not worker.is_alive(), "the client slept its poll interval"
+    [task] = polled
+    assert task is not None and task.rollout_id == rid
+    client.close()
+
+
+def test_the_shim_polls_an_unpatched_server_as_upstream_does() -> None:
+    """No server hold: the client sleeps ``poll_interval`` after each empty answer, as upstream's does."""
+    with serve_in_thread(AgentLightningServer(port=free_port())) as upstream:
+        client = AttemptAwareClient(upstream.endpoint, poll_interval=0.4)
+        sent = count_task_requests(client)
+        polled: list[AttemptTask | None] = []
+        worker = threading.Thread(target=lambda: polled.append(client.poll_next_task()))
+        worker.start()
+        threading.Event().wait(1.0)
+        rid = upstream.call(upstream.server.queue_task("x"))
+        worker.join(10)
+        [task] = polled
+        assert task is not None and task.rollout_id == rid
+        assert 2 <= len(sent) <= 6, len(sent)  # ~1 per 0.4 s, not a busy loop
+        assert all(request.url.params["wait"] == "20.0" for request in sent)  # asked, and ignored
+        client.close()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import pytest
 import respx
 
 from lightning_attempts import AttemptAwareClient, AttemptRollout
+from lightning_attempts.models import WAIT_HEADER
 
 ENDPOINT = "http://trainer.test"
 ROLLOUT_URL = ENDPOINT + "/rollout"
@@ -130,3 +133,81 @@ def test_event_loops_get_their_own_connections(client: AttemptAwareClient) -> No
 
     first, second = asyncio.run(pool()), asyncio.run(pool())
     assert first is not second
+
+
+# -- long polling -------------------------------------------------------------------------------
+
+TASK_URL = ENDPOINT + "/task"
+EMPTY = {"is_available": False, "task": None}
+
+
+def held(seconds: str = "20") -> httpx.Response:
+    return httpx.Response(200, json=EMPTY, headers={WAIT_HEADER: seconds})
+
+
+@respx.mock
+def test_every_poll_asks_to_be_held_and_its_timeout_covers_the_wait() -> None:
+    client = AttemptAwareClient(ENDPOINT, timeout=2.5, poll_wait=7)
+    route = respx.get(TASK_URL).mock(return_value=held("7"))
+    client._request_json(TASK_URL)  # pyright: ignore[reportPrivateUsage]
+    request = route.calls.last.request
+    assert request.url.params["wait"] == "7"
+    assert request.extensions["timeout"]["read"] == 2.5 + 7
+    client.close()
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@respx.mock
+def test_the_poll_interval_is_slept_unless_the_server_held_the_poll(use_async: bool) -> None:
+    client = AttemptAwareClient(ENDPOINT, poll_interval=60)
+
+    def held_until_the_wait_ended(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.06)
+        return held("0.05")
+
+    answers: list[tuple[Any, float]] = [
+        (httpx.Response(200, json=EMPTY), 60),  # an unpatched server: as upstream
+        (httpx.ConnectError("down"), 60),  # a failure says nothing
+        (held("0"), 60),  # a patched server that did not hold it (stopping, or max_poll_wait=0)
+        (httpx.Response(200, text="not json", headers={WAIT_HEADER: "20"}), 60),
+        (held_until_the_wait_ended, 0),  # poll again at once
+        (held("20"), 20),  # held, it says, yet answered at once: no busy loop
+    ]
+    respx.get(TASK_URL).mock(side_effect=[answer for answer, _ in answers])
+
+    async def pauses_async() -> list[float]:
+        pauses: list[float] = []
+        for _ in answers:
+            await client._request_json_async(TASK_URL)  # pyright: ignore[reportPrivateUsage]
+            pauses.append(client.poll_interval)
+        await client.aclose()
+        return pauses
+
+    def pauses_sync() -> list[float]:
+        pauses: list[float] = []
+        for _ in answers:
+            client._request_json(TASK_URL)  # pyright: ignore[reportPrivateUsage]
+            pauses.append(client.poll_interval)
+        return pauses
+
+    pauses = asyncio.run(pauses_async()) if use_async else pauses_sync()
+    assert pauses[:5] == [60, 60, 60, 60, 0]
+    assert 19 < pauses[5] <= 20  # what is left of the wait after the (instant) poll
+    client.close()
+
+
+@respx.mock
+def test_the_pause_is_this_clients_and_this_threads_only() -> None:
+    client, other = AttemptAwareClient(ENDPOINT, poll_interval=60), AttemptAwareClient(ENDPOINT, poll_interval=30)
+    respx.get(TASK_URL).mock(return_value=held())
+    client._request_json(TASK_URL)  # pyright: ignore[reportPrivateUsage]
+    assert client.poll_interval <= 20 and other.poll_interval == 30
+    seen: list[float] = []
+    thread = threading.Thread(target=lambda: seen.append(client.poll_interval))
+    thread.start()
+    thread.join()
+    assert seen == [60]
+    client.poll_interval = 5  # setting it still works
+    assert client._poll_interval == 5  # pyright: ignore[reportPrivateUsage]
+    client.close()
+    other.close()

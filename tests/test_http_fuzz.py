@@ -26,8 +26,14 @@ KEY = "fuzz-key-0123"
 @pytest.fixture(params=[None, KEY], ids=["open", "keyed"])
 def live(request: pytest.FixtureRequest) -> Iterator[Served]:
     """A server with a claimed task, a queued one and a completed one, so requests meet real state."""
+    # Long polls are held no longer than 50 ms, so that generated waits do not stall the run.
     server = AttemptAwareServer(
-        port=0, task_timeout_seconds=60, unresponsive_seconds=30, clock=ManualClock(), api_key=request.param
+        port=0,
+        task_timeout_seconds=60,
+        unresponsive_seconds=30,
+        max_poll_wait=0.05,
+        clock=ManualClock(),
+        api_key=request.param,
     )
     with serve_in_thread(server) as served:
         served.call(server.update_resources(RESOURCES))
