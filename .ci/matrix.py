@@ -11,9 +11,12 @@ cache makes a rebuild take seconds) with the project installed editable, and run
   configuration on these machines finds ``torch-2.13.0+cpu`` on disk, where uv (and a plain
   ``torch``) would download a CUDA build of several GB.
 
-A tier whose environment cannot be built fails, saying which step and what is missing. Prints
-each run, then a table of tier against result, and exits non-zero if any tier fails or runs no
-test. Standard library only: it runs before any venv exists.
+Two tiers run at a time (``--jobs``; a tier alone keeps one of two cores busy about half the
+time), each tier's output printed whole when it ends. Tests marked ``once`` (slow, and not about
+the release: the benchmark's smoke run, a wheel built and installed) run in the 0.1.2 and 0.3.0
+tiers only. A tier whose environment cannot be built fails, saying which step and what is
+missing. Prints each run, then a table of tier against result, and exits non-zero if any tier
+fails or runs no test. Standard library only: it runs before any venv exists.
 
     python3 .ci/matrix.py                                      # every tier
     python3 .ci/matrix.py --tiers verl                         # one group (releases, pythons, verl)
@@ -29,9 +32,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASES = ("0.1", "0.1.1", "0.1.2", "0.2.0", "0.2.1", "0.2.2", "0.3.0")
@@ -54,6 +61,8 @@ class Tier:
     requirements: tuple[str, ...] = ("-e", f"{ROOT}[test]")
     exclude_newer: str | None = None
     torch: str | None = None
+    once: bool = False
+    """Whether this tier runs the tests marked ``once`` (slow, and not about the release or the Python)."""
 
 
 def _verl(release: str, verl: str, exclude_newer: str, *extra: str) -> Tier:
@@ -65,7 +74,7 @@ def _verl(release: str, verl: str, exclude_newer: str, *extra: str) -> Tier:
 
 
 TIERS: tuple[Tier, ...] = (
-    *(Tier(release, "releases", release) for release in RELEASES),
+    *(Tier(release, "releases", release, once=release in ("0.1.2", "0.3.0")) for release in RELEASES),
     Tier("py3.10-0.1.2", "pythons", "0.1.2", python="3.10"),
     Tier("py3.12-0.2.2", "pythons", "0.2.2", python="3.12"),
     Tier("py3.13-0.3.0", "pythons", "0.3.0", python="3.13"),
@@ -75,6 +84,8 @@ TIERS: tuple[Tier, ...] = (
     _verl("0.3.0", "0.6.1", "2026-01-05"),
 )
 GROUPS = ("releases", "pythons", "verl")
+LONGEST_FIRST = ("verl-0.3.0", "0.3.0", "py3.13-0.3.0", "py3.12-0.2.2", "0.2.2", "0.2.1", "0.2.0", "verl-0.1.2")
+"""Start order when tiers run side by side (measured durations), so that no long tier starts last."""
 
 
 class InstallError(Exception):
@@ -164,19 +175,22 @@ def paths_given(pytest_args: list[str]) -> bool:
     return any(not arg.startswith("-") and (ROOT / arg.split("::")[0]).exists() for arg in pytest_args)
 
 
-def run(tier: Tier, pytest_args: list[str]) -> Result:
-    print(f"\n=== {tier.name}: agentlightning {tier.release}, Python {tier.python} ===", flush=True)
+def run(tier: Tier, pytest_args: list[str], out: TextIO) -> Result:
+    """Build the tier's venv and run its tests, writing everything to ``out``."""
+    print(f"\n=== {tier.name}: agentlightning {tier.release}, Python {tier.python} ===", file=out, flush=True)
     started = time.monotonic()
     try:
         python = prepare(tier)
     except InstallError as error:
         seconds = time.monotonic() - started
-        print(f"matrix: {tier.name}: {error}", flush=True)
+        print(f"matrix: {tier.name}: {error}", file=out, flush=True)
         return Result(tier, 1, {}, seconds, seconds, problem=str(error).splitlines()[0])
     installed = time.monotonic() - started
-    print(f"(environment ready in {installed:.0f}s)", flush=True)
+    print(f"(environment ready in {installed:.0f}s)", file=out, flush=True)
     # The tier's own paths unless the arguments name some; --ignore options stay either way.
     paths = [p for p in tier.paths if p.startswith("-")] if paths_given(pytest_args) else list(tier.paths)
+    if not tier.once and "-m" not in pytest_args:
+        paths += ["-m", "not once"]
     environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     process = subprocess.Popen(
         [str(python), "-m", "pytest", "-p", "no:cacheprovider", *paths, *pytest_args],
@@ -189,12 +203,33 @@ def run(tier: Tier, pytest_args: list[str]) -> Result:
     assert process.stdout is not None
     last = ""
     for line in process.stdout:
-        print(line, end="", flush=True)
+        out.write(line)
         if line.strip():
             last = line
     exit_code = process.wait()
     counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in COUNTS.findall(last)}
     return Result(tier, exit_code, counts, time.monotonic() - started, installed)
+
+
+def run_all(tiers: list[Tier], pytest_args: list[str], jobs: int) -> list[Result]:
+    """Run the tiers, ``jobs`` at a time, longest first; print each tier's output whole as it ends."""
+    if jobs == 1:
+        return [run(tier, pytest_args, sys.stdout) for tier in tiers]
+    printing = threading.Lock()
+
+    def run_buffered(tier: Tier) -> Result:
+        with tempfile.TemporaryFile("w+") as out:
+            result = run(tier, pytest_args, out)
+            out.seek(0)
+            with printing:
+                shutil.copyfileobj(out, sys.stdout)
+                sys.stdout.flush()
+        return result
+
+    ordered = sorted(tiers, key=lambda tier: LONGEST_FIRST.index(tier.name) if tier.name in LONGEST_FIRST else 99)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        done = dict(zip(ordered, pool.map(run_buffered, ordered), strict=True))
+    return [done[tier] for tier in tiers]
 
 
 def verdict(result: Result) -> str:
@@ -242,11 +277,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiers", help=f"comma-separated groups ({', '.join(GROUPS)}) or tier names; default all")
     parser.add_argument("--releases", help="comma-separated agentlightning releases (alone: the 3.11 release tiers)")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="tiers run at once (default 2: a tier leaves a core idle half the time)"
+    )
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     options = parser.parse_args()
     tiers = select(parser, options.tiers, options.releases)
     started = time.monotonic()
-    results = [run(tier, options.pytest_args) for tier in tiers]
+    results = run_all(tiers, options.pytest_args, max(options.jobs, 1))
     print("\n" + table(results))
     passed = sum(r.counts.get("passed", 0) for r in results)
     failed = sum(r.counts.get("failed", 0) + r.counts.get("error", 0) for r in results)

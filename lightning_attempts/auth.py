@@ -86,7 +86,7 @@ class ApiKeyMiddleware:
         peer = f"{client[0]}:{client[1]}" if client else "unknown peer"
         presented = any(name in (b"authorization", b"x-api-key") for name, _ in scope["headers"])
         logger.warning(
-            "Refused %s %s from %s: %s API key (401)",
+            "Refused %s %r from %s: %s API key (401)",  # %r: a decoded path may hold a newline
             scope["method"],
             scope["path"],
             peer,

@@ -83,7 +83,8 @@ def test_every_route_answers_401_without_the_key(keyed: Served, caplog: pytest.L
     refusals = [r for r in caplog.records if r.name == "lightning_attempts.auth"]
     assert len(refusals) == len(requests) * len(REFUSED)
     assert all(r.levelno == logging.WARNING for r in refusals)
-    assert "Refused GET /task from 127.0.0.1:" in caplog.text and "Refused POST /rollout from 127.0.0.1:" in caplog.text
+    assert "Refused GET '/task' from 127.0.0.1:" in caplog.text
+    assert "Refused POST '/rollout' from 127.0.0.1:" in caplog.text
     assert KEY not in caplog.text and WRONG not in caplog.text  # what was presented is never logged
 
 

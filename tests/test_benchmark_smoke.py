@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.once
 @pytest.mark.timeout(600)  # six server processes, each importing agentlightning (~15 s on 0.2+)
 def test_quick_benchmark_measures_both_servers(tmp_path: Path) -> None:
     done = subprocess.run(
