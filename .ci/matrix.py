@@ -80,7 +80,9 @@ TIERS: tuple[Tier, ...] = (
     Tier("py3.13-0.3.0", "pythons", "0.3.0", python="3.13"),
     # 0.1.2's daemon imports openai without declaring it. Newer pins do not resolve together
     # (pyarrow against numpy<2, transformers 5); 0.2.2 + verl 0.6.1 resolves with 2025-11-20.
-    _verl("0.1.2", "0.5.0", "2025-08-20", "openai"),
+    # It also imports agentops.sdk (agentops 0.4+) but declares only agentops<=0.4.18: beside
+    # verl, uv may otherwise settle on agentops 0.3.x (seen on a fresh venv).
+    _verl("0.1.2", "0.5.0", "2025-08-20", "openai", "agentops>=0.4"),
     _verl("0.3.0", "0.6.1", "2026-01-05"),
 )
 GROUPS = ("releases", "pythons", "verl")
