@@ -25,7 +25,7 @@ from agentlightning import LitAgent
 from lightning_attempts import AttemptAwareClient, AttemptAwareServer
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
-from .upstream import RESOURCES, make_runner
+from .upstream import RESOURCES, make_runner, run_until_stopped
 
 Served = ServerThread[AttemptAwareServer]
 TASKS, WORKERS = 6, 2
@@ -76,17 +76,7 @@ def run_batch(served: Served, samples: list[dict[str, Any]], use_async: bool) ->
 
     def work(worker_id: int) -> None:
         runner = make_runner(agent, AttemptAwareClient(served.endpoint, poll_interval=0.02), worker_id)
-        me = threading.get_ident()
-        if use_async:
-
-            async def loop() -> None:
-                while me not in agent.stopped:
-                    await runner.run_async()
-
-            asyncio.run(loop())
-        else:
-            while me not in agent.stopped:
-                runner.run()
+        run_until_stopped(agent, runner, use_async)
 
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(WORKERS)]
     for thread in threads:

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from agentlightning import LitAgent
 from agentlightning.types import PromptTemplate
@@ -74,7 +74,13 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     raise AssertionError("condition not reached")
 
 
-def run_until_stopped(agent: StragglerAgent, runner: Any, use_async: bool) -> None:
+class Stoppable(Protocol):
+    """An agent that records the threads that ran a ``{"stop": True}`` task."""
+
+    stopped: set[int]
+
+
+def run_until_stopped(agent: Stoppable, runner: Any, use_async: bool) -> None:
     """Run the upstream runner one task at a time until this thread ran a stop task."""
     me = threading.get_ident()
     if use_async:
