@@ -25,7 +25,7 @@ from agentlightning import LitAgent
 from lightning_attempts import AttemptAwareClient, AttemptAwareServer
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
-from .upstream import RESOURCES, make_runner, run_until_stopped
+from .upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
 
 Served = ServerThread[AttemptAwareServer]
 TASKS, WORKERS = 6, 2
@@ -88,10 +88,7 @@ def run_batch(served: Served, samples: list[dict[str, Any]], use_async: bool) ->
             assert rollout is not None, f"{rid} never completed"
             stored[rid] = rollout
     finally:
-        for _ in threads:
-            served.call(served.server.queue_task({"stop": True}, mode="train"))
-        for thread in threads:
-            thread.join(timeout=30)
+        stop_fleet(served, threads)
     assert not any(thread.is_alive() for thread in threads)
     return {"rids": rids, "stored": stored, "stats": served.server.attempt_stats()}
 

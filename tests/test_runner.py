@@ -13,7 +13,7 @@ from lightning_attempts import AttemptAwareClient, AttemptAwareServer
 from lightning_attempts.compat import AgentLightningClient, LegacyRollout
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
-from .upstream import RESOURCES, StragglerAgent, make_runner, run_until_stopped
+from .upstream import RESOURCES, StragglerAgent, make_runner, run_until_stopped, stop_fleet
 
 TIMEOUT = 60.0
 WORKERS, TASKS, SLOW = 3, 8, (2, 5)
@@ -63,10 +63,7 @@ def run_fleet(
             assert rollout is not None, f"task {len(stored)} never completed"
             stored[rollout.rollout_id] = rollout
     finally:
-        for _ in threads:
-            served.call(served.server.queue_task({"stop": True}, mode="train"))
-        for thread in threads:
-            thread.join(timeout=30)
+        stop_fleet(served, threads)
     assert not any(thread.is_alive() for thread in threads)
     assert all(agent.calls[rids[i]] >= 2 for i in slow)
     return {"stored": stored, "rids": rids, "stats": served.server.attempt_stats()}

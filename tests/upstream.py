@@ -93,3 +93,11 @@ def run_until_stopped(agent: Stoppable, runner: Any, use_async: bool) -> None:
     else:
         while me not in agent.stopped:
             runner.run()
+
+
+def stop_fleet(served: Any, threads: list[threading.Thread]) -> None:
+    """Queue one stop task per worker thread and join them (30 s each at most)."""
+    for _ in threads:
+        served.call(served.server.queue_task({"stop": True}, mode="train"))
+    for thread in threads:
+        thread.join(timeout=30)
