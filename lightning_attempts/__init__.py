@@ -13,9 +13,8 @@ from .client import AttemptAwareClient
 from .compat import AGENTLIGHTNING_VERSION, SUPPORTED_RELEASES
 from .install import install, installed, uninstall
 from .models import AttemptRollout, AttemptTask, AttemptTaskIfAny
-from .outcomes import DropReason, StalePolicy, Submission
 from .server import AttemptAwareServer, ServerStartError
-from .store import AttemptAwareDataStore
+from .store import AttemptAwareDataStore, DropReason, StalePolicy, Submission
 
 __version__ = "0.1.0"
 

@@ -8,9 +8,8 @@ import logging
 
 import click
 
-from .outcomes import STALE_POLICIES, StalePolicy
 from .routing import DEFAULT_MAX_BODY_BYTES
-from .store import DEFAULT_MAX_REMEMBERED
+from .store import DEFAULT_MAX_REMEMBERED, STALE_POLICIES, StalePolicy
 from .waiting import DEFAULT_MAX_POLL_WAIT
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from . import scenario
 from .compat import AgentLightningServer
-from .outcomes import DropReason, StalePolicy
 from .server import AttemptAwareServer
+from .store import DropReason, StalePolicy
 
 
 def run_demo(

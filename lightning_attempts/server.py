@@ -23,9 +23,8 @@ from .auth import ApiKeyMiddleware, is_loopback, validate_key
 from .compat import AgentLightningServer, LegacyRollout, ServerDataStore
 from .metrics import exposition
 from .models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
-from .outcomes import STALE_POLICIES, StalePolicy
 from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute, unprocessable
-from .store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock, excerpt
+from .store import DEFAULT_MAX_REMEMBERED, STALE_POLICIES, AttemptAwareDataStore, Clock, StalePolicy, excerpt
 from .waiting import DEFAULT_MAX_POLL_WAIT, Completions, DeadlineTimer, ParkedPolls
 
 logger = logging.getLogger(__name__)

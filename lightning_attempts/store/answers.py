@@ -1,33 +1,11 @@
-"""What can become of a submitted result, and the HTTP answer for each outcome."""
+"""What the store answers: to a submission, a heartbeat and a release, each with its HTTP body."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Literal
 
-StalePolicy = Literal["reject", "salvage"]
-STALE_POLICIES: tuple[StalePolicy, ...] = ("reject", "salvage")
-
-
-class DropReason(str, Enum):
-    """Why a submitted result was not stored (the ``reason`` of a 409 answer)."""
-
-    SUPERSEDED = "superseded"
-    """A later claim of the task exists, or the task was requeued after this attempt."""
-    ALREADY_COMPLETED = "already_completed"
-    """Another attempt's result is already stored for the task."""
-    CANCELLED = "cancelled"
-    """The task was cancelled (``cancel_pending``) before a result arrived."""
-    UNKNOWN_ROLLOUT = "unknown_rollout"
-    """No such task: never queued here, or finished so long ago that it was forgotten."""
-    UNKNOWN_ATTEMPT = "unknown_attempt"
-    """The task exists but never handed out this attempt id."""
-    FAILED = "failed"
-    """This attempt already posted a failed result, and the task was requeued for another attempt."""
-    RELEASED = "released"
-    """This attempt gave its claim back (``POST /release``), and the task was requeued."""
-
+from .table import DropReason
 
 Status = Literal["ok", "duplicate", "retrying", "dropped", "refused"]
 
@@ -86,4 +64,60 @@ class Submission:
         body["current_claim_sequence_id"] = self.current_claim_sequence_id
         if self.status == "ok":
             body["verified"] = self.verified
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The answer to a heartbeat: whether the attempt still holds its claim, and for how long."""
+
+    rollout_id: str
+    attempt_id: str
+    reason: DropReason | None = None
+    """Why the attempt is no longer current; ``None`` while it is."""
+    claim_sequence_id: int | None = None
+    lease_seconds: float | None = None
+    """Silence after which the claim is requeued (``unresponsive_seconds``); None: no such limit."""
+    expires_in: float | None = None
+    """Seconds left before the claim reaches ``task_timeout_seconds``."""
+
+    @property
+    def current(self) -> bool:
+        return self.reason is None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": "ok" if self.current else "stale", "rollout_id": self.rollout_id}
+        body["attempt_id"] = self.attempt_id
+        if self.current:
+            body.update(
+                claim_sequence_id=self.claim_sequence_id, lease_seconds=self.lease_seconds, expires_in=self.expires_in
+            )
+        else:
+            body["reason"] = self.reason.value if self.reason is not None else None
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The answer to ``POST /release``: whether the claim was given back, and what became of the task."""
+
+    rollout_id: str
+    attempt_id: str
+    reason: DropReason | None = None
+    """Why the attempt could not release (it no longer holds the claim); ``None``: released."""
+    claim_sequence_id: int | None = None
+    gave_up: bool = False
+    """The release was the task's ``max_claims``-th claim: the task was completed empty, not requeued."""
+
+    @property
+    def released(self) -> bool:
+        return self.reason is None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": "released" if self.released else "stale", "rollout_id": self.rollout_id}
+        body["attempt_id"] = self.attempt_id
+        if self.released:
+            body.update(claim_sequence_id=self.claim_sequence_id, requeued=not self.gave_up)
+        else:
+            body["reason"] = self.reason.value if self.reason is not None else None
         return body

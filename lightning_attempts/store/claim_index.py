@@ -1,0 +1,72 @@
+"""The claims in flight, in the two orders that expire them, so that requeueing looks only at their fronts."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from .records import AttemptOutcome, ClaimedTask
+
+
+class ClaimIndex:
+    """Live claims in deadline order and, with a silence limit, in order of last word from their worker.
+
+    Claims are added in claim order, which a fixed ``task_timeout_seconds`` makes deadline
+    order; a heartbeat moves its claim to the back of the second order. So the next claim
+    to expire is at the front of one of the two, and ``next_deadline`` and ``next_expired``
+    cost O(1) whatever the number of claims in flight.
+    """
+
+    def __init__(self, silence_limit: float | None) -> None:
+        self.silence_limit = silence_limit
+        """Seconds without a word after which a claim expires (``unresponsive_seconds``); None: never."""
+        self._by_deadline: OrderedDict[str, ClaimedTask] = OrderedDict()
+        self._by_last_heard: OrderedDict[str, ClaimedTask] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_deadline)
+
+    def __iter__(self) -> Iterator[ClaimedTask]:
+        """The claims, oldest first."""
+        return iter(self._by_deadline.values())
+
+    def add(self, claimed: ClaimedTask) -> None:
+        """A new live claim (its deadline is the latest of all)."""
+        self._by_deadline[claimed.rollout_id] = claimed
+        if self.silence_limit is not None:
+            self._by_last_heard[claimed.rollout_id] = claimed
+
+    def heard_from(self, rollout_id: str) -> None:
+        """The claim's worker has just said it is alive."""
+        if self.silence_limit is not None:
+            self._by_last_heard.move_to_end(rollout_id)
+
+    def discard(self, rollout_id: str) -> None:
+        """The claim no longer holds its task (completed, requeued, released, cancelled); fine if absent."""
+        if self._by_deadline.pop(rollout_id, None) is not None:
+            self._by_last_heard.pop(rollout_id, None)
+
+    def next_deadline(self) -> float | None:
+        """When the next claim expires (timeout or silence); None: no claim in flight."""
+        deadline: float | None = None
+        if self._by_deadline:
+            deadline = next(iter(self._by_deadline.values())).deadline
+        if self.silence_limit is not None and self._by_last_heard:
+            silent = next(iter(self._by_last_heard.values())).attempts[-1].seen + self.silence_limit
+            deadline = silent if deadline is None else min(deadline, silent)
+        return deadline
+
+    def next_expired(self, now: float) -> tuple[ClaimedTask, AttemptOutcome] | None:
+        """A claim past its deadline (``timed_out``) or silent too long (``unresponsive``) at ``now``; else None.
+
+        Timeouts come first, in claim order, then silences, in order of last word.
+        """
+        if self._by_deadline:
+            claimed = next(iter(self._by_deadline.values()))
+            if claimed.deadline < now:
+                return claimed, "timed_out"
+        if self.silence_limit is not None and self._by_last_heard:
+            claimed = next(iter(self._by_last_heard.values()))
+            if claimed.attempts[-1].seen < now - self.silence_limit:
+                return claimed, "unresponsive"
+        return None

@@ -1,0 +1,92 @@
+"""The store's records: one per attempt, one per task claimed and not finished, one per finished task."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..compat import Task
+
+AttemptOutcome = Literal[
+    "in_flight", "timed_out", "unresponsive", "completed", "superseded", "cancelled", "failed", "released"
+]
+"""How an attempt ended (``in_flight`` while it holds its claim), as ``GET /attempts/{rollout_id}`` shows it."""
+
+FAILURE_LOG_CHARS = 200
+"""How much of a worker's ``failure`` text the log and the attempt history keep."""
+
+
+def excerpt(text: str) -> str:
+    """``text``, cut to ``FAILURE_LOG_CHARS`` characters, saying how long it was."""
+    return text if len(text) <= FAILURE_LOG_CHARS else text[:FAILURE_LOG_CHARS] + f"... ({len(text)} chars)"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One claim of a task: its id, when it was claimed and last heard of, and how it ended."""
+
+    attempt_id: str
+    claimed_at: float
+    """Wall-clock time of the claim (for people; deadlines use the monotonic clock)."""
+    seen: float
+    """Monotonic time of the claim or of its last heartbeat."""
+    last_heartbeat_at: float | None = None
+    ended_at: float | None = None
+    outcome: AttemptOutcome = "in_flight"
+    failure: str | None = None
+    """Why the attempt failed, as its worker said (truncated), when it did."""
+
+    def end(self, outcome: AttemptOutcome) -> None:
+        self.outcome, self.ended_at = outcome, time.time()
+
+
+def sequence_of(attempts: Sequence[Attempt], attempt_id: str | None) -> int | None:
+    """The claim sequence id of ``attempt_id`` among ``attempts`` (1 for the first); None if never issued."""
+    if attempt_id is not None:
+        for index, attempt in enumerate(attempts):
+            if attempt.attempt_id == attempt_id:
+                return index + 1
+    return None
+
+
+@dataclass(slots=True)
+class ClaimedTask:
+    """A task claimed at least once and not finished: live (a claim holds it) or requeued."""
+
+    task: Task
+    attempts: list[Attempt] = field(default_factory=list[Attempt])
+    """Every attempt issued for the task; claim sequence id = index + 1."""
+    live: bool = False
+    """Whether the last attempt still holds its claim (False: requeued)."""
+    deadline: float = 0.0
+    """When the live claim's age passes ``task_timeout_seconds`` (monotonic)."""
+
+    @property
+    def rollout_id(self) -> str:
+        return self.task.rollout_id
+
+    @property
+    def current(self) -> str | None:
+        """The attempt holding the live claim; None while the task is requeued."""
+        return self.attempts[-1].attempt_id if self.live else None
+
+    @property
+    def latest(self) -> str:
+        """The live claim's attempt, or the last one issued while the task is requeued."""
+        return self.attempts[-1].attempt_id
+
+    def failures(self) -> int:
+        """How many of the task's attempts ended ``failed``."""
+        return sum(attempt.outcome == "failed" for attempt in self.attempts)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedTask:
+    """What is remembered of a completed or cancelled task."""
+
+    attempts: tuple[Attempt, ...]
+    stored: str | None
+    """The attempt credited with the stored result (None: cancelled, max claims, or salvaged unverified)."""
+    cancelled: bool = False
