@@ -40,9 +40,9 @@ def state(server: AttemptAwareServer) -> dict[str, Any]:
     store = server.store
     return {
         "stats": stats,
-        "queue": list(store._queue),  # pyright: ignore[reportPrivateUsage]
+        "queue": list(store._book.queue),  # pyright: ignore[reportPrivateUsage]
         "stored": sorted(store._completed_rollouts),  # pyright: ignore[reportPrivateUsage]
-        "claims": {rid: server.attempt_history(rid) for rid in store._claimed},  # pyright: ignore[reportPrivateUsage]
+        "claims": {rid: server.attempt_history(rid) for rid in store._book.claimed},  # pyright: ignore[reportPrivateUsage]
     }
 
 

@@ -56,7 +56,7 @@ def state(server: AttemptAwareServer) -> dict[str, Any]:
     store = server.store
     return {
         "stats": stats,
-        "queue": list(store._queue),  # pyright: ignore[reportPrivateUsage]
+        "queue": list(store._book.queue),  # pyright: ignore[reportPrivateUsage]
         "stored": sorted(store._completed_rollouts),  # pyright: ignore[reportPrivateUsage]
     }
 

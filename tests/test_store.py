@@ -47,7 +47,7 @@ def snapshot(store: AttemptAwareDataStore) -> dict[str, Any]:
     for counter in ("dropped", "dropped_total"):
         stats.pop(counter)
     stored = {rid: r.model_dump() for rid, r in store._completed_rollouts.items()}  # pyright: ignore[reportPrivateUsage]
-    return {"stats": stats, "stored": stored, "queue": list(store._queue)}  # pyright: ignore[reportPrivateUsage]
+    return {"stats": stats, "stored": stored, "queue": list(store._book.queue)}  # pyright: ignore[reportPrivateUsage]
 
 
 async def test_claims_are_attempts_with_sequence_ids(store: AttemptAwareDataStore, clock: ManualClock) -> None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from ..compat import Task
+from ..compat import LegacyRollout, Task
+from ..models import AttemptTask
 
 AttemptOutcome = Literal[
     "in_flight", "timed_out", "unresponsive", "completed", "superseded", "cancelled", "failed", "released"
 ]
 """How an attempt ended (``in_flight`` while it holds its claim), as ``GET /attempts/{rollout_id}`` shows it."""
+
+Complete = Callable[[str, LegacyRollout], None]
+"""Stores a task's one result (the store's ``_complete``, which also tells whoever waits for it)."""
 
 FAILURE_LOG_CHARS = 200
 """How much of a worker's ``failure`` text the log and the attempt history keep."""
@@ -76,6 +80,19 @@ class ClaimedTask:
     def latest(self) -> str:
         """The live claim's attempt, or the last one issued while the task is requeued."""
         return self.attempts[-1].attempt_id
+
+    def handed_out(self, lease_seconds: float | None) -> AttemptTask:
+        """The task as its live claim sees it (no validation: every field is ours)."""
+        attempt, sequence = self.attempts[-1], len(self.attempts)
+        fields: dict[str, Any] = {**self.task.__dict__}  # dict(model) costs a __getattr__ miss per field
+        fields.update(
+            last_claim_time=attempt.claimed_at,
+            num_claims=sequence,
+            attempt_id=attempt.attempt_id,
+            claim_sequence_id=sequence,
+            lease_seconds=lease_seconds,
+        )
+        return AttemptTask.model_construct(**fields)
 
     def failures(self) -> int:
         """How many of the task's attempts ended ``failed``."""

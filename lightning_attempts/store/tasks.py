@@ -1,0 +1,164 @@
+"""Where every task is: waiting for a claim, claimed (live or requeued), or finished; and the moves between.
+
+``TaskBook`` keeps the records and moves a task from place to place; it decides nothing:
+what to do (claim, requeue, store, drop, give up) is the store's (``datastore``,
+``submissions``). Every move is synchronous and keeps these invariants:
+
+- a task queued here is in exactly one place: waiting in the queue (never claimed, or
+  requeued), claimed by a live attempt, or finished (completed or cancelled); a claimed
+  task that is not live is requeued, hence also in the queue;
+- a finished task never goes back to the queue or to a claim;
+- every live claim is in the claim index, and only live claims are.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .claim_index import ClaimIndex
+from .finished import FinishedTasks
+from .queue import TaskQueue
+from .records import Attempt, AttemptOutcome, ClaimedTask, FinishedTask, sequence_of
+from .table import Carries, TaskState
+
+_ENDED_BY_WORKER: dict[AttemptOutcome, Carries] = {"failed": Carries.FAILED, "released": Carries.RELEASED}
+"""Attempts that ended by their own worker's word: their later results are dropped under either policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    """Where a task stands, what an attempt id is to it, and its record (claimed or finished) if any."""
+
+    state: TaskState
+    carries: Carries
+    claimed: ClaimedTask | None = None
+    finished: FinishedTask | None = None
+
+
+class TaskBook:
+    """The queue, the records of claimed tasks, the index of live claims and the memory of finished tasks."""
+
+    def __init__(self, silence_limit: float | None, max_remembered: int) -> None:
+        self.queue = TaskQueue()
+        self.claimed: dict[str, ClaimedTask] = {}
+        """Tasks claimed at least once and not finished (live or requeued)."""
+        self.in_flight = ClaimIndex(silence_limit)
+        self.finished = FinishedTasks(max_remembered)
+
+    # -- moves ----------------------------------------------------------------
+
+    def claim(self, now: float, deadline: float) -> ClaimedTask | None:
+        """The next waiting task, claimed by a new attempt until ``deadline``; None if none waits."""
+        if not self.queue:
+            return None
+        task = self.queue.get_nowait()
+        claimed = self.claimed.get(task.rollout_id)
+        if claimed is None:
+            claimed = self.claimed[task.rollout_id] = ClaimedTask(task)
+        claimed.attempts.append(Attempt(str(uuid.uuid4()), time.time(), now))
+        claimed.live = True
+        claimed.deadline = deadline
+        self.in_flight.add(claimed)
+        return claimed
+
+    def unclaim(self, claimed: ClaimedTask) -> None:
+        """Undo the live claim, as if never made: its attempt is forgotten, the task waits first in line."""
+        claimed.attempts.pop()
+        claimed.live = False
+        self.in_flight.discard(claimed.rollout_id)
+        if not claimed.attempts:
+            del self.claimed[claimed.rollout_id]
+        self.queue.put_nowait(claimed.task, front=True)
+
+    def end_claim(self, claimed: ClaimedTask, outcome: AttemptOutcome) -> None:
+        """The live claim's attempt ends with ``outcome`` and no longer holds the task."""
+        claimed.attempts[-1].end(outcome)
+        self.in_flight.discard(claimed.rollout_id)
+        claimed.live = False
+
+    def requeue(self, claimed: ClaimedTask) -> None:
+        """A task whose claim ended waits, last in line, for another attempt."""
+        self.queue.put_nowait(claimed.task)
+
+    def complete(self, claimed: ClaimedTask, credited: str | None) -> None:
+        """The task is finished with a result credited to ``credited`` (None: no attempt's, e.g. given up)."""
+        rollout_id = claimed.rollout_id
+        del self.claimed[rollout_id]
+        self.in_flight.discard(rollout_id)
+        self.queue.discard(rollout_id)
+        self.finished.remember(rollout_id, FinishedTask(tuple(claimed.attempts), credited))
+
+    def cancel(self, rollout_id: str) -> bool:
+        """Finish the task as cancelled if it waits or is claimed; False if it is finished or unknown."""
+        queued = self.queue.discard(rollout_id)
+        claimed = self.claimed.pop(rollout_id, None)
+        if queued is None and claimed is None:
+            return False
+        self.in_flight.discard(rollout_id)
+        if claimed is not None and claimed.live:
+            claimed.attempts[-1].end("cancelled")
+        attempts = tuple(claimed.attempts) if claimed is not None else ()
+        self.finished.remember(rollout_id, FinishedTask(attempts, None, cancelled=True))
+        return True
+
+    # -- reads ----------------------------------------------------------------
+
+    def pending(self) -> list[str]:
+        """Every task waiting or claimed, queue order first."""
+        return [*self.queue, *(rid for rid in self.claimed if rid not in self.queue)]
+
+    def situation(self, rollout_id: str, attempt_id: str | None) -> Situation:
+        """Where the task stands, and what ``attempt_id`` is to it."""
+        claimed = self.claimed.get(rollout_id)
+        if claimed is not None:
+            state = TaskState.CLAIMED if claimed.live else TaskState.REQUEUED
+            if attempt_id is None:
+                return Situation(state, Carries.NONE, claimed)
+            if attempt_id == claimed.current:
+                return Situation(state, Carries.LIVE, claimed)
+            return Situation(state, _carried(claimed.attempts, attempt_id), claimed)
+        finished = self.finished.get(rollout_id)
+        if finished is None:
+            state = TaskState.QUEUED if rollout_id in self.queue else TaskState.UNKNOWN
+            return Situation(state, Carries.NONE if attempt_id is None else Carries.UNISSUED)
+        state = TaskState.CANCELLED if finished.cancelled else TaskState.COMPLETED
+        if attempt_id is None:
+            return Situation(state, Carries.NONE, finished=finished)
+        if attempt_id == finished.stored:
+            return Situation(state, Carries.STORED, finished=finished)
+        return Situation(state, _carried(finished.attempts, attempt_id), finished=finished)
+
+    def is_pending(self, rollout_id: str) -> bool:
+        """Whether the task waits or is claimed (neither completed nor cancelled)."""
+        return rollout_id in self.claimed or rollout_id in self.queue
+
+    def history(self, rollout_id: str) -> list[dict[str, Any]] | None:
+        """Each claim of a task (id, times, outcome) while the task is live or remembered; else None."""
+        claimed = self.claimed.get(rollout_id)
+        finished = self.finished.get(rollout_id)
+        if claimed is not None:
+            attempts: Sequence[Attempt] = claimed.attempts
+        elif finished is not None:
+            attempts = finished.attempts
+        elif rollout_id in self.queue:
+            attempts = ()
+        else:
+            return None
+        history: list[dict[str, Any]] = []
+        for sequence, attempt in enumerate(attempts, 1):
+            entry = {"claim_sequence_id": sequence, **asdict(attempt)}
+            del entry["seen"]  # monotonic, meaningless outside this process
+            history.append(entry)
+        return history
+
+
+def _carried(attempts: Sequence[Attempt], attempt_id: str) -> Carries:
+    """What an attempt id other than the live or stored one is to a task with these ``attempts``."""
+    sequence = sequence_of(attempts, attempt_id)
+    if sequence is None:
+        return Carries.UNISSUED
+    return _ENDED_BY_WORKER.get(attempts[sequence - 1].outcome, Carries.EARLIER)
