@@ -9,9 +9,8 @@ import logging
 import click
 
 from .outcomes import STALE_POLICIES, StalePolicy
-from .routing import DEFAULT_MAX_BODY_BYTES
+from .server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_POLL_WAIT
 from .store import DEFAULT_MAX_REMEMBERED
-from .waiting import DEFAULT_MAX_POLL_WAIT
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

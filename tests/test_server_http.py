@@ -15,7 +15,7 @@ from agentlightning.types import PromptTemplate
 
 from lightning_attempts import AttemptAwareServer, ServerStartError
 from lightning_attempts.compat import AgentLightningClient, LegacyRollout
-from lightning_attempts.routing import DirectRoute
+from lightning_attempts.server import DirectRoute
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
 Served = ServerThread[AttemptAwareServer]

@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import AttemptTask
-from .store import AttemptAwareDataStore, Clock
+from ..models import AttemptTask
+from ..store import AttemptAwareDataStore, Clock
 
 logger = logging.getLogger(__name__)
 

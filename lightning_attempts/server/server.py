@@ -19,16 +19,16 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .auth import ApiKeyMiddleware, is_loopback, validate_key
-from .compat import AgentLightningServer, LegacyRollout, ServerDataStore
+from ..auth import ApiKeyMiddleware, is_loopback, validate_key
+from ..compat import AgentLightningServer, LegacyRollout, ServerDataStore
+from ..models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
+from ..outcomes import STALE_POLICIES, StalePolicy
+from ..store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock, excerpt
 from .metrics import exposition
-from .models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
-from .outcomes import STALE_POLICIES, StalePolicy
 from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute, unprocessable
-from .store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock, excerpt
 from .waiting import DEFAULT_MAX_POLL_WAIT, Completions, DeadlineTimer, ParkedPolls
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(__package__)  # "lightning_attempts.server", as before it became a package
 
 
 _NO_TASK = b'{"is_available":false,"task":null}'

@@ -1,0 +1,16 @@
+"""The attempt-aware server: ``AttemptAwareServer`` and the parts it is built from."""
+
+from __future__ import annotations
+
+from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute
+from .server import AttemptAwareServer, ServerStartError
+from .waiting import DEFAULT_MAX_POLL_WAIT, ParkedPolls
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_POLL_WAIT",
+    "AttemptAwareServer",
+    "DirectRoute",
+    "ParkedPolls",
+    "ServerStartError",
+]
