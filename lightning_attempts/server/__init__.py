@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from .polls import DEFAULT_MAX_POLL_WAIT, ParkedPolls
 from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute
 from .server import AttemptAwareServer, ServerStartError
-from .waiting import DEFAULT_MAX_POLL_WAIT, ParkedPolls
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",

@@ -24,9 +24,11 @@ from ..compat import AgentLightningServer, LegacyRollout, ServerDataStore
 from ..models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
 from ..outcomes import STALE_POLICIES, StalePolicy
 from ..store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock, excerpt
+from .completions import Completions
+from .deadlines import DeadlineTimer
 from .metrics import exposition
+from .polls import DEFAULT_MAX_POLL_WAIT, ParkedPolls
 from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute, unprocessable
-from .waiting import DEFAULT_MAX_POLL_WAIT, Completions, DeadlineTimer, ParkedPolls
 
 logger = logging.getLogger(__package__)  # "lightning_attempts.server", as before it became a package
 
