@@ -6,26 +6,24 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import uvicorn
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..auth import ApiKeyMiddleware, is_loopback, validate_key
+from ..auth import ApiKeyMiddleware, validate_key
 from ..compat import AgentLightningServer, LegacyRollout, ServerDataStore
 from ..models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
 from ..outcomes import STALE_POLICIES, StalePolicy
 from ..store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock, excerpt
 from .completions import Completions
 from .deadlines import DeadlineTimer
+from .lifecycle import ServerStartError, Serving, warn_if_open
 from .metrics import exposition
 from .polls import DEFAULT_MAX_POLL_WAIT, ParkedPolls
 from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute, unprocessable
@@ -46,22 +44,6 @@ _REPLACED_ROUTES = {("/task", "GET"), ("/rollout", "POST")}
 _TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body is larger than the server's `max_body_bytes`"}
 }
-
-
-class ServerStartError(RuntimeError):
-    """The server could not start, e.g. because its port is in use."""
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn's server, telling ours when shutdown begins: before it waits for open requests to end."""
-
-    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_shutdown = on_shutdown
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self._on_shutdown()
-        await super().shutdown(sockets)
 
 
 def _seconds(raw: str) -> float | None:
@@ -161,9 +143,9 @@ class AttemptAwareServer(AgentLightningServer):
         self._polls: ParkedPolls | None = None
         self._deadlines: DeadlineTimer | None = None
         self._completions: Completions | None = None
-        self._serving: asyncio.Task[None] | None = None
         super().__init__(host=host, port=port, task_timeout_seconds=task_timeout_seconds)
-        self._uvicorn_server = _Uvicorn(self._uvicorn_config, self._answer_parked_polls)
+        self._serving = Serving(self._uvicorn_config, self._answer_parked_polls)
+        self._uvicorn_server = self._serving.uvicorn
 
     # Upstream's lifespan builds a plain ServerDataStore() itself; assigning it here
     # swaps in ours before its startup_event is set, so no caller ever sees the other.
@@ -406,71 +388,29 @@ class AttemptAwareServer(AgentLightningServer):
         this raises ``ServerStartError`` when the server cannot start.
         """
         logger.info("Starting server at %s", self.endpoint)
-        self._warn_if_open()
-        self._serving = asyncio.create_task(self._serve())
-        deadline = time.monotonic() + timeout
-        while not self._uvicorn_server.started:
-            if self._serving.done():
-                self._serving.result()  # raises what stopped it
-                raise ServerStartError(f"Server at {self.endpoint} stopped before it started.")
-            if time.monotonic() > deadline:
-                await self.stop()
-                raise ServerStartError(f"Server at {self.endpoint} did not start within {timeout}s.")
-            await asyncio.sleep(0.005)
-        self._adopt_bound_port()
+        warn_if_open(self.host, self.port, self._api_key)
+        if not await self._serving.start(timeout, endpoint=self.endpoint, address=f"{self.host}:{self.port}"):
+            await self.stop()
+            raise ServerStartError(f"Server at {self.endpoint} did not start within {timeout}s.")
+        port = self._serving.bound_port()
+        if port is not None:
+            self.port = port
+            self.endpoint = f"http://{self.host}:{self.port}"
 
     async def run_forever(self) -> None:
         """Serve until stopped (upstream's blocking alternative to ``start()``)."""
-        self._warn_if_open()
+        warn_if_open(self.host, self.port, self._api_key)
         await super().run_forever()
-
-    def _warn_if_open(self) -> None:
-        if self._api_key is None and not is_loopback(self.host):
-            logger.warning(
-                "No API key set: authentication disabled on %s:%s, reachable beyond this machine; anyone who can "
-                "reach it can read resources, claim tasks and post rollouts. Set one with "
-                "AttemptAwareServer(api_key=...), `lightning-attempts serve --api-key`, or AGL_KEY (read by "
-                "`serve` and by servers agentlightning builds under install()).",
-                self.host,
-                self.port,
-            )
-
-    async def _serve(self) -> None:
-        try:
-            await self._uvicorn_server.serve()
-        except SystemExit as exc:  # uvicorn logs why it cannot bind, then exits the process
-            cause = exc.__context__
-            if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
-                reason = f"{os.strerror(cause.errno)} (errno {cause.errno})"
-            elif isinstance(cause, OSError):  # e.g. a host name that does not resolve
-                reason = str(cause.strerror or cause)
-            else:
-                reason = "uvicorn exited; its log above says why"
-            raise ServerStartError(f"Could not serve on {self.host}:{self.port}: {reason}") from exc
-
-    def _adopt_bound_port(self) -> None:
-        for server in self._uvicorn_server.servers:
-            for sock in server.sockets:
-                self.port = int(sock.getsockname()[1])
-                self.endpoint = f"http://{self.host}:{self.port}"
-                return
 
     async def wait_stopped(self) -> None:
         """Wait until the server started by ``start()`` stops (``stop()``, SIGINT or SIGTERM)."""
-        if self._serving is not None:
-            await asyncio.shield(self._serving)
+        await self._serving.wait_stopped()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop serving and wait until the server has shut down (no fixed sleep); answer parked polls."""
         self._answer_parked_polls()
-        serving, self._serving = self._serving, None
-        if serving is None:
+        if not await self._serving.stop(timeout):
             await super().stop()
-            return
-        self._uvicorn_server.should_exit = True
-        with contextlib.suppress(ServerStartError):
-            await asyncio.wait_for(serving, timeout)
-        logger.info("Server stopped.")
 
     # -- operations -----------------------------------------------------------
 
