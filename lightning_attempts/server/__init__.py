@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .options import ServerOptions
 from .polls import DEFAULT_MAX_POLL_WAIT, ParkedPolls
 from .routing import DEFAULT_MAX_BODY_BYTES, DirectRoute
 from .server import AttemptAwareServer, ServerStartError
@@ -12,5 +13,6 @@ __all__ = [
     "AttemptAwareServer",
     "DirectRoute",
     "ParkedPolls",
+    "ServerOptions",
     "ServerStartError",
 ]

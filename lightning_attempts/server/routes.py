@@ -25,6 +25,7 @@ from ..compat import LegacyRollout
 from ..models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
 from ..store import AttemptAwareDataStore, excerpt
 from .metrics import exposition
+from .options import ServerOptions
 from .polls import ParkedPolls
 from .routing import DirectRoute, unprocessable
 
@@ -70,19 +71,15 @@ class Routes:
 
     def __init__(
         self,
+        options: ServerOptions,
         *,
-        max_body_bytes: int | None,
-        max_poll_wait: float,
-        retry_failed: int,
-        api_key: str | None,
         is_failed_result: Callable[[LegacyRollout], bool],
         stats: Callable[[], dict[str, Any]],
         history: Callable[[str], list[dict[str, Any]] | None],
     ) -> None:
-        self._max_body_bytes = max_body_bytes
-        self._max_poll_wait = max_poll_wait
-        self._retry_failed = retry_failed
-        self._api_key = api_key
+        self._options = options
+        self._max_poll_wait = options.max_poll_wait  # read per request: an attribute of this object's own
+        self._retry_failed = options.retry_failed
         self._is_failed_result = is_failed_result
         self._stats = stats
         self._history = history
@@ -101,7 +98,7 @@ class Routes:
             for route in router.routes
             if not (isinstance(route, APIRoute) and {(route.path, m) for m in route.methods or ()} & _REPLACED_ROUTES)
         ]
-        direct = DirectRoute.limited(self._max_body_bytes)
+        direct = DirectRoute.limited(self._options.max_body_bytes)
         router.add_api_route(
             "/task",
             self._next_task,
@@ -158,8 +155,9 @@ class Routes:
         app.add_api_route(
             "/attempts/{rollout_id}", self._attempt_history_route, methods=["GET"], summary="A task's claims"
         )
-        if self._api_key is not None:  # around the whole app: routes added later are covered too
-            app.add_middleware(ApiKeyMiddleware, key=self._api_key, on_refused=self._count_unauthorized)
+        api_key = self._options.api_key
+        if api_key is not None:  # around the whole app: routes added later are covered too
+            app.add_middleware(ApiKeyMiddleware, key=api_key, on_refused=self._count_unauthorized)
 
     def _count_unauthorized(self) -> None:
         if self._store is not None:

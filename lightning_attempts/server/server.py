@@ -5,21 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..auth import validate_key
 from ..compat import AgentLightningServer, LegacyRollout, ServerDataStore
-from ..outcomes import STALE_POLICIES, StalePolicy
-from ..store import DEFAULT_MAX_REMEMBERED, AttemptAwareDataStore, Clock
+from ..store import AttemptAwareDataStore, Clock, StalePolicy
 from .completions import Completions
 from .deadlines import DeadlineTimer
 from .lifecycle import ServerStartError, Serving, warn_if_open
-from .polls import DEFAULT_MAX_POLL_WAIT, ParkedPolls
+from .options import DEFAULTS, ServerOptions
+from .polls import ParkedPolls
 from .routes import Routes
-from .routing import DEFAULT_MAX_BODY_BYTES
 
 logger = logging.getLogger(__package__)  # "lightning_attempts.server", as before it became a package
 
@@ -73,44 +70,36 @@ class AttemptAwareServer(AgentLightningServer):
         port: int = 8000,
         task_timeout_seconds: float = 300.0,
         *,
-        stale_policy: StalePolicy = "reject",
-        require_attempt_id: bool = False,
-        unresponsive_seconds: float | None = None,
-        max_claims: int | None = None,
-        retry_failed: int = 0,
-        max_remembered: int = DEFAULT_MAX_REMEMBERED,
-        max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
-        max_poll_wait: float = DEFAULT_MAX_POLL_WAIT,
-        api_key: str | None = None,
-        clock: Clock = time.monotonic,
+        stale_policy: StalePolicy = DEFAULTS.stale_policy,
+        require_attempt_id: bool = DEFAULTS.require_attempt_id,
+        unresponsive_seconds: float | None = DEFAULTS.unresponsive_seconds,
+        max_claims: int | None = DEFAULTS.max_claims,
+        retry_failed: int = DEFAULTS.retry_failed,
+        max_remembered: int = DEFAULTS.max_remembered,
+        max_body_bytes: int | None = DEFAULTS.max_body_bytes,
+        max_poll_wait: float = DEFAULTS.max_poll_wait,
+        api_key: str | None = DEFAULTS.api_key,
+        clock: Clock = DEFAULTS.clock,
     ) -> None:
-        if stale_policy not in STALE_POLICIES:
-            raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
-        if retry_failed < 0:
-            raise ValueError("retry_failed must not be negative")
-        if max_body_bytes is not None and max_body_bytes < 1:
-            raise ValueError("max_body_bytes must be positive (or None for no limit)")
-        if not (math.isfinite(max_poll_wait) and max_poll_wait >= 0):
-            raise ValueError("max_poll_wait must be a finite number of seconds, 0 or more")
-        self.stale_policy: StalePolicy = stale_policy
-        self.require_attempt_id = require_attempt_id
-        self.unresponsive_seconds = unresponsive_seconds
-        self.max_claims = max_claims
-        self.retry_failed = retry_failed
-        self.max_remembered = max_remembered
-        self.max_body_bytes = max_body_bytes
-        self.max_poll_wait = max_poll_wait
-        self._api_key = validate_key(api_key)
-        self._clock = clock
+        self.options = ServerOptions(
+            stale_policy=stale_policy,
+            require_attempt_id=require_attempt_id,
+            unresponsive_seconds=unresponsive_seconds,
+            max_claims=max_claims,
+            retry_failed=retry_failed,
+            max_remembered=max_remembered,
+            max_body_bytes=max_body_bytes,
+            max_poll_wait=max_poll_wait,
+            api_key=api_key,
+            clock=clock,
+        )
+        """The keyword-only options, checked; each but ``api_key`` and ``clock`` is also an attribute."""
         self._attempt_store: AttemptAwareDataStore | None = None
         self._polls: ParkedPolls | None = None
         self._deadlines: DeadlineTimer | None = None
         self._completions: Completions | None = None
         self._routes = Routes(
-            max_body_bytes=max_body_bytes,
-            max_poll_wait=max_poll_wait,
-            retry_failed=retry_failed,
-            api_key=self._api_key,
+            self.options,
             is_failed_result=self.is_failed_result,
             stats=self.attempt_stats,
             history=self.attempt_history,
@@ -142,7 +131,7 @@ class AttemptAwareServer(AgentLightningServer):
         store.on_claimable = self._polls.claimable
         store.on_finished = self._completions.finished
         with contextlib.suppress(RuntimeError):  # no running loop: requeues happen on /task only
-            self._deadlines = DeadlineTimer(store, self._clock, asyncio.get_running_loop())
+            self._deadlines = DeadlineTimer(store, self.options.clock, asyncio.get_running_loop())
             store.on_deadline = self._deadlines.deadline_added
             self._deadlines.arm()
 
@@ -160,15 +149,16 @@ class AttemptAwareServer(AgentLightningServer):
 
     def create_store(self) -> AttemptAwareDataStore:
         """The store a fresh server run uses; override to customise it."""
+        options = self.options
         return AttemptAwareDataStore(
             task_timeout_seconds=self._task_timeout_seconds,
-            stale_policy=self.stale_policy,
-            require_attempt_id=self.require_attempt_id,
-            unresponsive_seconds=self.unresponsive_seconds,
-            max_claims=self.max_claims,
-            retry_failed=self.retry_failed,
-            max_remembered=self.max_remembered,
-            clock=self._clock,
+            stale_policy=options.stale_policy,
+            require_attempt_id=options.require_attempt_id,
+            unresponsive_seconds=options.unresponsive_seconds,
+            max_claims=options.max_claims,
+            retry_failed=options.retry_failed,
+            max_remembered=options.max_remembered,
+            clock=options.clock,
         )
 
     @property
@@ -177,6 +167,40 @@ class AttemptAwareServer(AgentLightningServer):
         if self._attempt_store is None:
             raise RuntimeError("Store not initialized. The server may not be running.")
         return self._attempt_store
+
+    # -- options (read-only: ``options`` holds them) --------------------------
+
+    @property
+    def stale_policy(self) -> StalePolicy:
+        return self.options.stale_policy
+
+    @property
+    def require_attempt_id(self) -> bool:
+        return self.options.require_attempt_id
+
+    @property
+    def unresponsive_seconds(self) -> float | None:
+        return self.options.unresponsive_seconds
+
+    @property
+    def max_claims(self) -> int | None:
+        return self.options.max_claims
+
+    @property
+    def retry_failed(self) -> int:
+        return self.options.retry_failed
+
+    @property
+    def max_remembered(self) -> int:
+        return self.options.max_remembered
+
+    @property
+    def max_body_bytes(self) -> int | None:
+        return self.options.max_body_bytes
+
+    @property
+    def max_poll_wait(self) -> float:
+        return self.options.max_poll_wait
 
     # -- routes ---------------------------------------------------------------
 
@@ -187,7 +211,7 @@ class AttemptAwareServer(AgentLightningServer):
     @property
     def requires_key(self) -> bool:
         """Whether requests must carry the ``api_key``."""
-        return self._api_key is not None
+        return self.options.api_key is not None
 
     async def _check_and_requeue_stale_tasks(self) -> None:
         if self._attempt_store is not None:
@@ -216,7 +240,7 @@ class AttemptAwareServer(AgentLightningServer):
         this raises ``ServerStartError`` when the server cannot start.
         """
         logger.info("Starting server at %s", self.endpoint)
-        warn_if_open(self.host, self.port, self._api_key)
+        warn_if_open(self.host, self.port, self.options.api_key)
         if not await self._serving.start(timeout, endpoint=self.endpoint, address=f"{self.host}:{self.port}"):
             await self.stop()
             raise ServerStartError(f"Server at {self.endpoint} did not start within {timeout}s.")
@@ -227,7 +251,7 @@ class AttemptAwareServer(AgentLightningServer):
 
     async def run_forever(self) -> None:
         """Serve until stopped (upstream's blocking alternative to ``start()``)."""
-        warn_if_open(self.host, self.port, self._api_key)
+        warn_if_open(self.host, self.port, self.options.api_key)
         await super().run_forever()
 
     async def wait_stopped(self) -> None:
