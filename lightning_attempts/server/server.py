@@ -1,4 +1,12 @@
-"""AttemptAwareServer: upstream's legacy server with attempt-checked ``/task`` and ``/rollout``."""
+"""AttemptAwareServer: upstream's legacy server with attempt-checked ``/task`` and ``/rollout``.
+
+It subclasses ``AgentLightningServer`` (same constructor arguments and lifecycle) and ties
+the parts beside it together: its options (options.py); the store of each run, built when
+upstream's lifespan assigns one, with what waits on it wired to its hooks (polls.py,
+deadlines.py, completions.py); the routes answering from that store (routes.py); and
+uvicorn (lifecycle.py). It keeps the operations of its own API: counters, a task's
+history, cancelling, and waiting for results.
+"""
 
 from __future__ import annotations
 
