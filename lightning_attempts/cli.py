@@ -8,9 +8,8 @@ import logging
 
 import click
 
-from .routing import DEFAULT_MAX_BODY_BYTES
-from .store import DEFAULT_MAX_REMEMBERED, STALE_POLICIES, StalePolicy
-from .waiting import DEFAULT_MAX_POLL_WAIT
+from .server.options import DEFAULTS
+from .store import STALE_POLICIES, StalePolicy
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -28,7 +27,7 @@ def main() -> None:
 @click.option(
     "--stale-policy",
     type=click.Choice(STALE_POLICIES),
-    default="reject",
+    default=DEFAULTS.stale_policy,
     show_default=True,
     help="What to do with the result of a superseded attempt.",
 )
@@ -36,36 +35,39 @@ def main() -> None:
 @click.option(
     "--unresponsive-seconds",
     type=float,
-    default=None,
+    default=DEFAULTS.unresponsive_seconds,
     help="Requeue a claim with no heartbeat for this long (default: only the task timeout requeues).",
 )
 @click.option(
-    "--max-claims", type=click.IntRange(min=1), default=None, help="Complete a task empty after this many claims."
+    "--max-claims",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.max_claims,
+    help="Complete a task empty after this many claims.",
 )
 @click.option(
     "--retry-failed",
     type=click.IntRange(min=0),
-    default=0,
+    default=DEFAULTS.retry_failed,
     show_default=True,
     help="Requeue a task whose attempt posts a failed result (no reward, no triplets) up to this many times.",
 )
 @click.option(
     "--max-remembered",
-    default=DEFAULT_MAX_REMEMBERED,
+    default=DEFAULTS.max_remembered,
     show_default=True,
     help="Finished tasks remembered to answer late results.",
 )
 @click.option(
     "--max-body-bytes",
     type=click.IntRange(min=1),
-    default=DEFAULT_MAX_BODY_BYTES,
+    default=DEFAULTS.max_body_bytes,
     show_default=True,
     help="Larger submissions and heartbeats are refused (413), read no further than this.",
 )
 @click.option(
     "--max-poll-wait",
     type=click.FloatRange(min=0),
-    default=DEFAULT_MAX_POLL_WAIT,
+    default=DEFAULTS.max_poll_wait,
     show_default=True,
     help="Longest a long poll (GET /task?wait=S) is held, in seconds; 0: answer at once.",
 )

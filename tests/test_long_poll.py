@@ -16,8 +16,8 @@ import pytest
 
 from lightning_attempts import AttemptAwareDataStore, AttemptAwareServer
 from lightning_attempts.models import WAIT_HEADER
+from lightning_attempts.server import ParkedPolls
 from lightning_attempts.testing import ServerThread, serve_in_thread
-from lightning_attempts.waiting import ParkedPolls
 
 Served = ServerThread[AttemptAwareServer]
 LONG = 30.0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import json
 import socket
+import typing
 import uuid
 from collections.abc import Iterator
 from typing import Any, cast
@@ -15,7 +18,7 @@ from agentlightning.types import PromptTemplate
 
 from lightning_attempts import AttemptAwareServer, ServerStartError
 from lightning_attempts.compat import AgentLightningClient, LegacyRollout
-from lightning_attempts.routing import DirectRoute
+from lightning_attempts.server import DirectRoute, ServerOptions
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
 Served = ServerThread[AttemptAwareServer]
@@ -229,6 +232,20 @@ def test_the_body_limit_reaches_the_routes_that_read_bodies(option: dict[str, An
 def test_the_body_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_body_bytes"):
         AttemptAwareServer(port=0, max_body_bytes=0)
+
+
+def test_the_keyword_only_parameters_are_the_server_options() -> None:
+    """Same names, types and defaults: environment.py derives its variables from the parameters."""
+    hints = typing.get_type_hints(AttemptAwareServer.__init__)
+    parameters = inspect.signature(AttemptAwareServer.__init__).parameters.values()
+    keyword_only = [(p.name, hints[p.name], p.default) for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    field_hints = typing.get_type_hints(ServerOptions)
+    assert keyword_only == [(f.name, field_hints[f.name], f.default) for f in dataclasses.fields(ServerOptions)]
+    server = AttemptAwareServer(port=0, stale_policy="salvage", max_claims=3, api_key="")
+    assert server.options == ServerOptions(stale_policy="salvage", max_claims=3)
+    assert (server.stale_policy, server.max_claims, server.requires_key) == ("salvage", 3, False)
+    with pytest.raises(AttributeError):  # options are fixed once the server is built
+        server.max_claims = 4  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def test_openapi_documents_the_hot_routes(http: httpx.Client) -> None:

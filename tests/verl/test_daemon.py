@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 
+from lightning_attempts import AttemptAwareServer
+
 from .parts import FRESH, PLAN, STALE, Signals, free_port, wait_until
 from .processes import environment, fleet
 
 RELEASE = importlib.metadata.version("agentlightning")
 WORKERS = 2
-ATTEMPT_AWARE = "lightning_attempts.server.AttemptAwareServer"
+ATTEMPT_AWARE = f"{AttemptAwareServer.__module__}.{AttemptAwareServer.__qualname__}"  # as daemon_job.py reports it
 
 
 def run_job(

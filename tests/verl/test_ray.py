@@ -11,6 +11,8 @@ from typing import Any
 import psutil
 import pytest
 
+from lightning_attempts import AttemptAwareServer
+
 from .parts import free_port, wait_until
 from .processes import environment, fleet
 
@@ -59,7 +61,7 @@ def run_ray_job(tmp_path: Path, token: str, switch: bool) -> dict[str, Any]:
 def test_switch_in_the_drivers_environment_reaches_the_daemon_in_a_ray_actor(tmp_path: Path, ray_token: str) -> None:
     report = run_ray_job(tmp_path, ray_token, switch=True)
     assert report["switch"] == "1"
-    assert "lightning_attempts.server.AttemptAwareServer" in report["server"], report
+    assert f"{AttemptAwareServer.__module__}.{AttemptAwareServer.__qualname__}" in report["server"], report
     assert report["stats_status"] == 200  # the actor's daemon serves the attempt-aware routes
 
 

@@ -1,0 +1,62 @@
+"""The deadline timer: expired claims are requeued at their deadline, whether or not anyone polls.
+
+The store calls ``DeadlineTimer.deadline_added`` (its ``on_deadline`` hook) when a claim
+is made while none was in flight; the hook only schedules the timer's arming on the
+event loop and never calls back into the store from inside one of its methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..store import AttemptAwareDataStore, Clock
+
+TIMER_SLACK = 0.001
+"""Seconds the deadline timer fires after a deadline, so that the claim has expired by then."""
+
+
+class DeadlineTimer:
+    """Requeues expired claims at their deadline, whether or not anyone polls.
+
+    One ``loop.call_later`` handle, armed for the store's ``next_deadline()`` (O(1)):
+    it costs nothing per claim in flight. Deadlines only move later (a heartbeat, a
+    completed claim), except when a claim is made while none was in flight, which
+    the store reports through ``on_deadline``. The delay is read from the store's
+    clock and slept in real time.
+    """
+
+    def __init__(self, store: AttemptAwareDataStore, clock: Clock, loop: asyncio.AbstractEventLoop) -> None:
+        self._store = store
+        self._clock = clock
+        self._loop = loop
+        self._handle: asyncio.Handle | None = None
+        self._stopped = False
+
+    def deadline_added(self) -> None:
+        """The store's ``on_deadline`` hook: arm the timer, soon, unless it is armed."""
+        if self._handle is None and not self._stopped:
+            self._handle = self._loop.call_soon(self.arm)
+
+    def arm(self) -> None:
+        """Sleep until the next deadline (replacing any earlier arming)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        deadline = self._store.next_deadline()
+        if deadline is None or self._stopped:
+            return
+        delay = max(deadline - self._clock(), 0.0) + TIMER_SLACK
+        self._handle = self._loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        try:
+            self._store.requeue_expired()
+        finally:
+            self.arm()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
