@@ -61,13 +61,13 @@ from tenacity import (
     wait_random,
 )
 
-from .auth import key_from_env, validate_key
+from ..auth import key_from_env, validate_key
+from ..compat import AgentLightningClient, LegacyRollout, Task
+from ..models import WAIT_HEADER, AttemptRollout, AttemptTask
 from .claims import Claim
-from .compat import AgentLightningClient, LegacyRollout, Task
 from .heartbeats import AsyncHeartbeats, ThreadHeartbeats
-from .models import WAIT_HEADER, AttemptRollout, AttemptTask
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(__package__)
 
 MAX_OPEN_CLAIMS = 10_000
 """Claims remembered without a submission (the runner skips tasks whose resources it cannot fetch)."""
