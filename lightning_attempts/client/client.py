@@ -51,21 +51,14 @@ from collections import OrderedDict
 from typing import Any
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import AsyncRetrying, Retrying, stop_after_attempt
 
 from ..auth import key_from_env, validate_key
 from ..compat import AgentLightningClient, LegacyRollout, Task
 from ..models import WAIT_HEADER, AttemptRollout, AttemptTask
 from .claims import Claim
 from .heartbeats import AsyncHeartbeats, ThreadHeartbeats
+from .transport import RETRY, Transport
 
 logger = logging.getLogger(__package__)
 
@@ -93,22 +86,10 @@ _POLL_PAUSE: contextvars.ContextVar[tuple[int, float] | None] = contextvars.Cont
 _clients: weakref.WeakSet[AttemptAwareClient] = weakref.WeakSet()
 
 
-def _is_transient(error: BaseException) -> bool:
-    """Worth retrying: the request may not have reached the server, or the server failed."""
-    if isinstance(error, httpx.HTTPStatusError):
-        return error.response.status_code >= 500
-    return isinstance(error, httpx.TransportError)
-
-
 def _interrupted() -> bool:
     """Whether an interrupt (not an ordinary exception) is unwinding the caller, e.g. into a ``finally``."""
     error = sys.exc_info()[1]
     return error is not None and not isinstance(error, Exception)
-
-
-def _log_retry(state: RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome is not None else None
-    logger.warning("Submission failed (%s); retry %d", error, state.attempt_number)
 
 
 class AttemptAwareClient(AgentLightningClient):
@@ -155,10 +136,7 @@ class AttemptAwareClient(AgentLightningClient):
         self._stale: set[str] = set()
         self._warned_unauthorized = False
         self._release_supported = True  # until the server answers /release with 404
-        self._sync_http: httpx.Client | None = None
-        self._async_http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._transport = Transport(self._pool_options)
         self._thread_heartbeats: ThreadHeartbeats | None = None
         self._async_heartbeats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncHeartbeats] = (
             weakref.WeakKeyDictionary()
@@ -166,19 +144,9 @@ class AttemptAwareClient(AgentLightningClient):
 
     # -- transport ------------------------------------------------------------
 
-    def _http(self) -> httpx.Client:
-        if self._sync_http is None:
-            with self._lock:
-                if self._sync_http is None:
-                    self._sync_http = httpx.Client(timeout=self.timeout, headers=self._default_headers)
-        return self._sync_http
-
-    def _ahttp(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._async_http.get(loop)
-        if client is None or client.is_closed:
-            client = self._async_http[loop] = httpx.AsyncClient(timeout=self.timeout, headers=self._default_headers)
-        return client
+    def _pool_options(self) -> dict[str, Any]:
+        """httpx's options for this client's pooled connections, read when a pool is built."""
+        return {"timeout": self.timeout, "headers": self._default_headers}
 
     @property
     def poll_interval(self) -> float:  # pyright: ignore[reportIncompatibleVariableOverride]
@@ -210,9 +178,9 @@ class AttemptAwareClient(AgentLightningClient):
         started = time.monotonic()
         try:
             if wait is None:
-                response = self._http().get(url)
+                response = self._transport.http().get(url)
             else:
-                response = self._http().get(url, params={"wait": wait}, timeout=self.timeout + wait)
+                response = self._transport.http().get(url, params={"wait": wait}, timeout=self.timeout + wait)
             self._check_key(response)
             response.raise_for_status()
             body: dict[str, Any] = response.json()
@@ -226,9 +194,9 @@ class AttemptAwareClient(AgentLightningClient):
         started = time.monotonic()
         try:
             if wait is None:
-                response = await self._ahttp().get(url)
+                response = await self._transport.ahttp().get(url)
             else:
-                response = await self._ahttp().get(url, params={"wait": wait}, timeout=self.timeout + wait)
+                response = await self._transport.ahttp().get(url, params={"wait": wait}, timeout=self.timeout + wait)
             self._check_key(response)
             response.raise_for_status()
             body: dict[str, Any] = response.json()
@@ -261,21 +229,11 @@ class AttemptAwareClient(AgentLightningClient):
             _POLL_PAUSE.set((id(self), max(min(self._poll_interval, held) - elapsed, 0.0)))
         return body
 
-    def _retry_policy(self) -> dict[str, Any]:
-        """Retry transport failures and 5xx with jittered exponential backoff, never 4xx."""
-        return {
-            "stop": stop_after_attempt(self.submit_attempts),
-            "wait": wait_exponential(multiplier=0.1, max=5.0) + wait_random(0, 0.1),
-            "retry": retry_if_exception(_is_transient),
-            "before_sleep": _log_retry,
-            "reraise": True,
-        }
-
     def _post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            for attempt in Retrying(**self._retry_policy()):
+            for attempt in Retrying(stop=stop_after_attempt(self.submit_attempts), **RETRY):
                 with attempt:
-                    response = self._http().post(url, json=payload)
+                    response = self._transport.http().post(url, json=payload)
                     return self._answer(url, payload, response)
         except (httpx.HTTPError, ValueError) as error:
             logger.error("POST %s failed for %s: %s", url, payload.get("rollout_id"), error)
@@ -283,9 +241,9 @@ class AttemptAwareClient(AgentLightningClient):
 
     async def _post_json_async(self, url: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            async for attempt in AsyncRetrying(**self._retry_policy()):
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(self.submit_attempts), **RETRY):
                 with attempt:
-                    response = await self._ahttp().post(url, json=payload)
+                    response = await self._transport.ahttp().post(url, json=payload)
                     return self._answer(url, payload, response)
         except (httpx.HTTPError, ValueError) as error:
             logger.error("POST %s failed for %s: %s", url, payload.get("rollout_id"), error)
@@ -462,7 +420,9 @@ class AttemptAwareClient(AgentLightningClient):
         if not self._release_supported:
             return False
         try:
-            response = self._http().post(self._release_url, json=_heartbeat_body(claim), timeout=RELEASE_TIMEOUT)
+            response = self._transport.http().post(
+                self._release_url, json=_heartbeat_body(claim), timeout=RELEASE_TIMEOUT
+            )
         except httpx.HTTPError as error:
             logger.debug("Release of %s (attempt %s) failed: %s", claim.rollout_id, claim.attempt_id, error)
             return False
@@ -474,7 +434,9 @@ class AttemptAwareClient(AgentLightningClient):
         if not self._release_supported:
             return False
         try:
-            response = await self._ahttp().post(self._release_url, json=_heartbeat_body(claim), timeout=RELEASE_TIMEOUT)
+            response = await self._transport.ahttp().post(
+                self._release_url, json=_heartbeat_body(claim), timeout=RELEASE_TIMEOUT
+            )
         except httpx.HTTPError as error:
             logger.debug("Release of %s (attempt %s) failed: %s", claim.rollout_id, claim.attempt_id, error)
             return False
@@ -524,7 +486,7 @@ class AttemptAwareClient(AgentLightningClient):
     def beat(self, claim: Claim) -> bool:
         """Send one heartbeat for ``claim``; False when the server says it lost the claim."""
         try:
-            response = self._http().post(self._heartbeat_url, json=_heartbeat_body(claim))
+            response = self._transport.http().post(self._heartbeat_url, json=_heartbeat_body(claim))
         except httpx.HTTPError as error:
             logger.debug("Heartbeat for %s failed: %s", claim.rollout_id, error)
             return True  # not known to be lost; try again next time
@@ -533,7 +495,7 @@ class AttemptAwareClient(AgentLightningClient):
     async def beat_async(self, claim: Claim) -> bool:
         """Send one heartbeat for ``claim``; False when the server says it lost the claim."""
         try:
-            response = await self._ahttp().post(self._heartbeat_url, json=_heartbeat_body(claim))
+            response = await self._transport.ahttp().post(self._heartbeat_url, json=_heartbeat_body(claim))
         except httpx.HTTPError as error:
             logger.debug("Heartbeat for %s failed: %s", claim.rollout_id, error)
             return True
@@ -562,16 +524,12 @@ class AttemptAwareClient(AgentLightningClient):
         self.release_open_claims()
         if self._thread_heartbeats is not None:
             self._thread_heartbeats.stop()
-        if self._sync_http is not None:
-            self._sync_http.close()
-            self._sync_http = None
+        self._transport.close()
 
     async def aclose(self) -> None:
         """Release open claims and close this event loop's pooled connections."""
         await self.release_open_claims_async()
-        client = self._async_http.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        await self._transport.aclose()
 
     def _after_fork(self) -> None:
         self._reset_process_state()
