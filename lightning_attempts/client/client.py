@@ -2,14 +2,8 @@
 
 The upstream runner builds the rollout it posts from ``task.rollout_id`` alone, so the
 attempt id the server handed out is lost between poll and post. This client remembers
-each claim and attaches its ``attempt_id`` when the result is submitted, choosing in order:
-
-1. the rollout's own ``attempt_id`` (an ``AttemptRollout``);
-2. ``rollout.task.attempt_id`` (the runner echoes the task in some paths);
-3. the claim made in the same thread or asyncio task (a context variable: the runner
-   polls and posts from the same one);
-4. the only open claim of that rollout id held by this client;
-5. else none: an old-style submission, which the server still accepts while the claim lives.
+each claim and attaches its ``attempt_id`` when the result is submitted (``claims.py``
+says which claim a rollout belongs to, in order).
 
 Claims given back (``POST /release``, so that the task is requeued at once rather than
 after its timeout): a claim the runner skipped (it polls again from the same thread or
@@ -47,7 +41,6 @@ import sys
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from typing import Any
 
 import httpx
@@ -56,24 +49,18 @@ from tenacity import AsyncRetrying, Retrying, stop_after_attempt
 from ..auth import key_from_env, validate_key
 from ..compat import AgentLightningClient, LegacyRollout, Task
 from ..models import WAIT_HEADER, AttemptRollout, AttemptTask
-from .claims import Claim
+from .claims import Claim, ClaimBook
 from .heartbeats import AsyncHeartbeats, ThreadHeartbeats
 from .transport import RETRY, Transport
 
 logger = logging.getLogger(__package__)
 
-MAX_OPEN_CLAIMS = 10_000
-"""Claims remembered without a submission (the runner skips tasks whose resources it cannot fetch)."""
 RELEASE_TIMEOUT = 2.0
 """Seconds a release may take; it is best effort, and may run at interpreter exit."""
 DEFAULT_POLL_WAIT = 20.0
 """Seconds each ``GET /task`` asks the server to hold it (a patched server caps it, 20 s by default)."""
 
 
-# The last claim made in this thread or asyncio task, by client (so two clients never mix).
-_CURRENT_CLAIM: contextvars.ContextVar[tuple[int, Claim] | None] = contextvars.ContextVar(
-    "lightning_attempts_claim", default=None
-)
 # The raw ``/task`` answer upstream's poll loop just parsed (it drops the attempt fields).
 _LAST_TASK_JSON: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "lightning_attempts_task_json", default=None
@@ -132,8 +119,7 @@ class AttemptAwareClient(AgentLightningClient):
     def _reset_process_state(self) -> None:
         """State that must not cross a fork: locks, pooled connections, heartbeat workers."""
         self._lock = threading.Lock()
-        self._open: OrderedDict[str, Claim] = OrderedDict()  # attempt id -> claim
-        self._stale: set[str] = set()
+        self._book = ClaimBook(self)
         self._warned_unauthorized = False
         self._release_supported = True  # until the server answers /release with 404
         self._transport = Transport(self._pool_options)
@@ -272,7 +258,7 @@ class AttemptAwareClient(AgentLightningClient):
         First, release this thread's or task's previous claim if it was never submitted
         (the runner skipped it).
         """
-        skipped = self._skipped_claim()
+        skipped = self._book.skipped()
         if skipped is not None:
             self.release(skipped)
         task, claim = self._claim(super().poll_next_task())
@@ -286,21 +272,13 @@ class AttemptAwareClient(AgentLightningClient):
         First, release this thread's or task's previous claim if it was never submitted
         (the runner skipped it).
         """
-        skipped = self._skipped_claim()
+        skipped = self._book.skipped()
         if skipped is not None:
             await self.release_async(skipped)
         task, claim = self._claim(await super().poll_next_task_async())
         if claim is not None and claim.lease_seconds and self.heartbeat_fraction:
             self._heartbeats_loop().watch(claim)
         return task
-
-    def _skipped_claim(self) -> Claim | None:
-        """The last claim made in this thread or asyncio task, if it is still open (never submitted)."""
-        current = _CURRENT_CLAIM.get()
-        if current is None or current[0] != id(self):
-            return None
-        with self._lock:
-            return current[1] if current[1].attempt_id in self._open else None
 
     def _claim(self, task: Task | None) -> tuple[AttemptTask | None, Claim | None]:
         """Upstream parsed ``/task`` as a plain Task; reparse it with its attempt and remember the claim."""
@@ -311,62 +289,19 @@ class AttemptAwareClient(AgentLightningClient):
             attempt_task = AttemptTask.model_validate(raw)
         else:
             attempt_task = AttemptTask.model_validate(task.model_dump())
-        if attempt_task.attempt_id is None:  # an unpatched server: nothing to carry
-            return attempt_task, None
-        claim = Claim(
-            attempt_task.rollout_id,
-            attempt_task.attempt_id,
-            attempt_task.claim_sequence_id,
-            attempt_task.lease_seconds,
-        )
-        with self._lock:
-            self._open[claim.attempt_id] = claim
-            while len(self._open) > MAX_OPEN_CLAIMS:
-                self._open.popitem(last=False)
-        _CURRENT_CLAIM.set((id(self), claim))
-        return attempt_task, claim
+        return attempt_task, self._book.add(attempt_task)
 
     def attempt_id_for(self, rollout: Any) -> str | None:
-        """The attempt id a submission of ``rollout`` carries (see the module docstring)."""
-        own = getattr(rollout, "attempt_id", None)
-        if own:
-            return own
-        task_attempt = getattr(getattr(rollout, "task", None), "attempt_id", None)
-        if task_attempt:
-            return task_attempt
-        rollout_id = rollout.rollout_id
-        current = _CURRENT_CLAIM.get()
-        if current is not None and current[0] == id(self) and current[1].rollout_id == rollout_id:
-            return current[1].attempt_id
-        with self._lock:
-            candidates = [claim.attempt_id for claim in self._open.values() if claim.rollout_id == rollout_id]
-        return candidates[0] if len(candidates) == 1 else None
+        """The attempt id a submission of ``rollout`` carries (see ``claims.py`` for the order of choice)."""
+        return self._book.attempt_id_for(rollout)
 
     def open_claims(self) -> list[Claim]:
         """Claims made by this client and not submitted yet."""
-        with self._lock:
-            return list(self._open.values())
+        return self._book.open_claims()
 
     def is_current(self, attempt_id: str) -> bool:
         """Whether this client holds the claim: not submitted, and no heartbeat was told it is lost."""
-        with self._lock:
-            return attempt_id in self._open and attempt_id not in self._stale
-
-    def _forget(self, attempt_id: str | None) -> None:
-        if attempt_id is None:
-            return
-        with self._lock:
-            self._open.pop(attempt_id, None)
-            self._stale.discard(attempt_id)
-        current = _CURRENT_CLAIM.get()
-        if current is not None and current[1].attempt_id == attempt_id:
-            _CURRENT_CLAIM.set(None)
-
-    def _lost(self, claim: Claim) -> None:
-        """A heartbeat learnt that the claim is gone: stop heartbeating it, remember why."""
-        with self._lock:
-            if claim.attempt_id in self._open:
-                self._stale.add(claim.attempt_id)
+        return self._book.is_current(attempt_id)
 
     # -- submissions ----------------------------------------------------------
 
@@ -378,12 +313,12 @@ class AttemptAwareClient(AgentLightningClient):
         """
         attempt_id = self.attempt_id_for(rollout)
         if attempt_id is not None and _interrupted():
-            self.release(self._claim_of(rollout.rollout_id, attempt_id))
+            self.release(self._book.claim_of(rollout.rollout_id, attempt_id))
             return None
         try:
             return super().post_rollout(AttemptRollout.from_rollout(rollout, attempt_id))
         finally:
-            self._forget(attempt_id)
+            self._book.forget(attempt_id)
 
     async def post_rollout_async(self, rollout: LegacyRollout) -> dict[str, Any] | None:
         """Submit ``rollout`` with its attempt id; return the server's answer (None on failure).
@@ -393,18 +328,14 @@ class AttemptAwareClient(AgentLightningClient):
         """
         attempt_id = self.attempt_id_for(rollout)
         if attempt_id is not None and _interrupted():
-            await self.release_async(self._claim_of(rollout.rollout_id, attempt_id))
+            await self.release_async(self._book.claim_of(rollout.rollout_id, attempt_id))
             return None
         try:
             return await super().post_rollout_async(AttemptRollout.from_rollout(rollout, attempt_id))
         finally:
-            self._forget(attempt_id)
+            self._book.forget(attempt_id)
 
     # -- releases -------------------------------------------------------------
-
-    def _claim_of(self, rollout_id: str, attempt_id: str) -> Claim:
-        with self._lock:
-            return self._open.get(attempt_id) or Claim(rollout_id, attempt_id)
 
     @property
     def _release_url(self) -> str:
@@ -416,7 +347,7 @@ class AttemptAwareClient(AgentLightningClient):
         The claim is forgotten (and no longer heartbeaten) whatever the answer. Best
         effort: failures are logged at DEBUG, never raised.
         """
-        self._forget(claim.attempt_id)
+        self._book.forget(claim.attempt_id)
         if not self._release_supported:
             return False
         try:
@@ -430,7 +361,7 @@ class AttemptAwareClient(AgentLightningClient):
 
     async def release_async(self, claim: Claim) -> bool:
         """Give ``claim`` back to the server so that its task is requeued now; True if it was."""
-        self._forget(claim.attempt_id)
+        self._book.forget(claim.attempt_id)
         if not self._release_supported:
             return False
         try:
@@ -513,7 +444,7 @@ class AttemptAwareClient(AgentLightningClient):
                 claim.rollout_id,
                 response.json().get("reason"),
             )
-            self._lost(claim)
+            self._book.lost(claim)
             return False
         return True
 
