@@ -271,7 +271,7 @@ def test_no_heartbeats_to_a_server_without_leases(served: Served, client: Attemp
     served.call(served.server.queue_task("x"))
     task = poll(client)
     assert task.lease_seconds is None
-    assert client._thread_heartbeats is None  # pyright: ignore[reportPrivateUsage]
+    assert client._heartbeats.thread is None  # pyright: ignore[reportPrivateUsage]
 
 
 # -- long polling -------------------------------------------------------------------------------

@@ -31,16 +31,10 @@ the parameter and answers at once without the header, and the loop sleeps
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import contextvars
 import logging
-import multiprocessing.util
-import os
 import sys
-import threading
 import time
-import weakref
 from typing import Any
 
 import httpx
@@ -50,7 +44,8 @@ from ..auth import key_from_env, validate_key
 from ..compat import AgentLightningClient, LegacyRollout, Task
 from ..models import WAIT_HEADER, AttemptRollout, AttemptTask
 from .claims import Claim, ClaimBook
-from .heartbeats import AsyncHeartbeats, ThreadHeartbeats
+from .heartbeats import Heartbeats
+from .lifecycle import track
 from .transport import RETRY, Transport
 
 logger = logging.getLogger(__package__)
@@ -69,8 +64,6 @@ _LAST_TASK_JSON: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Con
 _POLL_PAUSE: contextvars.ContextVar[tuple[int, float] | None] = contextvars.ContextVar(
     "lightning_attempts_poll_pause", default=None
 )
-
-_clients: weakref.WeakSet[AttemptAwareClient] = weakref.WeakSet()
 
 
 def _interrupted() -> bool:
@@ -114,19 +107,15 @@ class AttemptAwareClient(AgentLightningClient):
         self.heartbeat_fraction = heartbeat_fraction
         self.poll_wait = poll_wait or None
         self._reset_process_state()
-        _clients.add(self)
+        track(self)
 
     def _reset_process_state(self) -> None:
         """State that must not cross a fork: locks, pooled connections, heartbeat workers."""
-        self._lock = threading.Lock()
         self._book = ClaimBook(self)
         self._warned_unauthorized = False
         self._release_supported = True  # until the server answers /release with 404
         self._transport = Transport(self._pool_options)
-        self._thread_heartbeats: ThreadHeartbeats | None = None
-        self._async_heartbeats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncHeartbeats] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._heartbeats = Heartbeats(self)
 
     # -- transport ------------------------------------------------------------
 
@@ -263,7 +252,7 @@ class AttemptAwareClient(AgentLightningClient):
             self.release(skipped)
         task, claim = self._claim(super().poll_next_task())
         if claim is not None and claim.lease_seconds and self.heartbeat_fraction:
-            self._heartbeats_thread().watch(claim)
+            self._heartbeats.watch(claim)
         return task
 
     async def poll_next_task_async(self) -> AttemptTask | None:  # pyright: ignore[reportIncompatibleMethodOverride]
@@ -277,7 +266,7 @@ class AttemptAwareClient(AgentLightningClient):
             await self.release_async(skipped)
         task, claim = self._claim(await super().poll_next_task_async())
         if claim is not None and claim.lease_seconds and self.heartbeat_fraction:
-            self._heartbeats_loop().watch(claim)
+            self._heartbeats.watch_in_loop(claim)
         return task
 
     def _claim(self, task: Task | None) -> tuple[AttemptTask | None, Claim | None]:
@@ -401,19 +390,6 @@ class AttemptAwareClient(AgentLightningClient):
 
     # -- heartbeats -----------------------------------------------------------
 
-    def _heartbeats_thread(self) -> ThreadHeartbeats:
-        with self._lock:
-            if self._thread_heartbeats is None:
-                self._thread_heartbeats = ThreadHeartbeats(self)
-            return self._thread_heartbeats
-
-    def _heartbeats_loop(self) -> AsyncHeartbeats:
-        loop = asyncio.get_running_loop()
-        heartbeats = self._async_heartbeats.get(loop)
-        if heartbeats is None:
-            heartbeats = self._async_heartbeats[loop] = AsyncHeartbeats(self)
-        return heartbeats
-
     def beat(self, claim: Claim) -> bool:
         """Send one heartbeat for ``claim``; False when the server says it lost the claim."""
         try:
@@ -453,8 +429,7 @@ class AttemptAwareClient(AgentLightningClient):
     def close(self) -> None:
         """Release open claims, stop heartbeats and close pooled connections."""
         self.release_open_claims()
-        if self._thread_heartbeats is not None:
-            self._thread_heartbeats.stop()
+        self._heartbeats.stop()
         self._transport.close()
 
     async def aclose(self) -> None:
@@ -477,27 +452,3 @@ def _held(response: httpx.Response) -> float:
 
 def _heartbeat_body(claim: Claim) -> dict[str, str]:
     return {"rollout_id": claim.rollout_id, "attempt_id": claim.attempt_id}
-
-
-def _reset_after_fork() -> None:
-    for client in list(_clients):
-        client._after_fork()  # pyright: ignore[reportPrivateUsage]
-
-
-def _release_at_exit() -> None:
-    """Give back every claim still open in this process (after a fork, a child holds only its own)."""
-    for client in list(_clients):
-        try:
-            client.release_open_claims()
-        except Exception as error:  # never fail the interpreter's exit
-            logger.debug("Releasing open claims at exit failed: %s", error)
-
-
-def _release_when_the_worker_ends(_: object) -> None:
-    """In a multiprocessing child (which ends with ``os._exit``, running no atexit handler), release at its end."""
-    multiprocessing.util.Finalize(None, _release_at_exit, exitpriority=0)
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
-atexit.register(_release_at_exit)
-multiprocessing.util.register_after_fork(_release_at_exit, _release_when_the_worker_ends)
