@@ -1,75 +1,31 @@
 """AttemptAwareClient: upstream's legacy client, carrying each claim's attempt id to its submission.
 
-The upstream runner builds the rollout it posts from ``task.rollout_id`` alone, so the
-attempt id the server handed out is lost between poll and post. This client remembers
-each claim and attaches its ``attempt_id`` when the result is submitted (``claims.py``
-says which claim a rollout belongs to, in order).
-
-Claims given back (``POST /release``, so that the task is requeued at once rather than
-after its timeout): a claim the runner skipped (it polls again from the same thread or
-asyncio task without having submitted that context's last claim, as it does when it
-cannot fetch the task's resources); the claim whose result the runner posts while an
-interrupt (Ctrl+C, ``SystemExit``, a cancelled task) unwinds it, instead of posting the
-runner's empty default result; every open claim on ``close()``, ``aclose()``, at
-interpreter exit and when a multiprocessing worker ends (after a fork, only the child's
-own). Releases are best effort with a short timeout, logged, never raised; an unpatched
-server (404) is not asked again.
-
-Transport: pooled httpx connections, one sync client per process and one async client per
-event loop, rebuilt after a fork (the upstream trainer forks its workers). Submissions that
-fail in transport are retried with backoff (a retry of a stored attempt answers
-``duplicate``); a dropped result is logged and returned, never raised.
-
-Polling: every ``GET /task`` asks the server to hold it (``?wait=poll_wait``, 20 s by
-default; the request's timeout is ``timeout`` plus that). A patched server answers as
-soon as a task is claimed for the poll, and says in a header that it held it; then
-upstream's poll loop, which this client runs unchanged, polls again at once (its
-``poll_interval`` reads as what is left of it: usually 0). An unpatched server ignores
-the parameter and answers at once without the header, and the loop sleeps
-``poll_interval`` as upstream's does; so does it after a failed request.
+The client overrides upstream's I/O (``_request_json``, ``_post_json`` and their async
+twins) and its public methods, and runs each through a protocol step of ``protocol.py``
+with its sync driver (``_run``) or its async one (``_arun``): the drivers do the I/O the
+step asks for (a request through ``transport.py``, a call of upstream's own method, a
+heartbeat from this thread or event loop) and nothing else, so the sync and async paths
+differ only there. What it holds per process (the claim book, the pooled connections, the
+heartbeat workers, the steps and what they learnt of the server) is rebuilt after a fork.
 """
 
 from __future__ import annotations
 
-import contextvars
-import logging
-import sys
-import time
-from typing import Any
-
-import httpx
-from tenacity import AsyncRetrying, Retrying, stop_after_attempt
+from typing import Any, TypeVar
 
 from ..auth import key_from_env, validate_key
-from ..compat import AgentLightningClient, LegacyRollout, Task
-from ..models import WAIT_HEADER, AttemptRollout, AttemptTask
+from ..compat import AgentLightningClient, LegacyRollout
+from ..models import AttemptTask
 from .claims import Claim, ClaimBook
 from .heartbeats import Heartbeats
 from .lifecycle import track
-from .transport import RETRY, Transport
+from .protocol import Send, Step, Steps, Upstream, poll_pause
+from .transport import Transport
 
-logger = logging.getLogger(__package__)
-
-RELEASE_TIMEOUT = 2.0
-"""Seconds a release may take; it is best effort, and may run at interpreter exit."""
 DEFAULT_POLL_WAIT = 20.0
 """Seconds each ``GET /task`` asks the server to hold it (a patched server caps it, 20 s by default)."""
 
-
-# The raw ``/task`` answer upstream's poll loop just parsed (it drops the attempt fields).
-_LAST_TASK_JSON: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "lightning_attempts_task_json", default=None
-)
-# After an empty /task answer the server held, by client: the sleep left of poll_interval.
-_POLL_PAUSE: contextvars.ContextVar[tuple[int, float] | None] = contextvars.ContextVar(
-    "lightning_attempts_poll_pause", default=None
-)
-
-
-def _interrupted() -> bool:
-    """Whether an interrupt (not an ordinary exception) is unwinding the caller, e.g. into a ``finally``."""
-    error = sys.exc_info()[1]
-    return error is not None and not isinstance(error, Exception)
+T = TypeVar("T")
 
 
 class AttemptAwareClient(AgentLightningClient):
@@ -110,14 +66,15 @@ class AttemptAwareClient(AgentLightningClient):
         track(self)
 
     def _reset_process_state(self) -> None:
-        """State that must not cross a fork: locks, pooled connections, heartbeat workers."""
+        """State that must not cross a fork: claims, locks, pooled connections, heartbeat workers."""
         self._book = ClaimBook(self)
-        self._warned_unauthorized = False
-        self._release_supported = True  # until the server answers /release with 404
         self._transport = Transport(self._pool_options)
         self._heartbeats = Heartbeats(self)
+        keyed = "Authorization" in self._default_headers
+        self._steps = Steps(self, self._book, task_uri=self._next_task_uri, keyed=keyed)
 
-    # -- transport ------------------------------------------------------------
+    def _after_fork(self) -> None:
+        self._reset_process_state()
 
     def _pool_options(self) -> dict[str, Any]:
         """httpx's options for this client's pooled connections, read when a pool is built."""
@@ -132,112 +89,78 @@ class AttemptAwareClient(AgentLightningClient):
         it, or of the wait if shorter, once the poll's own duration is counted: 0 after a
         poll held until its wait ended, so the poll loop polls again at once.
         """
-        pause = _POLL_PAUSE.get()
-        if pause is not None and pause[0] == id(self):
-            return pause[1]
-        return self._poll_interval
+        pause = poll_pause(self)
+        return self._poll_interval if pause is None else pause
 
     @poll_interval.setter
     def poll_interval(self, seconds: float) -> None:
         self._poll_interval = seconds
 
-    def _long_poll(self, url: str) -> float | None:
-        """The wait to ask for when ``url`` is ``/task`` (None: a plain request); forget the last pause."""
-        if not url.endswith(self._next_task_uri):
-            return None
-        _POLL_PAUSE.set(None)
-        return self.poll_wait
+    # -- the drivers: the only I/O --------------------------------------------
+
+    def _run(self, step: Step[T]) -> T:
+        """Run ``step`` in this thread: do what it yields, send back the result or throw in the failure."""
+        try:
+            effect = next(step)
+            while True:
+                try:
+                    if isinstance(effect, Send):
+                        result = self._transport.send(effect)
+                    elif isinstance(effect, Upstream):
+                        method = getattr(super(), effect.method)
+                        result = method() if effect.arg is None else method(effect.arg)
+                    else:
+                        result = self._heartbeats.watch(effect.claim)
+                except BaseException as error:  # the step's to handle, or to let through
+                    failure = error
+                else:
+                    effect = step.send(result)
+                    continue
+                try:  # out of the handler: the step sees its caller's exception, not this one
+                    effect = step.throw(failure)
+                finally:
+                    del failure  # no cycle through its traceback
+        except StopIteration as done:
+            return done.value
+
+    async def _arun(self, step: Step[T]) -> T:
+        """Run ``step`` in the running event loop: as ``_run``, awaiting the I/O."""
+        try:
+            effect = next(step)
+            while True:
+                try:
+                    if isinstance(effect, Send):
+                        result = await self._transport.asend(effect)
+                    elif isinstance(effect, Upstream):
+                        method = getattr(super(), effect.async_method)
+                        result = await (method() if effect.arg is None else method(effect.arg))
+                    else:
+                        result = self._heartbeats.watch_in_loop(effect.claim)
+                except BaseException as error:
+                    failure = error
+                else:
+                    effect = step.send(result)
+                    continue
+                try:
+                    effect = step.throw(failure)
+                finally:
+                    del failure
+        except StopIteration as done:
+            return done.value
+
+    # -- upstream's I/O, overridden -------------------------------------------
 
     def _request_json(self, url: str) -> dict[str, Any] | None:
-        wait = self._long_poll(url)
-        started = time.monotonic()
-        try:
-            if wait is None:
-                response = self._transport.http().get(url)
-            else:
-                response = self._transport.http().get(url, params={"wait": wait}, timeout=self.timeout + wait)
-            self._check_key(response)
-            response.raise_for_status()
-            body: dict[str, Any] = response.json()
-        except (httpx.HTTPError, ValueError) as error:
-            logger.debug("GET %s failed: %s", url, error)
-            return None
-        return self._remember_task_json(url, body, response, time.monotonic() - started)
+        return self._run(self._steps.get_json(url, self._poll_interval))
 
     async def _request_json_async(self, url: str) -> dict[str, Any] | None:
-        wait = self._long_poll(url)
-        started = time.monotonic()
-        try:
-            if wait is None:
-                response = await self._transport.ahttp().get(url)
-            else:
-                response = await self._transport.ahttp().get(url, params={"wait": wait}, timeout=self.timeout + wait)
-            self._check_key(response)
-            response.raise_for_status()
-            body: dict[str, Any] = response.json()
-        except (httpx.HTTPError, ValueError) as error:
-            logger.debug("GET %s failed: %s", url, error)
-            return None
-        return self._remember_task_json(url, body, response, time.monotonic() - started)
-
-    def _check_key(self, response: httpx.Response) -> None:
-        """Say once at WARNING that the server wants a key this client lacks (polls fail only at DEBUG)."""
-        if response.status_code == 401 and not self._warned_unauthorized:
-            self._warned_unauthorized = True
-            sent = "Authorization" in self._default_headers
-            logger.warning(
-                "Server %s refused this client (401): %s. Set AGL_KEY (or api_key=...) to the server's key.",
-                self.endpoint,
-                "wrong API key" if sent else "no API key",
-            )
-
-    def _remember_task_json(
-        self, url: str, body: dict[str, Any], response: httpx.Response, elapsed: float
-    ) -> dict[str, Any]:
-        if not url.endswith(self._next_task_uri):
-            return body
-        if isinstance(body.get("task"), dict):
-            _LAST_TASK_JSON.set(body["task"])
-        elif held := _held(response):
-            # The server held this poll: sleep only what is left of the shorter of the two
-            # (nothing, when it held it that long; never a busy loop, whatever it says).
-            _POLL_PAUSE.set((id(self), max(min(self._poll_interval, held) - elapsed, 0.0)))
-        return body
+        return await self._arun(self._steps.get_json(url, self._poll_interval))
 
     def _post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            for attempt in Retrying(stop=stop_after_attempt(self.submit_attempts), **RETRY):
-                with attempt:
-                    response = self._transport.http().post(url, json=payload)
-                    return self._answer(url, payload, response)
-        except (httpx.HTTPError, ValueError) as error:
-            logger.error("POST %s failed for %s: %s", url, payload.get("rollout_id"), error)
-        return None
+        return self._run(self._steps.post_json(url, payload))
 
     async def _post_json_async(self, url: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            async for attempt in AsyncRetrying(stop=stop_after_attempt(self.submit_attempts), **RETRY):
-                with attempt:
-                    response = await self._transport.ahttp().post(url, json=payload)
-                    return self._answer(url, payload, response)
-        except (httpx.HTTPError, ValueError) as error:
-            logger.error("POST %s failed for %s: %s", url, payload.get("rollout_id"), error)
-        return None
-
-    def _answer(self, url: str, payload: dict[str, Any], response: httpx.Response) -> dict[str, Any] | None:
-        """The server's answer as a dict; raises on 5xx so that it is retried."""
-        if response.status_code in (400, 409):  # refused or dropped: an answer, not a failure
-            body: dict[str, Any] = response.json()
-            logger.warning(
-                "Server %s %s (attempt %s): %s",
-                body.get("status", "refused"),
-                payload.get("rollout_id"),
-                payload.get("attempt_id"),
-                body.get("message") or body.get("reason"),
-            )
-            return body
-        response.raise_for_status()
-        return response.json()
+        return await self._arun(self._steps.post_json(url, payload))
 
     # -- claims ---------------------------------------------------------------
 
@@ -247,13 +170,7 @@ class AttemptAwareClient(AgentLightningClient):
         First, release this thread's or task's previous claim if it was never submitted
         (the runner skipped it).
         """
-        skipped = self._book.skipped()
-        if skipped is not None:
-            self.release(skipped)
-        task, claim = self._claim(super().poll_next_task())
-        if claim is not None and claim.lease_seconds and self.heartbeat_fraction:
-            self._heartbeats.watch(claim)
-        return task
+        return self._run(self._steps.poll())
 
     async def poll_next_task_async(self) -> AttemptTask | None:  # pyright: ignore[reportIncompatibleMethodOverride]
         """Poll until a task is available (as upstream does) and remember it as a claim.
@@ -261,27 +178,10 @@ class AttemptAwareClient(AgentLightningClient):
         First, release this thread's or task's previous claim if it was never submitted
         (the runner skipped it).
         """
-        skipped = self._book.skipped()
-        if skipped is not None:
-            await self.release_async(skipped)
-        task, claim = self._claim(await super().poll_next_task_async())
-        if claim is not None and claim.lease_seconds and self.heartbeat_fraction:
-            self._heartbeats.watch_in_loop(claim)
-        return task
-
-    def _claim(self, task: Task | None) -> tuple[AttemptTask | None, Claim | None]:
-        """Upstream parsed ``/task`` as a plain Task; reparse it with its attempt and remember the claim."""
-        if task is None:
-            return None, None
-        raw = _LAST_TASK_JSON.get()
-        if raw is not None and raw.get("rollout_id") == task.rollout_id:
-            attempt_task = AttemptTask.model_validate(raw)
-        else:
-            attempt_task = AttemptTask.model_validate(task.model_dump())
-        return attempt_task, self._book.add(attempt_task)
+        return await self._arun(self._steps.poll())
 
     def attempt_id_for(self, rollout: Any) -> str | None:
-        """The attempt id a submission of ``rollout`` carries (see ``claims.py`` for the order of choice)."""
+        """The attempt id a submission of ``rollout`` carries (``claims.py`` says the order of choice)."""
         return self._book.attempt_id_for(rollout)
 
     def open_claims(self) -> list[Claim]:
@@ -300,14 +200,7 @@ class AttemptAwareClient(AgentLightningClient):
         Called while an interrupt unwinds the caller (the runner posts its empty default
         result in a ``finally``), it releases the claim instead and returns None.
         """
-        attempt_id = self.attempt_id_for(rollout)
-        if attempt_id is not None and _interrupted():
-            self.release(self._book.claim_of(rollout.rollout_id, attempt_id))
-            return None
-        try:
-            return super().post_rollout(AttemptRollout.from_rollout(rollout, attempt_id))
-        finally:
-            self._book.forget(attempt_id)
+        return self._run(self._steps.submit(rollout))
 
     async def post_rollout_async(self, rollout: LegacyRollout) -> dict[str, Any] | None:
         """Submit ``rollout`` with its attempt id; return the server's answer (None on failure).
@@ -315,20 +208,9 @@ class AttemptAwareClient(AgentLightningClient):
         Called while an interrupt or a cancellation unwinds the caller, it releases the
         claim instead and returns None.
         """
-        attempt_id = self.attempt_id_for(rollout)
-        if attempt_id is not None and _interrupted():
-            await self.release_async(self._book.claim_of(rollout.rollout_id, attempt_id))
-            return None
-        try:
-            return await super().post_rollout_async(AttemptRollout.from_rollout(rollout, attempt_id))
-        finally:
-            self._book.forget(attempt_id)
+        return await self._arun(self._steps.submit(rollout))
 
     # -- releases -------------------------------------------------------------
-
-    @property
-    def _release_url(self) -> str:
-        return self.endpoint.rstrip("/") + "/release"
 
     def release(self, claim: Claim) -> bool:
         """Give ``claim`` back to the server so that its task is requeued now; True if it was.
@@ -336,95 +218,31 @@ class AttemptAwareClient(AgentLightningClient):
         The claim is forgotten (and no longer heartbeaten) whatever the answer. Best
         effort: failures are logged at DEBUG, never raised.
         """
-        self._book.forget(claim.attempt_id)
-        if not self._release_supported:
-            return False
-        try:
-            response = self._transport.http().post(
-                self._release_url, json=_heartbeat_body(claim), timeout=RELEASE_TIMEOUT
-            )
-        except httpx.HTTPError as error:
-            logger.debug("Release of %s (attempt %s) failed: %s", claim.rollout_id, claim.attempt_id, error)
-            return False
-        return self._release_answer(claim, response)
+        return self._run(self._steps.release(claim))
 
     async def release_async(self, claim: Claim) -> bool:
         """Give ``claim`` back to the server so that its task is requeued now; True if it was."""
-        self._book.forget(claim.attempt_id)
-        if not self._release_supported:
-            return False
-        try:
-            response = await self._transport.ahttp().post(
-                self._release_url, json=_heartbeat_body(claim), timeout=RELEASE_TIMEOUT
-            )
-        except httpx.HTTPError as error:
-            logger.debug("Release of %s (attempt %s) failed: %s", claim.rollout_id, claim.attempt_id, error)
-            return False
-        return self._release_answer(claim, response)
-
-    def _release_answer(self, claim: Claim, response: httpx.Response) -> bool:
-        if response.status_code == 200:
-            logger.info("Released claim of %s (attempt %s): the task is requeued", claim.rollout_id, claim.attempt_id)
-            return True
-        if response.status_code in (404, 405):  # a server without /release (unpatched upstream)
-            self._release_supported = False
-        logger.debug(
-            "Release of %s (attempt %s) answered %d: %s",
-            claim.rollout_id,
-            claim.attempt_id,
-            response.status_code,
-            response.text[:200],
-        )
-        return False
+        return await self._arun(self._steps.release(claim))
 
     def release_open_claims(self) -> int:
         """Release every claim this client holds and has not submitted; return how many were released."""
-        return sum(self.release(claim) for claim in self.open_claims())
+        return self._run(self._steps.release_open())
 
     async def release_open_claims_async(self) -> int:
         """Release every claim this client holds and has not submitted; return how many were released."""
-        released = 0
-        for claim in self.open_claims():
-            released += await self.release_async(claim)
-        return released
+        return await self._arun(self._steps.release_open())
 
     # -- heartbeats -----------------------------------------------------------
 
     def beat(self, claim: Claim) -> bool:
         """Send one heartbeat for ``claim``; False when the server says it lost the claim."""
-        try:
-            response = self._transport.http().post(self._heartbeat_url, json=_heartbeat_body(claim))
-        except httpx.HTTPError as error:
-            logger.debug("Heartbeat for %s failed: %s", claim.rollout_id, error)
-            return True  # not known to be lost; try again next time
-        return self._heartbeat_answer(claim, response)
+        return self._run(self._steps.beat(claim))
 
     async def beat_async(self, claim: Claim) -> bool:
         """Send one heartbeat for ``claim``; False when the server says it lost the claim."""
-        try:
-            response = await self._transport.ahttp().post(self._heartbeat_url, json=_heartbeat_body(claim))
-        except httpx.HTTPError as error:
-            logger.debug("Heartbeat for %s failed: %s", claim.rollout_id, error)
-            return True
-        return self._heartbeat_answer(claim, response)
+        return await self._arun(self._steps.beat(claim))
 
-    @property
-    def _heartbeat_url(self) -> str:
-        return self.endpoint.rstrip("/") + "/heartbeat"
-
-    def _heartbeat_answer(self, claim: Claim, response: httpx.Response) -> bool:
-        if response.status_code == 409:
-            logger.warning(
-                "Attempt %s of %s lost its claim (%s): its result will be dropped",
-                claim.attempt_id,
-                claim.rollout_id,
-                response.json().get("reason"),
-            )
-            self._book.lost(claim)
-            return False
-        return True
-
-    # -- lifecycle ------------------------------------------------------------
+    # -- closing --------------------------------------------------------------
 
     def close(self) -> None:
         """Release open claims, stop heartbeats and close pooled connections."""
@@ -436,19 +254,3 @@ class AttemptAwareClient(AgentLightningClient):
         """Release open claims and close this event loop's pooled connections."""
         await self.release_open_claims_async()
         await self._transport.aclose()
-
-    def _after_fork(self) -> None:
-        self._reset_process_state()
-
-
-def _held(response: httpx.Response) -> float:
-    """How long the server says it would hold this ``/task`` poll; 0 when it did not (an unpatched server)."""
-    try:
-        seconds = float(response.headers.get(WAIT_HEADER, "0"))
-    except ValueError:
-        return 0.0
-    return seconds if 0 < seconds < float("inf") else 0.0
-
-
-def _heartbeat_body(claim: Claim) -> dict[str, str]:
-    return {"rollout_id": claim.rollout_id, "attempt_id": claim.attempt_id}

@@ -1,4 +1,4 @@
-"""The client's transport: pooled httpx connections and the retry policy.
+"""The client's transport: pooled httpx connections, and the retry policy; it sends what the protocol steps ask.
 
 One sync ``httpx.Client`` per process and one ``httpx.AsyncClient`` per event loop, built on
 first use with the client's timeout and headers (upstream's ``X-AgentLightning-Client``, and
@@ -6,8 +6,9 @@ first use with the client's timeout and headers (upstream's ``X-AgentLightning-C
 ``Transport`` after a fork (the upstream trainer forks its workers), so that no pooled
 connection crosses it.
 
-Submissions that fail in transport, or that the server fails (5xx), are retried with jittered
-exponential backoff, never on a 4xx (a retry of a stored attempt answers ``duplicate``).
+A request the step tries more than once (a submission: ``Send.attempts``) is retried when it
+fails in transport or the server fails (5xx), with jittered exponential backoff, never on a
+4xx (a retry of a stored attempt answers ``duplicate``); the last failure is raised.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, retry_if_exception, wait_exponential, wait_random
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from .protocol import Send
 
 logger = logging.getLogger(__package__)
 
@@ -73,6 +84,40 @@ class Transport:
             client = self.loop_clients[loop] = httpx.AsyncClient(**self._options())
         return client
 
+    def send(self, request: Send) -> httpx.Response:
+        """Send ``request`` from this process's client, tried up to ``request.attempts`` times."""
+        if request.attempts == 1:
+            return self._send(request)
+        for attempt in Retrying(stop=stop_after_attempt(request.attempts), **RETRY):
+            with attempt:
+                return _failed_by_the_server(self._send(request))
+        raise AssertionError("unreachable: tenacity returns the result or raises the last failure")
+
+    async def asend(self, request: Send) -> httpx.Response:
+        """Send ``request`` from the running event loop's client, tried up to ``request.attempts`` times."""
+        if request.attempts == 1:
+            return await self._asend(request)
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(request.attempts), **RETRY):
+            with attempt:
+                return _failed_by_the_server(await self._asend(request))
+        raise AssertionError("unreachable: tenacity returns the result or raises the last failure")
+
+    def _send(self, request: Send) -> httpx.Response:
+        http = self.sync_client or self.http()
+        if request.timeout is None:
+            return http.request(request.method, request.url, params=request.params, json=request.json)
+        return http.request(
+            request.method, request.url, params=request.params, json=request.json, timeout=request.timeout
+        )
+
+    async def _asend(self, request: Send) -> httpx.Response:
+        http = self.ahttp()
+        if request.timeout is None:
+            return await http.request(request.method, request.url, params=request.params, json=request.json)
+        return await http.request(
+            request.method, request.url, params=request.params, json=request.json, timeout=request.timeout
+        )
+
     def close(self) -> None:
         """Close the sync client's connections (a later request opens new ones)."""
         if self.sync_client is not None:
@@ -84,3 +129,10 @@ class Transport:
         client = self.loop_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
+
+
+def _failed_by_the_server(response: httpx.Response) -> httpx.Response:
+    """``response``, unless the server failed (5xx): then an ``HTTPStatusError``, to retry."""
+    if response.status_code >= 500:
+        response.raise_for_status()
+    return response
