@@ -8,8 +8,7 @@ longer land twice or in the next training batch.
 from __future__ import annotations
 
 from . import environment
-from .claims import Claim
-from .client import AttemptAwareClient
+from .client import AttemptAwareClient, Claim
 from .compat import AGENTLIGHTNING_VERSION, SUPPORTED_RELEASES
 from .install import install, installed, uninstall
 from .models import AttemptRollout, AttemptTask, AttemptTaskIfAny

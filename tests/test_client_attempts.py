@@ -160,13 +160,13 @@ def run_threads(*targets: Callable[[], None]) -> None:
 def _child_posts(client: AttemptAwareClient, rollout_id: str, results: Any) -> None:
     task = client.poll_next_task()
     answer = client.post_rollout(plain(rollout_id))
-    results.put((client._sync_http is not None, task and task.attempt_id, answer))  # pyright: ignore[reportPrivateUsage]
+    results.put((client._transport.sync_client is not None, task and task.attempt_id, answer))  # pyright: ignore[reportPrivateUsage]
 
 
 def test_nothing_pooled_crosses_a_fork(served: Served, client: AttemptAwareClient) -> None:
     served.call(served.server.queue_task("warm-up"))
     poll(client)  # the parent now holds pooled connections and an open claim
-    assert client._sync_http is not None  # pyright: ignore[reportPrivateUsage]
+    assert client._transport.sync_client is not None  # pyright: ignore[reportPrivateUsage]
     rid = served.call(served.server.queue_task("in the child"))
     context = multiprocessing.get_context("fork")
     results = context.Queue()
@@ -271,7 +271,7 @@ def test_no_heartbeats_to_a_server_without_leases(served: Served, client: Attemp
     served.call(served.server.queue_task("x"))
     task = poll(client)
     assert task.lease_seconds is None
-    assert client._thread_heartbeats is None  # pyright: ignore[reportPrivateUsage]
+    assert client._heartbeats.thread is None  # pyright: ignore[reportPrivateUsage]
 
 
 # -- long polling -------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def count_task_requests(client: AttemptAwareClient) -> list[httpx.Request]:
         if request.url.path == "/task":
             sent.append(request)
 
-    client._http().event_hooks["request"].append(record)  # pyright: ignore[reportPrivateUsage]
+    client._transport.http().event_hooks["request"].append(record)  # pyright: ignore[reportPrivateUsage]
     return sent
 
 

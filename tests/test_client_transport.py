@@ -95,11 +95,11 @@ def test_the_attempt_id_goes_on_the_wire(client: AttemptAwareClient) -> None:
 
 
 def test_upstream_timeout_is_honoured(client: AttemptAwareClient) -> None:
-    timeout = client._http().timeout  # pyright: ignore[reportPrivateUsage]
+    timeout = client._transport.http().timeout  # pyright: ignore[reportPrivateUsage]
     assert (timeout.connect, timeout.read, timeout.write, timeout.pool) == (2.5, 2.5, 2.5, 2.5)
 
     async def async_timeout() -> httpx.Timeout:
-        return client._ahttp().timeout  # pyright: ignore[reportPrivateUsage]
+        return client._transport.ahttp().timeout  # pyright: ignore[reportPrivateUsage]
 
     assert asyncio.run(async_timeout()).read == 2.5
 
@@ -129,7 +129,7 @@ def test_polling_keeps_upstream_semantics(client: AttemptAwareClient) -> None:
 
 def test_event_loops_get_their_own_connections(client: AttemptAwareClient) -> None:
     async def pool() -> httpx.AsyncClient:
-        return client._ahttp()  # pyright: ignore[reportPrivateUsage]
+        return client._transport.ahttp()  # pyright: ignore[reportPrivateUsage]
 
     first, second = asyncio.run(pool()), asyncio.run(pool())
     assert first is not second

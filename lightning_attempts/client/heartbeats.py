@@ -2,7 +2,8 @@
 
 A claim is heartbeaten only when the server announced a lease (``lease_seconds`` in
 ``/task``), every ``heartbeat_fraction`` of it, until it is submitted or the server
-answers that the attempt lost its claim.
+answers that the attempt lost its claim. Each beat is the client's ``beat`` (or
+``beat_async``), the heartbeat step of ``protocol.py``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from typing import Protocol
 
 from .claims import Claim
@@ -85,3 +87,34 @@ class AsyncHeartbeats:
             await asyncio.sleep(interval)
             if not self._client.is_current(claim.attempt_id) or not await self._client.beat_async(claim):
                 return
+
+
+class Heartbeats:
+    """One client's heartbeat workers in this process: a thread, and tasks in each event loop."""
+
+    def __init__(self, client: ClaimHolder) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self.thread: ThreadHeartbeats | None = None
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncHeartbeats] = weakref.WeakKeyDictionary()
+
+    def watch(self, claim: Claim) -> None:
+        """Heartbeat ``claim``, made from sync code, from the thread (started on first use)."""
+        with self._lock:
+            if self.thread is None:
+                self.thread = ThreadHeartbeats(self._client)
+            thread = self.thread
+        thread.watch(claim)
+
+    def watch_in_loop(self, claim: Claim) -> None:
+        """Heartbeat ``claim``, made in the running event loop, from a task of that loop."""
+        loop = asyncio.get_running_loop()
+        heartbeats = self._loops.get(loop)
+        if heartbeats is None:
+            heartbeats = self._loops[loop] = AsyncHeartbeats(self._client)
+        heartbeats.watch(claim)
+
+    def stop(self) -> None:
+        """Stop the thread (tasks end with their claims, or with their loop)."""
+        if self.thread is not None:
+            self.thread.stop()
