@@ -16,12 +16,12 @@ the time), each tier's output printed whole when it ends, then a table of tier a
 0.1.2 and 0.3.0 release tiers only. A tier fails when its environment cannot be built (nox prints the failing
 command and its output), when pytest fails or collects nothing (exit 5), or when no test passed.
 
-    python3 -m pip install 'nox>=2026.10.20' uv && python3 -m nox   # every tier (README's test command)
-    nox -s 'tests(0.3.0)' -- -x                      # one tier; anything after -- goes to pytest
-    nox -t verl                                      # a group of tiers: releases, pythons, verl
-    nox -s 'tests(0.1.2)' 'verl(0.1.2)' -- -k store  # several tiers
-    nox -l                                           # the tiers
-    nox -j 1 -s 'tests(0.3.0)'                       # one at a time, output as it comes
+    python3 -m pip install 'nox[uv]>=2026.10.20' && python3 -m nox  # every tier (README's test command)
+    nox -s 'tests(0.3.0)' -- -x                               # one tier; anything after -- goes to pytest
+    nox -t verl                                               # a group of tiers: releases, pythons, verl
+    nox -s 'tests(0.1.2)' 'tests(py3.10-0.1.2)' -- -k store   # the tiers named
+    nox -l                                                    # the tiers
+    nox -j 1 -s 'tests(0.3.0)'                                # one at a time, output as it comes
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -72,25 +73,26 @@ def names_paths(pytest_args: list[str]) -> bool:
     return any(not arg.startswith("-") and (ROOT / arg.split("::")[0]).exists() for arg in pytest_args)
 
 
-def pytest(session: nox.Session, paths: tuple[str, ...], *, once: bool) -> None:
+def run_pytest(session: nox.Session, paths: tuple[str, ...], *, once: bool) -> None:
     """Run the tier's tests, or the paths among the session's arguments; fail when no test passed."""
     arguments = list(session.posargs)
     # The tier's own paths unless the arguments name some; --ignore options stay either way.
     selected = [p for p in paths if p.startswith("-")] if names_paths(arguments) else list(paths)
     # Before the arguments, so that a -m among them wins.
     marks = [] if once else ["-m", "not once"]
-    report = Path(session.create_tmp()) / "junit.xml"
-    report.unlink(missing_ok=True)
-    session.run(
-        "python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={report}", *selected, *marks, *arguments,
-        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-    )  # fmt: skip
-    if "--co" in arguments or "--collect-only" in arguments or not report.exists():
-        return
-    counts = {key: 0 for key in ("tests", "failures", "errors", "skipped")}
-    for suite in ElementTree.parse(report).getroot().iter("testsuite"):
-        for key in counts:
-            counts[key] += int(suite.get(key, "0"))
+    # Not in session.create_tmp(): that points TMPDIR into the venv, where Ray refuses its temp_dir.
+    with tempfile.TemporaryDirectory() as directory:
+        report = Path(directory) / "junit.xml"
+        session.run(
+            "python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={report}", *selected, *marks, *arguments,
+            env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        )  # fmt: skip
+        if "--co" in arguments or "--collect-only" in arguments or not report.exists():
+            return
+        suites = list(ElementTree.parse(report).getroot().iter("testsuite"))
+    counts = {
+        key: sum(int(suite.get(key, "0")) for suite in suites) for key in ("tests", "failures", "errors", "skipped")
+    }
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     if passed <= 0:
         session.error(f"no test passed ({counts['tests']} run, {counts['skipped']} skipped)")
@@ -121,7 +123,7 @@ def verl(session: nox.Session, release: str, verl: str, exclude_newer: str, extr
         "--reinstall-package", "lightning-attempts", "--exclude-newer", exclude_newer,
         "-e", ".", *VERL_TEST_REQUIREMENTS, f"verl=={verl}", *extra, f"agentlightning=={release}",
     )  # fmt: skip
-    pytest(session, ("tests/verl",), once=False)
+    run_pytest(session, ("tests/verl",), once=False)
 
 
 # The release tiers 0.1.2 and 0.3.0 run the tests marked once.
@@ -145,4 +147,4 @@ def tests(session: nox.Session, release: str, once: bool) -> None:
     """The suite without ``tests/verl/`` against a release of agentlightning."""
     # Reinstalled every time: an editable install copies the switch's .pth hook into site-packages.
     session.install("--reinstall-package", "lightning-attempts", "-e", ".[test]", f"agentlightning=={release}")
-    pytest(session, SUITE, once=once)
+    run_pytest(session, SUITE, once=once)
