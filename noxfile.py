@@ -1,0 +1,150 @@
+"""The test tiers: the suite against every supported agentlightning release, on extra Pythons, and with verl.
+
+Each tier is a nox session with its own virtual environment under ``.venvs/`` (kept between runs; uv's
+cache makes a rebuild take seconds), the project installed editable, and pytest run there:
+
+- ``tests(<release>)``, tag ``releases``: the seven releases on Python 3.11, ``tests/`` without ``tests/verl/``;
+- ``tests(py<python>-<release>)``, tag ``pythons``: 0.1.2 on 3.10, 0.2.2 on 3.12, 0.3.0 on 3.13, the same tests;
+- ``verl(<release>)``, tag ``verl``: 0.1.2 + verl 0.5.0 and 0.3.0 + verl 0.6.1 on 3.11 with a CPU build of
+  torch, ``tests/verl/`` (the real AgentModeDaemon, Ray). torch comes from pip, not uv: pip's configuration on
+  these machines finds ``torch-2.13.0+cpu`` on disk, where uv (and a plain ``torch``) would download a CUDA
+  build of several GB.
+
+Two tiers run at a time (nox's ``--parallel``, set below; a tier alone keeps one of two cores busy about half
+the time), each tier's output printed whole when it ends, then a table of tier against result. Tests marked
+``once`` (slow, and not about the release: the benchmark's smoke run, a wheel built and installed) run in the
+0.1.2 and 0.3.0 release tiers only. A tier fails when its environment cannot be built (nox prints the failing
+command and its output), when pytest fails or collects nothing (exit 5), or when no test passed.
+
+    python3 -m pip install 'nox[uv]>=2026.10.20' && python3 -m nox  # every tier (README's test command)
+    nox -s 'tests(0.3.0)' -- -x                               # one tier; anything after -- goes to pytest
+    nox -t verl                                               # a group of tiers: releases, pythons, verl
+    nox -s 'tests(0.1.2)' 'tests(py3.10-0.1.2)' -- -k store   # the tiers named
+    nox -l                                                    # the tiers
+    nox -j 1 -s 'tests(0.3.0)'                                # one at a time, output as it comes
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from xml.etree import ElementTree
+
+import nox
+
+# --parallel came with nox 2026.8.10; this noxfile was tried with 2026.10.20.
+nox.needs_version = ">=2026.10.20"
+nox.options.default_venv_backend = "uv"
+nox.options.envdir = ".venvs"
+nox.options.reuse_venv = "yes"
+nox.options.parallel = 2
+# Otherwise nox skips a tier whose Python it cannot find (and passes) unless CI is set.
+nox.options.error_on_missing_interpreters = True
+# uv cannot download interpreters here: say "not found" at once rather than after a failed download.
+nox.options.download_python = "never"
+
+ROOT = Path(__file__).resolve().parent
+PYTHON = "3.11"
+SUITE = ("tests", "--ignore=tests/verl")
+TORCH = "torch==2.13.0"
+# The verl tier's test requirements, not the test extra: schemathesis (only the HTTP fuzz tests
+# use it) needs rich>=13.9.4, which litellm[proxy] of 0.3.0's era pins to 13.7.1.
+VERL_TEST_REQUIREMENTS = ("pytest>=8", "pytest-timeout>=2.2", "pytest-asyncio>=0.23", "psutil>=5.9")
+
+
+@functools.cache
+def interpreter(version: str) -> str:
+    """pyenv's interpreter for ``version`` when there is one (uv cannot download one here), else the version.
+
+    pyenv's shims answer only for its active versions, so neither nox nor uv finds 3.10, 3.12 or 3.13 by name.
+    """
+    pyenv = shutil.which("pyenv")
+    if pyenv is None:
+        return version
+    root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False).stdout.strip()
+    candidates = sorted(Path(root).glob(f"versions/{version}.*/bin/python{version}")) if root else []
+    return str(candidates[-1]) if candidates else version
+
+
+def names_paths(pytest_args: list[str]) -> bool:
+    return any(not arg.startswith("-") and (ROOT / arg.split("::")[0]).exists() for arg in pytest_args)
+
+
+def run_pytest(session: nox.Session, paths: tuple[str, ...], *, once: bool) -> None:
+    """Run the tier's tests, or the paths among the session's arguments; fail when no test passed."""
+    arguments = list(session.posargs)
+    # The tier's own paths unless the arguments name some; --ignore options stay either way.
+    selected = [p for p in paths if p.startswith("-")] if names_paths(arguments) else list(paths)
+    # Before the arguments, so that a -m among them wins.
+    marks = [] if once else ["-m", "not once"]
+    # Not in session.create_tmp(): that points TMPDIR into the venv, where Ray refuses its temp_dir.
+    with tempfile.TemporaryDirectory() as directory:
+        report = Path(directory) / "junit.xml"
+        session.run(
+            "python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={report}", *selected, *marks, *arguments,
+            env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        )  # fmt: skip
+        if "--co" in arguments or "--collect-only" in arguments or not report.exists():
+            return
+        suites = list(ElementTree.parse(report).getroot().iter("testsuite"))
+    counts = {
+        key: sum(int(suite.get(key, "0")) for suite in suites) for key in ("tests", "failures", "errors", "skipped")
+    }
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    if passed <= 0:
+        session.error(f"no test passed ({counts['tests']} run, {counts['skipped']} skipped)")
+
+
+# Longest first (measured), so that no long tier starts last: the verl tiers, then the release tiers.
+@nox.session(allow_parallel=True)
+@nox.parametrize(
+    ("python", "release", "verl", "exclude_newer", "extra"),
+    [
+        nox.param(interpreter(PYTHON), "0.3.0", "0.6.1", "2026-01-05", (), id="0.3.0", tags=["verl"]),
+        # 0.1.2's daemon imports openai without declaring it. Newer pins do not resolve together
+        # (pyarrow against numpy<2, transformers 5); 0.2.2 + verl 0.6.1 resolves with 2025-11-20.
+        # It also imports agentops.sdk (agentops 0.4+) but declares only agentops<=0.4.18: beside
+        # verl, uv may otherwise settle on agentops 0.3.x (seen on a fresh venv).
+        nox.param(
+            interpreter(PYTHON), "0.1.2", "0.5.0", "2025-08-20", ("openai", "agentops>=0.4"), id="0.1.2", tags=["verl"]
+        ),
+    ],
+)
+def verl(session: nox.Session, release: str, verl: str, exclude_newer: str, extra: tuple[str, ...]) -> None:
+    """verl's real AgentModeDaemon and Ray against a release, with a CPU build of torch (``tests/verl/``)."""
+    # torch first, with pip (see the module's docstring); a no-op once it is there.
+    session.install("pip")
+    session.run("python", "-m", "pip", "install", "--quiet", TORCH)
+    # Reinstalled every time: an editable install copies the switch's .pth hook into site-packages.
+    session.install(
+        "--reinstall-package", "lightning-attempts", "--exclude-newer", exclude_newer,
+        "-e", ".", *VERL_TEST_REQUIREMENTS, f"verl=={verl}", *extra, f"agentlightning=={release}",
+    )  # fmt: skip
+    run_pytest(session, ("tests/verl",), once=False)
+
+
+# The release tiers 0.1.2 and 0.3.0 run the tests marked once.
+@nox.session(allow_parallel=True)
+@nox.parametrize(
+    ("python", "release", "once"),
+    [
+        nox.param(interpreter(PYTHON), "0.3.0", True, id="0.3.0", tags=["releases"]),
+        nox.param(interpreter("3.13"), "0.3.0", False, id="py3.13-0.3.0", tags=["pythons"]),
+        nox.param(interpreter("3.12"), "0.2.2", False, id="py3.12-0.2.2", tags=["pythons"]),
+        nox.param(interpreter(PYTHON), "0.2.2", False, id="0.2.2", tags=["releases"]),
+        nox.param(interpreter(PYTHON), "0.2.1", False, id="0.2.1", tags=["releases"]),
+        nox.param(interpreter(PYTHON), "0.2.0", False, id="0.2.0", tags=["releases"]),
+        nox.param(interpreter(PYTHON), "0.1.2", True, id="0.1.2", tags=["releases"]),
+        nox.param(interpreter("3.10"), "0.1.2", False, id="py3.10-0.1.2", tags=["pythons"]),
+        nox.param(interpreter(PYTHON), "0.1.1", False, id="0.1.1", tags=["releases"]),
+        nox.param(interpreter(PYTHON), "0.1", False, id="0.1", tags=["releases"]),
+    ],
+)
+def tests(session: nox.Session, release: str, once: bool) -> None:
+    """The suite without ``tests/verl/`` against a release of agentlightning."""
+    # Reinstalled every time: an editable install copies the switch's .pth hook into site-packages.
+    session.install("--reinstall-package", "lightning-attempts", "-e", ".[test]", f"agentlightning=={release}")
+    run_pytest(session, SUITE, once=once)
