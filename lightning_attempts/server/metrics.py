@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..store.counters import COUNTERS
+
 PREFIX = "lightning_attempts"
 _GAUGES = {
     "claims_in_flight": "Claims handed out and neither completed nor requeued.",
@@ -15,27 +17,6 @@ _GAUGES = {
     "completed_unretrieved": "Stored results not yet retrieved by the trainer.",
     "finished_remembered": "Finished tasks remembered to answer late results.",
     "polls_parked": "Long polls (GET /task?wait=S) waiting for a task.",
-}
-_COUNTERS = {
-    "claims": "Tasks handed out (each claim is an attempt).",
-    "claims_undelivered": "Claims given back because their long poll's client had gone.",
-    "requeues": "Claims requeued after a timeout or silence.",
-    "requeues_unresponsive": "Claims requeued because their worker went silent.",
-    "max_claims_exceeded": "Tasks completed empty after max_claims claims.",
-    "accepted": "Results stored.",
-    "accepted_unverified": "Results stored from old clients without an attempt id.",
-    "accepted_unverified_reclaimed": "Results stored without an attempt id for a task claimed more than once.",
-    "salvaged": "Late results stored under stale_policy='salvage'.",
-    "duplicates": "Retries of an already stored attempt.",
-    "refused": "Results refused for lack of an attempt id.",
-    "heartbeats": "Heartbeats of current attempts.",
-    "heartbeats_stale": "Heartbeats of attempts that no longer hold their claim.",
-    "unauthorized": "Requests refused (401) for lack of the server's API key.",
-    "failed_attempts": "Failed results posted by live attempts (counted while retry_failed is set).",
-    "failure_retries": "Tasks requeued after a failed result (retry_failed).",
-    "failed_stored": "Failed results stored, marked failed, after retry_failed or max_claims ran out.",
-    "releases": "Claims given back by their worker (POST /release).",
-    "releases_stale": "Releases of attempts that no longer held their claim.",
 }
 
 
@@ -54,7 +35,7 @@ def exposition(stats: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bytes,
     class AttemptCollector(Collector):
         def collect(self) -> Iterator[Metric]:
             counts = stats()
-            for name, documentation in _COUNTERS.items():
+            for name, documentation in COUNTERS.items():
                 yield CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=counts[name])
             dropped = CounterMetricFamily(f"{PREFIX}_dropped", "Results dropped, by reason.", labels=["reason"])
             for reason, count in counts["dropped"].items():
