@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -211,3 +213,21 @@ def test_the_pause_is_this_clients_and_this_threads_only() -> None:
     assert client._poll_interval == 5  # pyright: ignore[reportPrivateUsage]
     client.close()
     other.close()
+
+
+@respx.mock
+def test_a_dropped_client_is_freed_at_once() -> None:
+    """Its parts hold it weakly: no reference cycle keeps it (and its pooled connections) until a collection."""
+    task: dict[str, object] = {"rollout_id": "r", "input": {}, "attempt_id": "a"}
+    respx.get(TASK_URL).mock(return_value=httpx.Response(200, json={"is_available": True, "task": task}))
+    respx.post(ROLLOUT_URL).mock(return_value=OK)
+    client = AttemptAwareClient(ENDPOINT, poll_interval=0.01)
+    assert client.poll_next_task() is not None
+    assert client.post_rollout(rollout()) is not None
+    dropped = weakref.ref(client)
+    gc.disable()
+    try:
+        del client
+        assert dropped() is None
+    finally:
+        gc.enable()

@@ -1,6 +1,21 @@
-"""The attempt-aware client: ``AttemptAwareClient`` and the claims it holds.
+"""The attempt-aware client: upstream's legacy client, carrying each claim's attempt id to its submission.
 
-Every module of this package logs on the ``lightning_attempts.client`` logger.
+The upstream runner builds the rollout it posts from ``task.rollout_id`` alone, so the
+attempt id the server handed out is lost between poll and post. ``AttemptAwareClient``
+remembers each claim and submits its result with the claim's attempt id, gives back the
+claims it will not submit, long-polls ``/task`` and heartbeats claims under a lease. Its
+parts, one concern each:
+
+- ``client.py``: ``AttemptAwareClient``, upstream's client with its I/O overridden: it runs
+  the protocol's steps with a sync driver and an async one, which only do the I/O;
+- ``protocol.py``: each protocol step, written once for both paths: the long poll, the
+  claim, the submission, the release, the heartbeat;
+- ``claims.py``: the claim book, and which claim a submission belongs to (in order);
+- ``transport.py``: pooled httpx connections per process and per event loop, the retry policy;
+- ``heartbeats.py``: the background heartbeats of claims under a lease;
+- ``lifecycle.py``: releases at exit and when a multiprocessing worker ends, resets after a fork.
+
+Every part logs on the ``lightning_attempts.client`` logger.
 """
 
 from __future__ import annotations

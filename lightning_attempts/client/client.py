@@ -68,17 +68,13 @@ class AttemptAwareClient(AgentLightningClient):
     def _reset_process_state(self) -> None:
         """State that must not cross a fork: claims, locks, pooled connections, heartbeat workers."""
         self._book = ClaimBook(self)
-        self._transport = Transport(self._pool_options)
-        self._heartbeats = Heartbeats(self)
+        self._transport = Transport(self, self._default_headers)
+        self._heartbeats = Heartbeats()
         keyed = "Authorization" in self._default_headers
         self._steps = Steps(self, self._book, task_uri=self._next_task_uri, keyed=keyed)
 
     def _after_fork(self) -> None:
         self._reset_process_state()
-
-    def _pool_options(self) -> dict[str, Any]:
-        """httpx's options for this client's pooled connections, read when a pool is built."""
-        return {"timeout": self.timeout, "headers": self._default_headers}
 
     @property
     def poll_interval(self) -> float:  # pyright: ignore[reportIncompatibleVariableOverride]
@@ -110,7 +106,7 @@ class AttemptAwareClient(AgentLightningClient):
                         method = getattr(super(), effect.method)
                         result = method() if effect.arg is None else method(effect.arg)
                     else:
-                        result = self._heartbeats.watch(effect.claim)
+                        result = self._heartbeats.watch(self, effect.claim)
                 except BaseException as error:  # the step's to handle, or to let through
                     failure = error
                 else:
@@ -135,7 +131,7 @@ class AttemptAwareClient(AgentLightningClient):
                         method = getattr(super(), effect.async_method)
                         result = await (method() if effect.arg is None else method(effect.arg))
                     else:
-                        result = self._heartbeats.watch_in_loop(effect.claim)
+                        result = self._heartbeats.watch_in_loop(self, effect.claim)
                 except BaseException as error:
                     failure = error
                 else:

@@ -90,28 +90,31 @@ class AsyncHeartbeats:
 
 
 class Heartbeats:
-    """One client's heartbeat workers in this process: a thread, and tasks in each event loop."""
+    """One client's heartbeat workers in this process: a thread, and tasks in each event loop.
 
-    def __init__(self, client: ClaimHolder) -> None:
-        self._client = client
+    Each worker holds the client (which passes itself when it first needs one), as it
+    heartbeats through it; the client holds this, which does not hold the client.
+    """
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self.thread: ThreadHeartbeats | None = None
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncHeartbeats] = weakref.WeakKeyDictionary()
 
-    def watch(self, claim: Claim) -> None:
+    def watch(self, client: ClaimHolder, claim: Claim) -> None:
         """Heartbeat ``claim``, made from sync code, from the thread (started on first use)."""
         with self._lock:
             if self.thread is None:
-                self.thread = ThreadHeartbeats(self._client)
+                self.thread = ThreadHeartbeats(client)
             thread = self.thread
         thread.watch(claim)
 
-    def watch_in_loop(self, claim: Claim) -> None:
+    def watch_in_loop(self, client: ClaimHolder, claim: Claim) -> None:
         """Heartbeat ``claim``, made in the running event loop, from a task of that loop."""
         loop = asyncio.get_running_loop()
         heartbeats = self._loops.get(loop)
         if heartbeats is None:
-            heartbeats = self._loops[loop] = AsyncHeartbeats(self._client)
+            heartbeats = self._loops[loop] = AsyncHeartbeats(client)
         heartbeats.watch(claim)
 
     def stop(self) -> None:

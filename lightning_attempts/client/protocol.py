@@ -37,6 +37,7 @@ import contextvars
 import logging
 import sys
 import time
+import weakref
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
@@ -122,7 +123,8 @@ class Steps:
     """One client's protocol steps in this process, and what they learnt of the server."""
 
     def __init__(self, client: Options, book: ClaimBook, *, task_uri: str, keyed: bool) -> None:
-        self._client = client
+        self._client: Options = weakref.proxy(client)  # the client holds its steps, not the other way round
+        self._key = id(client)  # of the client's pause (``poll_pause``)
         self._book = book
         self._task_uri = task_uri  # upstream's ``_next_task_uri``
         self._keyed = keyed  # whether requests carry an API key
@@ -174,7 +176,7 @@ class Steps:
         elif held := _held(response):
             # The server held this poll: sleep only what is left of the shorter of the two
             # (nothing, when it held it that long; never a busy loop, whatever it says).
-            _POLL_PAUSE.set((id(self._client), max(min(interval, held) - elapsed, 0.0)))
+            _POLL_PAUSE.set((self._key, max(min(interval, held) - elapsed, 0.0)))
 
     # -- claims ---------------------------------------------------------------
 

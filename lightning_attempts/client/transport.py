@@ -17,8 +17,8 @@ import asyncio
 import logging
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import httpx
 from tenacity import (
@@ -57,11 +57,18 @@ RETRY: dict[str, Any] = {
 """tenacity's arguments for a retried request, but its ``stop`` (the tries, which each request sets)."""
 
 
+class Timed(Protocol):
+    """What the transport reads of its client (``AttemptAwareClient``) when it builds a pool."""
+
+    timeout: float
+
+
 class Transport:
     """One client's pooled connections in this process: a sync client, and an async one per event loop."""
 
-    def __init__(self, options: Callable[[], dict[str, Any]]) -> None:
-        self._options = options  # httpx's ``timeout`` and ``headers``, read when a pool is built
+    def __init__(self, client: Timed, headers: Mapping[str, str]) -> None:
+        self._client: Timed = weakref.proxy(client)  # the client holds its transport, not the other way round
+        self._headers = headers
         self._lock = threading.Lock()
         self.sync_client: httpx.Client | None = None
         self.loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
@@ -73,7 +80,7 @@ class Transport:
         if self.sync_client is None:
             with self._lock:
                 if self.sync_client is None:
-                    self.sync_client = httpx.Client(**self._options())
+                    self.sync_client = httpx.Client(timeout=self._client.timeout, headers=self._headers)
         return self.sync_client
 
     def ahttp(self) -> httpx.AsyncClient:
@@ -81,7 +88,7 @@ class Transport:
         loop = asyncio.get_running_loop()
         client = self.loop_clients.get(loop)
         if client is None or client.is_closed:
-            client = self.loop_clients[loop] = httpx.AsyncClient(**self._options())
+            client = self.loop_clients[loop] = httpx.AsyncClient(timeout=self._client.timeout, headers=self._headers)
         return client
 
     def send(self, request: Send) -> httpx.Response:
