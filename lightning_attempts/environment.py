@@ -1,4 +1,4 @@
-"""The environment switch: ``LIGHTNING_ATTEMPTS_INSTALL=1``, and server options as variables.
+"""The environment switch, ``LIGHTNING_ATTEMPTS_INSTALL=1``, and the one source of server options.
 
 Every Python process that sees ``LIGHTNING_ATTEMPTS_INSTALL=1`` (Ray actors, spawned and
 forked workers, subprocesses) behaves as if ``install()`` had been called before it
@@ -9,22 +9,32 @@ imported, installs.
 Each keyword-only option of ``AttemptAwareServer`` (except ``clock``) can be given as
 ``LIGHTNING_ATTEMPTS_<OPTION>``, upper case, e.g. ``LIGHTNING_ATTEMPTS_STALE_POLICY=salvage``
 or ``LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS=60``; ``none`` (or an empty value) means ``None``.
-Servers built by agentlightning itself receive them; a misspelt variable or a bad value
-fails loudly, naming the variable, rather than training without the options.
+``resolve()`` is the one place that reads them, for the servers agentlightning builds under
+the switch or ``install()``, for ``lightning-attempts serve`` and for verl's daemon, with
+one precedence: an explicit argument, then the variable, then (``api_key`` only)
+``AGL_KEY``, then the server's default. ``AttemptAwareServer`` built directly reads none.
+
+A ``LIGHTNING_ATTEMPTS_*`` variable nothing recognises is reported, naming the likely
+intended variable: with the switch on it fails the import (better no training run than one
+without the options asked for), with it off it is a warning. Options set while the switch
+is off are reported by the startup hook in processes that import agentlightning without
+this package, where nothing reads them.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import os
 import typing
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .install import install
+from .auth import KEY_ENV, validate_key
 from .server import AttemptAwareServer
 
 logger = logging.getLogger(__name__)
@@ -40,8 +50,9 @@ def switched_on(environ: Mapping[str, str] = os.environ) -> bool:
     return environ.get(SWITCH, "").strip().lower() not in _OFF
 
 
-def option_types() -> dict[str, Any]:
-    """The server options settable from the environment, by variable name, with their types."""
+@cache
+def option_types() -> dict[str, tuple[str, Any]]:
+    """The server options settable from the environment: variable name to (option name, type)."""
     hints = typing.get_type_hints(AttemptAwareServer.__init__)
     parameters = inspect.signature(AttemptAwareServer.__init__).parameters.values()
     return {
@@ -51,18 +62,49 @@ def option_types() -> dict[str, Any]:
     }
 
 
+def known_variables() -> frozenset[str]:
+    """Every ``LIGHTNING_ATTEMPTS_*`` variable something reads."""
+    return frozenset({SWITCH, *option_types()})
+
+
+def unrecognised(environ: Mapping[str, str] = os.environ) -> dict[str, str | None]:
+    """``LIGHTNING_ATTEMPTS_*`` variables nothing reads, each with the likely intended name (or None)."""
+    known = known_variables()
+    suffixes = [name.removeprefix(PREFIX) for name in known]  # the shared prefix would make every name alike
+
+    def intended(name: str) -> str | None:
+        matches = difflib.get_close_matches(name.removeprefix(PREFIX).upper(), suffixes, n=1, cutoff=0.6)
+        return PREFIX + matches[0] if matches else None
+
+    return {name: intended(name) for name in sorted(environ) if name.startswith(PREFIX) and name not in known}
+
+
+def _unrecognised_message(name: str, suggestion: str | None, consequence: str) -> str:
+    hint = f"Did you mean {suggestion}?" if suggestion else f"Known: {', '.join(sorted(known_variables()))}."
+    return f"{name} is not a lightning_attempts variable{consequence}. {hint}"
+
+
 def server_options(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The server options given as ``LIGHTNING_ATTEMPTS_<OPTION>`` variables, parsed and checked."""
-    known = option_types()
+    """The server options given as ``LIGHTNING_ATTEMPTS_<OPTION>`` variables, parsed; a bad value raises.
+
+    Variables that are no option are left to ``unrecognised()``.
+    """
     options: dict[str, Any] = {}
-    for variable, raw in environ.items():
-        if not variable.startswith(PREFIX) or variable == SWITCH:
-            continue
-        if variable not in known:
-            raise ValueError(f"{variable} is not a lightning_attempts option; known: {', '.join(sorted(known))}")
-        name, annotation = known[variable]
-        options[name] = _parse(variable, raw, annotation)
+    for variable, (name, annotation) in option_types().items():
+        raw = environ.get(variable)
+        if raw is not None:
+            options[name] = _parse(variable, raw, annotation)
     return options
+
+
+def resolve(explicit: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """A server's keyword arguments: ``explicit`` ones, then the variables, then ``AGL_KEY`` for ``api_key``.
+
+    What is in none of them is left out, so the server's own default applies.
+    """
+    key = validate_key(environ.get(KEY_ENV))
+    fallback: dict[str, Any] = {} if key is None else {"api_key": key}
+    return {**fallback, **server_options(environ), **explicit}
 
 
 def _parse(variable: str, raw: str, annotation: Any) -> Any:
@@ -89,10 +131,41 @@ def _accepts_none(adapter: TypeAdapter[Any]) -> bool:
 
 
 def install_from_environment(environ: Mapping[str, str] = os.environ) -> bool:
-    """``install()`` with the environment's options when the switch is on; say whether it was."""
+    """``install()`` when the switch is on, after checking every variable; say whether it did.
+
+    With the switch on, an unrecognised variable or a bad value raises; with it off, an
+    unrecognised variable is logged at WARNING with the likely intended name.
+    """
+    unknown = unrecognised(environ)
     if not switched_on(environ):
+        for name, suggestion in unknown.items():
+            logger.warning("%s", _unrecognised_message(name, suggestion, ": ignored"))
         return False
-    options = server_options(environ)
-    install(**options)
+    if unknown:
+        raise ValueError(" ".join(_unrecognised_message(name, s, "") for name, s in unknown.items()))
+    options = server_options(environ)  # fail now, not when agentlightning builds a server
+    from .install import install
+
+    install()  # the servers agentlightning builds read the variables themselves: resolve()
     logger.debug("lightning_attempts installed from %s (options: %s)", SWITCH, sorted(options))
     return True
+
+
+def warn_options_ignored(environ: Mapping[str, str] = os.environ) -> None:
+    """Log, at WARNING, options set while the switch is off: agentlightning's servers will not read them.
+
+    The startup hook calls this in a process that imported agentlightning on its own.
+    """
+    if switched_on(environ):
+        return
+    ignored = sorted(name for name in environ if name in option_types())
+    if ignored:
+        logger.warning(
+            "%s %s set but %s is not: the servers agentlightning builds in this process ignore %s unless it calls "
+            "lightning_attempts.install(). Did you mean to set %s=1?",
+            ", ".join(ignored),
+            "is" if len(ignored) == 1 else "are",
+            SWITCH,
+            "it" if len(ignored) == 1 else "them",
+            SWITCH,
+        )

@@ -12,11 +12,12 @@ upstream's class would: upstream code checks ``isinstance(backend, AgentLightnin
 and a ``DevTaskLoader`` or a client built before ``install()`` must still pass. Objects
 built before ``install()`` stay what they are.
 
-A server built by agentlightning under ``install()`` takes its ``api_key`` from
-``install(api_key=...)`` and, failing that, from ``AGL_KEY`` (read when the server is
-built, e.g. inside verl's Ray actor): the variable that ``AttemptAwareClient`` sends, so one
-variable in the job's environment turns keys on at both ends. ``AttemptAwareServer`` built
-directly stays open unless given ``api_key``.
+A server built by agentlightning under ``install()`` takes each option from the code that
+builds it, else from ``install(...)``, else from its ``LIGHTNING_ATTEMPTS_<OPTION>``
+variable, and ``api_key`` finally from ``AGL_KEY`` (``environment.resolve``, read when the
+server is built, e.g. inside verl's Ray actor). ``AGL_KEY`` is the variable that
+``AttemptAwareClient`` sends, so one variable in the job's environment turns keys on at both
+ends. ``AttemptAwareServer`` built directly reads no variable.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import compat
-from .auth import key_from_env
 from .client import AttemptAwareClient
+from .environment import resolve
 from .server import AttemptAwareServer
 
 _UPSTREAM: dict[str, type] = {
@@ -72,8 +73,11 @@ def install(**server_options: Any) -> None:
 
     Idempotent: calling it again only updates ``server_options``, the keyword options
     (``stale_policy``, ``unresponsive_seconds``, ``api_key``, ...) that servers built by
-    agentlightning itself (e.g. verl's daemon) receive; without ``api_key`` they read
-    ``AGL_KEY``. ``uninstall()`` undoes it.
+    agentlightning itself (e.g. verl's daemon) receive. An option given neither here nor by
+    the code building the server comes from its ``LIGHTNING_ATTEMPTS_<OPTION>`` variable
+    (``api_key`` then from ``AGL_KEY``), read when the server is built: calling ``install()``
+    in a process the switch already installed keeps the variables' options.
+    ``uninstall()`` undoes it.
     """
     uninstall()
     _installed["AgentLightningServer"] = _installable(
@@ -84,8 +88,7 @@ def install(**server_options: Any) -> None:
 
 
 def _server_options_from_env() -> dict[str, Any]:
-    key = key_from_env()
-    return {} if key is None else {"api_key": key}
+    return resolve({})
 
 
 def uninstall() -> None:

@@ -24,8 +24,10 @@ from lightning_attempts.environment import (
     SWITCH,
     install_from_environment,
     option_types,
+    resolve,
     server_options,
     switched_on,
+    unrecognised,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +54,11 @@ def environment(**variables: str) -> dict[str, str]:
 
 def run_python(code: str, python: str = sys.executable, **variables: str) -> Any:
     """Run ``code`` in a fresh interpreter (not in this directory); return the JSON it prints last."""
+    return json.loads(run_python_whole(code, python, **variables).stdout.strip().splitlines()[-1])
+
+
+def run_python_whole(code: str, python: str = sys.executable, **variables: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (not in this directory); it must succeed."""
     done = subprocess.run(
         [python, "-c", textwrap.dedent(code)],
         env=environment(**variables),
@@ -61,11 +68,18 @@ def run_python(code: str, python: str = sys.executable, **variables: str) -> Any
         timeout=240,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done
+
+
+UPSTREAM_CLASSES = """
+import json, sys
+import agentlightning
+print(json.dumps([agentlightning.AgentLightningServer.__module__, "lightning_attempts" in sys.modules]))
+"""
 
 
 def test_unset_the_hook_is_not_even_imported() -> None:
-    report = run_python(
+    done = run_python_whole(
         """
         import json, sys
         armed = "_lightning_attempts_startup" in sys.modules
@@ -74,7 +88,52 @@ def test_unset_the_hook_is_not_even_imported() -> None:
         print(json.dumps([armed, agentlightning.AgentLightningServer is AgentLightningServer]))
         """
     )
-    assert report == [False, True]
+    assert json.loads(done.stdout) == [False, True]
+    assert done.stderr == ""
+
+
+def test_a_misspelt_switch_and_options_without_the_switch_are_reported() -> None:
+    """Each named, with the likely intended variable; agentlightning stays upstream's (the switch is off)."""
+    done = run_python_whole(
+        UPSTREAM_CLASSES,
+        LIGHTNING_ATTEMPTS_INSTAL="1",
+        LIGHTNING_ATTEMPTS_MAX_CLAIMS="3",
+        LIGHTNING_ATTEMPTS_STALE_POLCY="salvage",
+    )
+    assert json.loads(done.stdout) == ["agentlightning.server", True]
+    assert done.stderr.splitlines() == [
+        "LIGHTNING_ATTEMPTS_INSTAL is not a lightning_attempts variable: ignored. "
+        "Did you mean LIGHTNING_ATTEMPTS_INSTALL?",
+        "LIGHTNING_ATTEMPTS_STALE_POLCY is not a lightning_attempts variable: ignored. "
+        "Did you mean LIGHTNING_ATTEMPTS_STALE_POLICY?",
+        "LIGHTNING_ATTEMPTS_MAX_CLAIMS is set but LIGHTNING_ATTEMPTS_INSTALL is not: the servers agentlightning "
+        "builds in this process ignore it unless it calls lightning_attempts.install(). "
+        "Did you mean to set LIGHTNING_ATTEMPTS_INSTALL=1?",
+    ]
+
+
+@pytest.mark.once
+def test_options_read_by_a_process_that_imports_lightning_attempts_itself_are_not_called_ignored() -> None:
+    """``lightning-attempts serve`` and scripts calling ``install()`` read them; a misspelt one is still reported."""
+    done = run_python_whole(
+        "import lightning_attempts\n" + UPSTREAM_CLASSES,
+        LIGHTNING_ATTEMPTS_MAX_CLAIMS="3",
+        LIGHTNING_ATTEMPTS_MAX_CLAIM="3",
+    )
+    assert done.stderr.splitlines() == [
+        "LIGHTNING_ATTEMPTS_MAX_CLAIM is not a lightning_attempts variable: ignored. "
+        "Did you mean LIGHTNING_ATTEMPTS_MAX_CLAIMS?"
+    ]
+
+
+@pytest.mark.once
+def test_the_report_never_breaks_a_process_that_did_not_ask_for_the_switch(tmp_path: Path) -> None:
+    """E.g. agentlightning 1.0, where importing lightning_attempts fails: the switch is off, agentlightning works."""
+    (tmp_path / "lightning_attempts").mkdir()
+    (tmp_path / "lightning_attempts" / "__init__.py").write_text("raise ImportError('unsupported here')\n")
+    done = run_python_whole(UPSTREAM_CLASSES, PYTHONPATH=str(tmp_path), LIGHTNING_ATTEMPTS_INSTAL="1")
+    assert json.loads(done.stdout) == ["agentlightning.server", False]
+    assert "cannot check them: unsupported here" in done.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "false", "no", "off", ""])
@@ -119,7 +178,7 @@ def test_set_it_installs_when_lightning_attempts_imports_agentlightning_first() 
     assert report["options"] == {"stale_policy": "reject", "max_claims": None, "unresponsive_seconds": None}
 
 
-def test_a_misspelt_option_fails_the_import_loudly() -> None:
+def test_with_the_switch_on_a_misspelt_option_fails_the_import_loudly() -> None:
     """Better no training than training without the options asked for."""
     done = subprocess.run(
         [sys.executable, "-c", "import agentlightning"],
@@ -129,7 +188,29 @@ def test_a_misspelt_option_fails_the_import_loudly() -> None:
         timeout=240,
     )
     assert done.returncode != 0
-    assert "LIGHTNING_ATTEMPTS_STALE_POLCY is not a lightning_attempts option" in done.stderr, done.stderr
+    message = "LIGHTNING_ATTEMPTS_STALE_POLCY is not a lightning_attempts variable. Did you mean "
+    message += "LIGHTNING_ATTEMPTS_STALE_POLICY?"
+    assert message in done.stderr, done.stderr
+
+
+def test_install_keeps_the_options_the_switch_applied() -> None:
+    """Guide section 2 tells some launch styles to call install() too: it must not reset the options."""
+    report = run_python(
+        """
+        import json
+        import agentlightning, lightning_attempts
+        claims = [agentlightning.AgentLightningServer(port=0).max_claims]
+        lightning_attempts.install()
+        claims.append(agentlightning.AgentLightningServer(port=0).max_claims)
+        lightning_attempts.install(max_claims=5)  # an explicit argument wins over the variable
+        claims.append(agentlightning.AgentLightningServer(port=0).max_claims)
+        claims.append(agentlightning.AgentLightningServer(port=0, max_claims=7).max_claims)
+        claims.append(lightning_attempts.AttemptAwareServer(port=0).max_claims)  # built directly: no variable
+        print(json.dumps(claims))
+        """,
+        **{SWITCH: "1", "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "3"},
+    )
+    assert report == [3, 3, 5, 7, None]
 
 
 def test_options_parse_from_strings() -> None:
@@ -156,8 +237,25 @@ def test_options_parse_from_strings() -> None:
         server_options({"LIGHTNING_ATTEMPTS_MAX_REMEMBERED": "none"})  # not optional
     with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value"):
         server_options({"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "three"})
-    with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_CLAIM is not a lightning_attempts option"):
-        server_options({"LIGHTNING_ATTEMPTS_MAX_CLAIM": "3"})
+
+
+def test_unrecognised_variables_come_with_the_likely_intended_name() -> None:
+    assert unrecognised(
+        {SWITCH: "1", "LIGHTNING_ATTEMPTS_INSTAL": "1", "LIGHTNING_ATTEMPTS_APIKEY": "k", "LIGHTNING_ATTEMPTS_ZZZ": "1"}
+    ) == {
+        "LIGHTNING_ATTEMPTS_APIKEY": "LIGHTNING_ATTEMPTS_API_KEY",
+        "LIGHTNING_ATTEMPTS_INSTAL": "LIGHTNING_ATTEMPTS_INSTALL",
+        "LIGHTNING_ATTEMPTS_ZZZ": None,
+    }
+
+
+def test_precedence_explicit_then_variable_then_agl_key_then_default() -> None:
+    environ = {"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "3", "LIGHTNING_ATTEMPTS_API_KEY": "variable", "AGL_KEY": "agl"}
+    assert resolve({}, environ) == {"max_claims": 3, "api_key": "variable"}
+    assert resolve({"max_claims": 5, "api_key": "explicit"}, environ) == {"max_claims": 5, "api_key": "explicit"}
+    assert resolve({}, {"AGL_KEY": "agl"}) == {"api_key": "agl"}
+    assert resolve({}, {"AGL_KEY": ""}) == {}  # empty: no key, as agentlightning 1.0 reads it
+    assert resolve({"max_claims": None}, environ)["max_claims"] is None  # an explicit None is explicit
 
 
 def test_every_keyword_option_of_the_server_has_a_variable() -> None:
@@ -172,9 +270,13 @@ def test_every_keyword_option_of_the_server_has_a_variable() -> None:
     assert "LIGHTNING_ATTEMPTS_STALE_POLICY" in option_types()
 
 
-def test_install_from_environment_is_a_no_op_when_off() -> None:
+def test_install_from_environment_is_a_no_op_when_off(caplog: pytest.LogCaptureFixture) -> None:
     assert install_from_environment({}) is False
+    assert not caplog.records
     assert install_from_environment({SWITCH: "0", "LIGHTNING_ATTEMPTS_BOGUS": "x"}) is False
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "LIGHTNING_ATTEMPTS_BOGUS is not a lightning_attempts variable"
+    ]
 
 
 SPAWN_AND_FORK = """
