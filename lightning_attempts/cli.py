@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
+from . import environment
 from .server.options import DEFAULTS
 from .store import STALE_POLICIES, StalePolicy
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT = ParameterSource.DEFAULT
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,99 +26,93 @@ def main() -> None:
     """Attempt-aware drop-in fix for agentlightning's legacy task server."""
 
 
+def _server_option(*declarations: str, **attributes: Any) -> Callable[[FC], FC]:
+    """A ``serve`` option that is also a server option: its help names the variable read in its absence."""
+    name = next(d for d in declarations if d.startswith("--")).split("/")[0][2:].replace("-", "_")
+    variable = environment.PREFIX + name.upper()
+    attributes["help"] = f"{attributes.get('help', '')} [env var: {variable}]".strip()
+    return click.option(*declarations, **attributes)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, help="Port to bind (0: any free port).")
 @click.option("--task-timeout", default=300.0, show_default=True, help="Seconds before a claimed task is requeued.")
-@click.option(
+@_server_option(
     "--stale-policy",
     type=click.Choice(STALE_POLICIES),
     default=DEFAULTS.stale_policy,
     show_default=True,
     help="What to do with the result of a superseded attempt.",
 )
-@click.option("--require-attempt-id", is_flag=True, help="Refuse results that carry no attempt id (old clients).")
-@click.option(
+@_server_option(
+    "--require-attempt-id/--no-require-attempt-id",
+    default=DEFAULTS.require_attempt_id,
+    show_default=True,
+    help="Refuse results that carry no attempt id (old clients).",
+)
+@_server_option(
     "--unresponsive-seconds",
     type=float,
     default=DEFAULTS.unresponsive_seconds,
     help="Requeue a claim with no heartbeat for this long (default: only the task timeout requeues).",
 )
-@click.option(
+@_server_option(
     "--max-claims",
     type=click.IntRange(min=1),
     default=DEFAULTS.max_claims,
     help="Complete a task empty after this many claims.",
 )
-@click.option(
+@_server_option(
     "--retry-failed",
     type=click.IntRange(min=0),
     default=DEFAULTS.retry_failed,
     show_default=True,
     help="Requeue a task whose attempt posts a failed result (no reward, no triplets) up to this many times.",
 )
-@click.option(
+@_server_option(
     "--max-remembered",
     default=DEFAULTS.max_remembered,
     show_default=True,
     help="Finished tasks remembered to answer late results.",
 )
-@click.option(
+@_server_option(
     "--max-body-bytes",
     type=click.IntRange(min=1),
     default=DEFAULTS.max_body_bytes,
     show_default=True,
     help="Larger submissions and heartbeats are refused (413), read no further than this.",
 )
-@click.option(
+@_server_option(
     "--max-poll-wait",
     type=click.FloatRange(min=0),
     default=DEFAULTS.max_poll_wait,
     show_default=True,
     help="Longest a long poll (GET /task?wait=S) is held, in seconds; 0: answer at once.",
 )
-@click.option(
+@_server_option(
     "--api-key",
-    envvar="AGL_KEY",
-    show_envvar=True,
     default=None,
-    help="Answer 401 to requests without this key (Authorization: Bearer, or x-api-key). Prefer the variable: "
-    "a command line is visible to other users.",
+    help="Answer 401 to requests without this key (Authorization: Bearer, or x-api-key); default: the variable, "
+    "else AGL_KEY. Prefer a variable: a command line is visible to other users.",
 )
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
-def serve(
-    host: str,
-    port: int,
-    task_timeout: float,
-    stale_policy: StalePolicy,
-    require_attempt_id: bool,
-    unresponsive_seconds: float | None,
-    max_claims: int | None,
-    retry_failed: int,
-    max_remembered: int,
-    max_body_bytes: int,
-    max_poll_wait: float,
-    api_key: str | None,
-    log_level: str,
-) -> None:
-    """Run a standalone AttemptAwareServer until interrupted."""
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, task_timeout: float, log_level: str, **options: Any) -> None:
+    """Run a standalone AttemptAwareServer until interrupted.
+
+    Each server option not given here is read from its LIGHTNING_ATTEMPTS_<OPTION> variable, as
+    with LIGHTNING_ATTEMPTS_INSTALL=1 and install(); an option given here wins.
+    """
     from .server import AttemptAwareServer, ServerStartError
 
+    explicit = {name: value for name, value in options.items() if ctx.get_parameter_source(name) != DEFAULT}
+    try:
+        resolved = environment.resolve(explicit)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = AttemptAwareServer(
-        host=host,
-        port=port,
-        task_timeout_seconds=task_timeout,
-        stale_policy=stale_policy,
-        require_attempt_id=require_attempt_id,
-        unresponsive_seconds=unresponsive_seconds,
-        max_claims=max_claims,
-        retry_failed=retry_failed,
-        max_remembered=max_remembered,
-        max_body_bytes=max_body_bytes,
-        max_poll_wait=max_poll_wait,
-        api_key=api_key,
-    )
+    server = AttemptAwareServer(host=host, port=port, task_timeout_seconds=task_timeout, **resolved)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # upstream configures uvicorn at INFO
         logging.getLogger(name).setLevel(log_level.upper())
     # uvicorn logs a failed bind as a bare OSError ("[Errno 98] ...", possibly already turned into a string by
@@ -122,7 +122,9 @@ def serve(
     async def run() -> None:
         await server.start()
         keyed = "API key required" if server.requires_key else "no API key"
-        click.echo(f"lightning-attempts: serving on {server.endpoint} (stale_policy={stale_policy}, {keyed})", err=True)
+        click.echo(
+            f"lightning-attempts: serving on {server.endpoint} (stale_policy={server.stale_policy}, {keyed})", err=True
+        )
         await server.wait_stopped()
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal.

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from lightning_attempts.cli import main
+from lightning_attempts.cli import main, serve
+from lightning_attempts.environment import option_types
 
 
 @pytest.fixture
@@ -57,6 +58,51 @@ def test_serve_help_lists_the_options() -> None:
     more = ("--unresponsive-seconds", "--max-claims", "--retry-failed", "--max-remembered", "--max-body-bytes")
     for option in (*options, *more, "--api-key"):
         assert option in result.output
+
+
+def test_serve_has_a_flag_for_every_server_option_and_names_its_variable() -> None:
+    flags = {param.name: param for param in serve.params}
+    assert {name for name, _ in option_types().values()} <= set(flags)
+    help_text = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output
+    for variable in option_types():
+        assert f"[env var: {variable}]" in help_text
+
+
+def test_serve_reads_the_variables_and_explicit_flags_win() -> None:
+    """The same variables as the switch and install(): LIGHTNING_ATTEMPTS_API_KEY must not leave it open."""
+    variables = {
+        "LIGHTNING_ATTEMPTS_API_KEY": "abc",
+        "LIGHTNING_ATTEMPTS_STALE_POLICY": "salvage",
+        "LIGHTNING_ATTEMPTS_REQUIRE_ATTEMPT_ID": "1",
+        "AGL_KEY": "lower-precedence",
+    }
+    command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--log-level", "warning"]
+    command.append("--no-require-attempt-id")  # wins over LIGHTNING_ATTEMPTS_REQUIRE_ATTEMPT_ID=1
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, **variables})
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        match = re.search(r"serving on (http://\S+) \(stale_policy=salvage, API key required\)", line)
+        assert match, line
+        endpoint = match.group(1)
+        assert httpx.get(endpoint + "/attempts/stats").status_code == 401
+        assert httpx.get(endpoint + "/attempts/stats", headers={"x-api-key": "lower-precedence"}).status_code == 401
+        keyed = {"x-api-key": "abc"}
+        unknown = httpx.post(endpoint + "/rollout", json={"rollout_id": "r"}, headers=keyed)
+        assert (unknown.status_code, unknown.json()["reason"]) == (409, "unknown_rollout")  # not attempt_required
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def test_serve_refuses_a_bad_variable_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTNING_ATTEMPTS_MAX_CLAIMS", "three")
+    result = CliRunner().invoke(main, ["serve", "--port", "0"])
+    assert result.exit_code == 2
+    assert "LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value" in result.output
 
 
 def test_bad_policy_is_refused() -> None:
