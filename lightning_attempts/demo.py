@@ -46,9 +46,34 @@ def run_demo(
         reports.append(_run_side(label, factory, config, fleet, console))
     upstream, patched = reports
     console.print(comparison(upstream, patched, [label for label, _ in sides]))
-    verdict = "held in every batch" if patched.clean else "did NOT hold"
-    console.print(f"With lightning_attempts, [bold]len(completed) == total_queued[/bold] {verdict}.")
+    console.print(verdict(patched))
     return upstream, patched
+
+
+def verdict(patched: scenario.ScenarioReport) -> str:
+    """The closing line: what the run with lightning_attempts proved, and what it did not."""
+    if not patched.clean:
+        return "With lightning_attempts, [bold]len(completed) == total_queued[/bold] did NOT hold."
+    proved = (
+        "With lightning_attempts, [bold]len(completed) == total_queued[/bold] held in every batch: "
+        "no duplicate, nothing from another batch, nothing late."
+    )
+    caveats: list[str] = []
+    if patched.unverified_reclaimed:
+        caveats.append(
+            f"{_results(patched.unverified_reclaimed)} stored without an attempt id (old clients) for re-claimed "
+            "tasks may be a superseded attempt's; run every worker on AttemptAwareClient "
+            "(LIGHTNING_ATTEMPTS_INSTALL=1), then set require_attempt_id=True, to close that"
+        )
+    if patched.salvaged:
+        caveats.append(f"{_results(patched.salvaged)} of superseded attempts stored on purpose (salvage)")
+    if not caveats:
+        return proved + " Every stored result was its task's only or live claim's."
+    return proved + " Not proved: " + "; ".join(caveats) + "."
+
+
+def _results(count: int) -> str:
+    return f"{count} result{'s' if count != 1 else ''}"
 
 
 def _run_side(
@@ -89,6 +114,8 @@ def comparison(upstream: scenario.ScenarioReport, patched: scenario.ScenarioRepo
         ("from another batch", lambda r: r.from_other_batch),
         ("late, after the last batch", lambda r: r.late_after_last_batch),
         *[(f"dropped: {reason.value}", functools.partial(_drops, reason=reason.value)) for reason in DropReason],
+        ("stored unverified, task re-claimed", lambda r: _counted(r, r.unverified_reclaimed)),
+        ("stored from a superseded attempt", lambda r: _counted(r, r.salvaged)),
         ("completed == queued held", lambda r: "yes" if r.clean else "NO"),
     ]
     for name, value in rows:
@@ -98,3 +125,8 @@ def comparison(upstream: scenario.ScenarioReport, patched: scenario.ScenarioRepo
 
 def _drops(report: scenario.ScenarioReport, reason: str) -> str:
     return str(report.drops.get(reason, 0)) if report.stats is not None else "n/a"
+
+
+def _counted(report: scenario.ScenarioReport, count: int) -> str:
+    """A count the server keeps; upstream's keeps none (it stores every result unchecked)."""
+    return str(count) if report.stats is not None else "n/a"

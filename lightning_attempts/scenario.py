@@ -10,8 +10,10 @@ and client (``AttemptAwareClient`` for ``"shim"`` workers, upstream's
 
 Against upstream's server the straggler's late result is stored too: it lands in a
 later batch, or twice in one, or after the last (verl then dies on its ``KeyError`` or
-its ``len(completed) == total_queued`` assertion). Against ``AttemptAwareServer`` it is
-dropped and every batch holds exactly its own tasks.
+its ``len(completed) == total_queued`` assertion). Against ``AttemptAwareServer`` every
+batch holds exactly its own tasks, once each; a straggler's result that carries its
+attempt id is dropped, but one posted by an old client while its task's re-claim is live
+cannot be told from the live one's and may be stored instead (``unverified_reclaimed``).
 
     report = scenario.run(AttemptAwareServer, ["shim", "old", "old", "shim"])
     assert report.clean
@@ -109,6 +111,20 @@ class ScenarioReport:
     def drops(self) -> dict[str, int]:
         """The server's drops by reason (empty for upstream's server, which drops nothing)."""
         return dict(self.stats["dropped"]) if self.stats else {}
+
+    @property
+    def unverified_reclaimed(self) -> int:
+        """Results stored without an attempt id (old clients) for a task claimed more than once.
+
+        Any of them may be a superseded attempt's: nothing tells a straggler's result from
+        the live claim's. 0 for upstream's server, which counts nothing.
+        """
+        return int(self.stats["accepted_unverified_reclaimed"]) if self.stats else 0
+
+    @property
+    def salvaged(self) -> int:
+        """Results of superseded attempts stored on purpose (``stale_policy="salvage"``)."""
+        return int(self.stats["salvaged"]) if self.stats else 0
 
 
 @dataclass(frozen=True)

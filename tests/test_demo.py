@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
 from click.testing import CliRunner
+from rich.console import Console
 
 from lightning_attempts.cli import main
+from lightning_attempts.demo import comparison, verdict
+from lightning_attempts.scenario import BatchReport, ScenarioReport
 
 
 def table_rows(output: str) -> dict[str, list[str]]:
@@ -33,3 +39,36 @@ def test_demo_shows_the_failure_and_the_fix() -> None:
     assert rows["dropped: already_completed"][0] == "n/a" and int(rows["dropped: already_completed"][1]) >= 1
     assert rows["completed == queued held"] == ["NO", "yes"]
     assert "held in every batch" in result.output
+    # What may still be stale is shown, and the closing line does not claim more than was proved.
+    unverified = rows["stored unverified, task re-claimed"]
+    assert unverified[0] == "n/a" and unverified[1].isdigit()
+    assert rows["stored from a superseded attempt"] == ["n/a", "0"]
+    assert ("Not proved" in result.output) == (int(unverified[1]) > 0)
+
+
+def report(**stats: Any) -> ScenarioReport:
+    counts: dict[str, Any] = {"dropped": {}, "accepted_unverified_reclaimed": 0, "salvaged": 0, **stats}
+    return ScenarioReport(server="AttemptAwareServer", batches=[BatchReport(0, 4, received=4)], stats=counts)
+
+
+def rendered(text: Any) -> str:
+    console = Console(width=300, file=io.StringIO())
+    console.print(text)
+    assert isinstance(console.file, io.StringIO)
+    return console.file.getvalue()
+
+
+def test_the_table_and_closing_line_show_results_that_may_be_a_superseded_attempts() -> None:
+    mixed = report(accepted_unverified_reclaimed=2)
+    rows = table_rows(rendered(comparison(report(), mixed, ["clean", "mixed"])))
+    assert rows["stored unverified, task re-claimed"] == ["0", "2"]
+    line = rendered(verdict(mixed))
+    assert "held in every batch" in line
+    assert "Not proved: 2 results stored without an attempt id (old clients) for re-claimed tasks" in line
+    assert "require_attempt_id=True" in line
+    salvaged = rendered(verdict(report(salvaged=1)))
+    assert "Not proved: 1 result of superseded attempts stored on purpose (salvage)" in salvaged
+    clean = rendered(verdict(report()))
+    assert "Not proved" not in clean and "Every stored result was its task's only or live claim's" in clean
+    broken = ScenarioReport(server="x", batches=[BatchReport(0, 4, received=5, duplicates=1)], stats=None)
+    assert "did NOT hold" in rendered(verdict(broken))
