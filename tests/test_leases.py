@@ -140,6 +140,12 @@ def test_heartbeat_over_http(leased: Served, clock: ManualClock) -> None:
         assert http.get("/task").json()["task"]["claim_sequence_id"] == 2
         stale = http.post("/heartbeat", json={"rollout_id": rid, "attempt_id": task["attempt_id"]})
         assert (stale.status_code, stale.json()["status"], stale.json()["reason"]) == (409, "stale", "superseded")
+        # How the attempt ended, as /attempts/{rollout_id} says it; the reason is what its result would meet.
+        assert stale.json()["outcome"] == "unresponsive" == http.get(f"/attempts/{rid}").json()[0]["outcome"]
+        released = http.post("/release", json={"rollout_id": rid, "attempt_id": task["attempt_id"]})
+        assert (released.status_code, released.json()["outcome"]) == (409, "unresponsive")
+        unknown = http.post("/heartbeat", json={"rollout_id": rid, "attempt_id": "never-issued"}).json()
+        assert (unknown["reason"], unknown["outcome"]) == ("unknown_attempt", None)
         malformed = http.post("/heartbeat", json={"rollout_id": rid})
         assert malformed.status_code == 422
 

@@ -74,12 +74,14 @@ class Lease:
     rollout_id: str
     attempt_id: str
     reason: DropReason | None = None
-    """Why the attempt is no longer current; ``None`` while it is."""
+    """Why the attempt is no longer current (what a result of it would meet); ``None`` while it is."""
     claim_sequence_id: int | None = None
     lease_seconds: float | None = None
     """Silence after which the claim is requeued (``unresponsive_seconds``); None: no such limit."""
     expires_in: float | None = None
     """Seconds left before the claim reaches ``task_timeout_seconds``."""
+    outcome: str | None = None
+    """How a stale attempt ended, as ``GET /attempts/{rollout_id}`` shows it (e.g. ``unresponsive``)."""
 
     @property
     def current(self) -> bool:
@@ -94,6 +96,7 @@ class Lease:
             )
         else:
             body["reason"] = self.reason.value if self.reason is not None else None
+            body["outcome"] = self.outcome
         return body
 
 
@@ -108,6 +111,8 @@ class Release:
     claim_sequence_id: int | None = None
     gave_up: bool = False
     """The release was the task's ``max_claims``-th claim: the task was completed empty, not requeued."""
+    outcome: str | None = None
+    """How a stale attempt ended, as ``GET /attempts/{rollout_id}`` shows it (e.g. ``timed_out``)."""
 
     @property
     def released(self) -> bool:
@@ -120,4 +125,5 @@ class Release:
             body.update(claim_sequence_id=self.claim_sequence_id, requeued=not self.gave_up)
         else:
             body["reason"] = self.reason.value if self.reason is not None else None
+            body["outcome"] = self.outcome
         return body

@@ -186,7 +186,8 @@ class AttemptAwareDataStore(ServerDataStore):
         claimed = self._book.claimed.get(rollout_id)
         if claimed is None or claimed.current != attempt_id:
             self._counters.add("heartbeats_stale")
-            return Lease(rollout_id, attempt_id, self._submissions.reason_against(rollout_id, attempt_id))
+            reason = self._submissions.reason_against(rollout_id, attempt_id)
+            return Lease(rollout_id, attempt_id, reason, outcome=self._book.outcome_of(rollout_id, attempt_id))
         now = self._clock()
         attempt = claimed.attempts[-1]
         attempt.seen, attempt.last_heartbeat_at = now, time.time()
@@ -208,7 +209,8 @@ class AttemptAwareDataStore(ServerDataStore):
         claimed = self._book.claimed.get(rollout_id)
         if claimed is None or claimed.current != attempt_id:
             self._counters.add("releases_stale")
-            return Release(rollout_id, attempt_id, self._submissions.reason_against(rollout_id, attempt_id))
+            reason = self._submissions.reason_against(rollout_id, attempt_id)
+            return Release(rollout_id, attempt_id, reason, outcome=self._book.outcome_of(rollout_id, attempt_id))
         requeued = self._expiry.end(claimed, "released")
         return Release(rollout_id, attempt_id, None, len(claimed.attempts), gave_up=not requeued)
 

@@ -136,6 +136,13 @@ class TaskBook:
         """Whether the task waits or is claimed (neither completed nor cancelled)."""
         return rollout_id in self.claimed or rollout_id in self.queue
 
+    def outcome_of(self, rollout_id: str, attempt_id: str) -> AttemptOutcome | None:
+        """How an attempt of a live or remembered task ended (``history``'s ``outcome``); None if never issued."""
+        claimed = self.claimed.get(rollout_id)
+        finished = self.finished.get(rollout_id)
+        attempts: Sequence[Attempt] = claimed.attempts if claimed else finished.attempts if finished else ()
+        return next((attempt.outcome for attempt in attempts if attempt.attempt_id == attempt_id), None)
+
     def history(self, rollout_id: str) -> list[dict[str, Any]] | None:
         """Each claim of a task (id, times, outcome) while the task is live or remembered; else None."""
         claimed = self.claimed.get(rollout_id)
