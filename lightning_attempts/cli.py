@@ -115,9 +115,6 @@ def serve(ctx: click.Context, host: str, port: int, task_timeout: float, log_lev
     server = AttemptAwareServer(host=host, port=port, task_timeout_seconds=task_timeout, **resolved)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # upstream configures uvicorn at INFO
         logging.getLogger(name).setLevel(log_level.upper())
-    # uvicorn logs a failed bind as a bare OSError ("[Errno 98] ...", possibly already turned into a string by
-    # another filter) before exiting; the ServerStartError below says it in one line.
-    logging.getLogger("uvicorn.error").addFilter(_not_a_bind_error)
 
     async def run() -> None:
         await server.start()
@@ -127,17 +124,14 @@ def serve(ctx: click.Context, host: str, port: int, task_timeout: float, log_lev
         )
         await server.wait_stopped()
 
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal.
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal. A port in use fails start()
+    # before uvicorn starts, so nothing but the line below is printed.
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run())
     except ServerStartError as error:
         click.echo(f"lightning-attempts: {error}", err=True)
         raise SystemExit(1) from None
-
-
-def _not_a_bind_error(record: logging.LogRecord) -> bool:
-    return not (record.levelno == logging.ERROR and record.getMessage().startswith("[Errno"))
 
 
 @main.command()

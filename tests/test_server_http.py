@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import inspect
 import json
+import logging
 import socket
 import typing
 import uuid
@@ -314,20 +315,28 @@ def test_submission_racing_a_requeue_is_accepted_or_requeued_never_both(served: 
     assert len(stored(served)) == 40
 
 
-def test_start_raises_when_the_port_is_taken() -> None:
+def test_start_raises_when_the_port_is_taken_before_uvicorn_says_anything(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         server = AttemptAwareServer(port=port)
-        with pytest.raises(ServerStartError, match=f"127.0.0.1:{port}"):
+        with pytest.raises(ServerStartError, match=f"127.0.0.1:{port}: .*in use"):
             asyncio.run(server.start())
+    chatter = [(r.name, r.getMessage()) for r in caplog.records if r.name.startswith(("uvicorn", "agentlightning"))]
+    assert chatter == []  # no "Started server process", "Application startup complete", lifespan lines
+    assert not any("Starting server" in r.getMessage() for r in caplog.records)
 
 
-def test_port_zero_reports_the_bound_port(served: Served) -> None:
-    assert served.server.port != 0
-    assert served.endpoint == f"http://127.0.0.1:{served.server.port}"
-    assert httpx.get(served.endpoint + "/attempts/stats").status_code == 200
+def test_port_zero_reports_the_bound_port(clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="lightning_attempts.server")
+    with serve_in_thread(AttemptAwareServer(port=0, clock=clock)) as served:
+        assert served.server.port != 0
+        assert served.endpoint == f"http://127.0.0.1:{served.server.port}"
+        assert httpx.get(served.endpoint + "/attempts/stats").status_code == 200
+    starting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Starting server at")]
+    assert starting == [f"Starting server at {served.endpoint}"]  # the bound port, not :0
 
 
 def test_upstream_lifecycle_methods(served: Served, http: httpx.Client) -> None:

@@ -1,9 +1,12 @@
 """The server's lifecycle: uvicorn serving in the background, bind errors, the bound port, stopping.
 
 Upstream's ``start()`` sleeps a second and carries on whatever happened, and its ``stop()``
-sleeps another. ``Serving.start()`` returns once the port is bound, or raises
-``ServerStartError`` saying why it could not be (uvicorn logs a failed bind and exits the
-process: the exit becomes the error); ``Serving.stop()`` returns once uvicorn has shut down.
+sleeps another. ``Serving.bind()`` binds the port before uvicorn starts, so that a port in
+use raises ``ServerStartError`` before uvicorn, upstream's lifespan or anything else logs a
+start-up line, and the bound port (the free one found for port 0) is known at once;
+``Serving.start()`` hands uvicorn that socket and returns once it serves, or raises what
+stopped it (uvicorn exits the process on a failed start: the exit becomes the error);
+``Serving.stop()`` returns once uvicorn has shut down.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ class _Uvicorn(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def _reason(error: OSError) -> str:
+    """Why a bind failed, in words: ``Address already in use (errno 98)``, or a resolver's message."""
+    if error.errno is not None and error.errno > 0:
+        return f"{os.strerror(error.errno)} (errno {error.errno})"
+    return str(error.strerror or error)  # e.g. a host name that does not resolve
+
+
 class Serving:
     """One server's uvicorn, run in the background from ``start()`` until ``stop()``."""
 
@@ -46,14 +56,34 @@ class Serving:
         self.uvicorn: uvicorn.Server = _Uvicorn(config, on_shutdown)
         """What upstream calls ``_uvicorn_server``; ``on_shutdown()`` runs as its shutdown begins."""
         self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    def bind(self, host: str, port: int) -> int:
+        """Bind ``host:port`` as uvicorn would, for ``start()``; return the bound port.
+
+        Raises ``ServerStartError`` naming the address and why, before anything is logged.
+        """
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if os.name == "posix":  # as asyncio does: elsewhere SO_REUSEADDR would share a port in use
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError as error:
+            sock.close()
+            raise ServerStartError(f"Could not serve on {host}:{port}: {_reason(error)}") from None
+        self._socket = sock
+        return int(sock.getsockname()[1])
 
     async def start(self, timeout: float, *, endpoint: str, address: str) -> bool:
-        """Serve in the background; True once the port is bound, False if not within ``timeout`` seconds.
+        """Serve on the socket ``bind()`` bound; True once serving, False if not within ``timeout`` seconds.
 
-        Raises what stopped uvicorn before it bound: ``ServerStartError`` naming
-        ``address`` (``host:port``) for a bind error, one naming ``endpoint`` otherwise.
+        Raises what stopped uvicorn before it served: ``ServerStartError`` naming
+        ``address`` (``host:port``) when it exited, one naming ``endpoint`` otherwise.
         """
-        self._task = asyncio.create_task(self._serve(address))
+        sock, self._socket = self._socket, None
+        if sock is None:
+            raise RuntimeError("Serving.start() needs a socket from bind()")
+        self._task = asyncio.create_task(self._serve(sock, address))
         deadline = time.monotonic() + timeout
         while not self.uvicorn.started:
             if self._task.done():
@@ -64,25 +94,15 @@ class Serving:
             await asyncio.sleep(0.005)
         return True
 
-    async def _serve(self, address: str) -> None:
+    async def _serve(self, sock: socket.socket, address: str) -> None:
         try:
-            await self.uvicorn.serve()
-        except SystemExit as exc:  # uvicorn logs why it cannot bind, then exits the process
+            await self.uvicorn.serve(sockets=[sock])
+        except SystemExit as exc:  # uvicorn logs why it could not start (e.g. the lifespan), then exits
             cause = exc.__context__
-            if isinstance(cause, OSError) and cause.errno is not None and cause.errno > 0:
-                reason = f"{os.strerror(cause.errno)} (errno {cause.errno})"
-            elif isinstance(cause, OSError):  # e.g. a host name that does not resolve
-                reason = str(cause.strerror or cause)
-            else:
-                reason = "uvicorn exited; its log above says why"
+            reason = _reason(cause) if isinstance(cause, OSError) else "uvicorn exited; its log above says why"
             raise ServerStartError(f"Could not serve on {address}: {reason}") from exc
-
-    def bound_port(self) -> int | None:
-        """The port uvicorn bound (the free one it found for port 0); None before it bound one."""
-        for server in self.uvicorn.servers:
-            for sock in server.sockets:
-                return int(sock.getsockname()[1])
-        return None
+        finally:
+            sock.close()  # already closed once uvicorn served it; not if it stopped before
 
     async def wait_stopped(self) -> None:
         """Wait until the uvicorn started by ``start()`` stops."""

@@ -245,17 +245,16 @@ class AttemptAwareServer(AgentLightningServer):
         """Start serving in the background; return once the port is bound.
 
         Unlike upstream, which sleeps one second and carries on whatever happened,
-        this raises ``ServerStartError`` when the server cannot start.
+        this raises ``ServerStartError`` when the server cannot start. The port is bound
+        first: a port in use raises before anything is logged.
         """
+        self.port = self._serving.bind(self.host, self.port)  # the free port found for port=0
+        self.endpoint = f"http://{self.host}:{self.port}"
         logger.info("Starting server at %s", self.endpoint)
         warn_if_open(self.host, self.port, self.options.api_key)
         if not await self._serving.start(timeout, endpoint=self.endpoint, address=f"{self.host}:{self.port}"):
             await self.stop()
             raise ServerStartError(f"Server at {self.endpoint} did not start within {timeout}s.")
-        port = self._serving.bound_port()
-        if port is not None:
-            self.port = port
-            self.endpoint = f"http://{self.host}:{self.port}"
 
     async def run_forever(self) -> None:
         """Serve until stopped (upstream's blocking alternative to ``start()``)."""
