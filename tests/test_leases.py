@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -227,11 +228,19 @@ def test_metrics_are_exposed_for_prometheus(leased: Served) -> None:
     assert "lightning_attempts_claims_in_flight 1.0" in lines
 
 
-def test_no_metrics_route_without_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_prometheus_client_metrics_answers_404_saying_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    caplog.set_level(logging.INFO, logger="lightning_attempts.server")
     with serve_in_thread(AttemptAwareServer(port=0)) as served:
-        assert httpx.get(served.endpoint + "/metrics").status_code == 404
+        missing = httpx.get(served.endpoint + "/metrics")
+        assert missing.status_code == 404
+        assert "lightning-attempts[metrics]" in missing.json()["detail"]
         assert httpx.get(served.endpoint + "/attempts/stats").status_code == 200
+    said = [r.getMessage() for r in caplog.records if "/metrics" in r.getMessage()]
+    assert said == ["/metrics answers 404: prometheus-client is missing (the lightning-attempts[metrics] extra)"]
+    assert caplog.records[[r.getMessage() for r in caplog.records].index(said[0])].levelno == logging.INFO
 
 
 def test_bad_lease_options_are_refused() -> None:

@@ -85,6 +85,8 @@ class Routes:
         self._history = history
         self._store: AttemptAwareDataStore | None = None
         self._polls: ParkedPolls | None = None
+        self.metrics_available = False
+        """Whether ``/metrics`` serves Prometheus' format (prometheus-client installed); set by ``install``."""
 
     def use(self, store: AttemptAwareDataStore | None, polls: ParkedPolls | None) -> None:
         """Answer from ``store`` and its parked ``polls`` from now on; None: no run in progress (503)."""
@@ -147,9 +149,18 @@ class Routes:
         app.add_exception_handler(RequestValidationError, self._validation_error)
         app.add_api_route("/attempts/stats", self._attempt_stats_route, methods=["GET"], summary="Attempt counters")
         render_metrics = exposition(self._stats)
+        self.metrics_available = render_metrics is not None
         if render_metrics is not None:
             app.add_api_route(
                 "/metrics", self._metrics_route(render_metrics), methods=["GET"], summary="Prometheus metrics"
+            )
+        else:  # a bare 404 would not say why
+            app.add_api_route(
+                "/metrics",
+                self._metrics_missing,
+                methods=["GET"],
+                summary="Prometheus metrics: 404 without the metrics extra",
+                responses={404: {"description": "prometheus-client is not installed"}},
             )
         # After /attempts/stats: the first route that matches a path wins.
         app.add_api_route(
@@ -229,6 +240,14 @@ class Routes:
             return Response(body, media_type=content_type)
 
         return metrics
+
+    @staticmethod
+    async def _metrics_missing() -> JSONResponse:
+        detail = (
+            "Prometheus metrics are off: prometheus-client is not installed. Install the metrics extra, "
+            "lightning-attempts[metrics] (see README.md, Install), and restart the server."
+        )
+        return JSONResponse({"detail": detail}, status_code=404)
 
     async def _attempt_stats_route(self) -> dict[str, Any]:
         return self._stats()

@@ -252,6 +252,8 @@ class AttemptAwareServer(AgentLightningServer):
         self.endpoint = f"http://{self.host}:{self.port}"
         logger.info("Starting server at %s", self.endpoint)
         warn_if_open(self.host, self.port, self.options.api_key)
+        if not self._routes.metrics_available:
+            logger.info("/metrics answers 404: prometheus-client is missing (the lightning-attempts[metrics] extra)")
         if not await self._serving.start(timeout, endpoint=self.endpoint, address=f"{self.host}:{self.port}"):
             await self.stop()
             raise ServerStartError(f"Server at {self.endpoint} did not start within {timeout}s.")
