@@ -1,0 +1,107 @@
+"""LLM endpoints a worker on another host can reach: a loopback host answered as the host the worker used.
+
+verl's daemon (v0) binds its server and its LLM proxy to ``0.0.0.0`` but publishes
+``main_llm`` as ``http://127.0.0.1:<proxy port>/v1``: a worker on another machine is handed
+its own loopback. The worker reached the server by some address, the ``Host`` of its
+request; the proxy listens on the same machine, so that address reaches the proxy too.
+
+``reachable_resources`` rewrites, in a served copy of a resources update, the endpoint of each
+LLM resource whose host is a loopback name or address, keeping scheme, credentials, port, path
+and query. Nothing else changes: non-loopback endpoints, other resources, and everything when
+the worker itself came over loopback or sent no usable ``Host``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any, cast
+from urllib.parse import SplitResult, urlsplit
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
+"""A DNS name (RFC 1123 labels), optionally ending in a dot."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) names this machine's loopback.
+
+    ``localhost`` and its subdomains (RFC 6761), ``127.0.0.0/8``, ``::1`` and IPv4-mapped loopback.
+    """
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def request_host(host_header: str | None) -> str | None:
+    """The host part of a ``Host`` header (IPv6 in brackets), or None when absent or not a plain host."""
+    if not host_header:
+        return None
+    try:
+        parts = urlsplit("//" + host_header.strip())
+        parts.port  # noqa: B018 (raises ValueError for a malformed port)
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host or parts.username is not None or parts.path or parts.query or parts.fragment:
+        return None
+    if ":" in host:  # IPv6: only a literal address, served back in brackets
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        return f"[{host}]"
+    return host if _HOST_NAME.match(host) else None
+
+
+def reachable_endpoint(endpoint: str, host_header: str | None) -> str:
+    """``endpoint`` with a loopback host replaced by the host of ``host_header``; otherwise unchanged."""
+    host = request_host(host_header)
+    if host is None or is_loopback_host(host):
+        return endpoint
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError:
+        return endpoint
+    if parts.hostname is None or not is_loopback_host(parts.hostname):
+        return endpoint
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = (credentials + "@" if credentials else "") + host + ("" if port is None else f":{port}")
+    return SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment).geturl()
+
+
+def reachable_resources(update: Mapping[str, Any], host_header: str | None) -> dict[str, Any]:
+    """A resources update as JSON (``ResourcesUpdate.model_dump(mode="json")``), its LLM endpoints made reachable.
+
+    Returns a new dict; ``update`` is not changed. An LLM resource is one whose
+    ``resource_type`` names an LLM (``llm``, ``proxy_llm``) and that has a string ``endpoint``.
+    """
+    resources = update.get("resources")
+    if not isinstance(resources, Mapping):
+        return dict(update)
+    served: dict[str, Any] = {}
+    for name, resource in cast(Mapping[str, Any], resources).items():
+        if _is_llm(resource):
+            endpoint: str = resource["endpoint"]
+            rewritten = reachable_endpoint(endpoint, host_header)
+            if rewritten != endpoint:
+                resource = {**resource, "endpoint": rewritten}
+        served[name] = resource
+    return {**update, "resources": served}
+
+
+def _is_llm(resource: Any) -> bool:
+    if not isinstance(resource, Mapping):
+        return False
+    fields = cast(Mapping[str, Any], resource)
+    kind, endpoint = fields.get("resource_type"), fields.get("endpoint")
+    return isinstance(kind, str) and "llm" in kind.lower() and isinstance(endpoint, str)
