@@ -4,16 +4,20 @@
 route, including ``/docs``, ``/openapi.json``, unknown paths and any route added later,
 answers 401 without the key, before routing and before any body is read. The key is
 compared in constant time; a refusal is logged with the route and the peer, never with
-what was presented.
+what was presented: once per peer and route, then in a summary with counts every minute
+(``RefusalLog``), as an old worker polling a keyed server would otherwise fill the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
 import os
+from collections import Counter, OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -54,14 +58,115 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+Schedule = Callable[[float, Callable[[], None]], Any]
+"""``schedule(delay, callback)``: call ``callback`` in ``delay`` seconds (``loop.call_later``'s shape)."""
+
+SUMMARY_SECONDS = 60.0
+MAX_REMEMBERED_ROUTES = 1024
+"""Peer and route pairs remembered as already logged (the oldest forgotten first); also the most summarised."""
+MAX_FIRST_LINES = 10
+"""Lines for first refusals between two summaries; a scanner's new paths beyond them are only counted."""
+_SHOWN_IN_SUMMARY = 5
+
+
+def _call_later_on_running_loop(delay: float, callback: Callable[[], None]) -> Any:
+    return asyncio.get_running_loop().call_later(delay, callback)
+
+
+class RefusalLog:
+    """Log a refused request once per peer and route, then the later ones as a count every ``interval`` seconds.
+
+    ``refused`` logs the first refusal of a peer (its address, without the port) on a route
+    (method and path) at WARNING; later ones are counted, and ``flush`` logs them in one
+    WARNING line, the most frequent first. The first counted refusal after a flush asks
+    ``schedule`` to flush ``interval`` seconds later, so nothing is scheduled while no one
+    is refused. Bounded: at most ``max_routes`` pairs are remembered and counted by name,
+    and at most ``max_first_lines`` first refusals are logged between two summaries (a
+    scanner trying paths is counted, not logged path by path).
+    """
+
+    def __init__(
+        self,
+        interval: float = SUMMARY_SECONDS,
+        schedule: Schedule = _call_later_on_running_loop,
+        max_routes: int = MAX_REMEMBERED_ROUTES,
+        max_first_lines: int = MAX_FIRST_LINES,
+    ) -> None:
+        self.interval = interval
+        self._schedule = schedule
+        self._max_routes = max_routes
+        self._max_first_lines = max_first_lines
+        self._first_lines = 0
+        self._logged: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._uncounted = 0  # refusals beyond max_routes distinct pairs in one interval
+        self._scheduled = False
+
+    def refused(self, peer: str, method: str, path: str, presented: bool) -> None:
+        """A request from ``peer`` to ``method path`` was refused; ``presented``: it carried a (wrong) key."""
+        route = (peer, method, path)
+        first = route not in self._logged
+        if first:
+            self._logged[route] = None
+            if len(self._logged) > self._max_routes:
+                self._logged.popitem(last=False)
+        if first and self._first_lines < self._max_first_lines:
+            self._first_lines += 1
+            logger.warning(
+                "Refused %s %r from %s: %s API key (401); further refusals from this peer on this route are "
+                "summarised every %gs",  # %r: a decoded path may hold a newline
+                method,
+                path,
+                peer,
+                "wrong" if presented else "no",
+                self.interval,
+            )
+            return
+        if route in self._counts or len(self._counts) < self._max_routes:
+            self._counts[route] += 1
+        else:
+            self._uncounted += 1
+        if not self._scheduled:
+            self._scheduled = True
+            self._schedule(self.interval, self.flush)
+
+    def flush(self) -> None:
+        """Log the refusals counted since the last flush, if any, in one line."""
+        self._scheduled = False
+        self._first_lines = 0
+        counts, self._counts = self._counts, Counter()
+        uncounted, self._uncounted = self._uncounted, 0
+        total = sum(counts.values()) + uncounted
+        if not total:
+            return
+        top = counts.most_common(_SHOWN_IN_SUMMARY)
+        shown = [f"{method} {path!r} from {peer} x{n}" for (peer, method, path), n in top]
+        others = total - sum(n for _, n in top)
+        logger.warning(
+            "Refused %d more request(s) without a valid API key (401) in the last %gs: %s%s",
+            total,
+            self.interval,
+            ", ".join(shown) if shown else "",
+            f" and {others} more" if others else "",
+        )
+
+
 class ApiKeyMiddleware:
     """Answer 401 (``WWW-Authenticate: Bearer``) to any HTTP request without ``key``; count and log it."""
 
-    def __init__(self, app: ASGIApp, *, key: str, on_refused: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        key: str,
+        on_refused: Callable[[], None] = lambda: None,
+        refusals: RefusalLog | None = None,
+    ) -> None:
         self.app = app
         self._key = key.encode()
         self._bearer = b"bearer " + self._key
         self._on_refused = on_refused
+        self.refusals = RefusalLog() if refusals is None else refusals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._authorized(scope["headers"]):
@@ -83,13 +188,7 @@ class ApiKeyMiddleware:
 
     def _refuse(self, scope: Scope) -> None:
         client = scope.get("client")
-        peer = f"{client[0]}:{client[1]}" if client else "unknown peer"
+        peer = str(client[0]) if client else "unknown peer"  # not the port: each connection has its own
         presented = any(name in (b"authorization", b"x-api-key") for name, _ in scope["headers"])
-        logger.warning(
-            "Refused %s %r from %s: %s API key (401)",  # %r: a decoded path may hold a newline
-            scope["method"],
-            scope["path"],
-            peer,
-            "wrong" if presented else "no",
-        )
+        self.refusals.refused(peer, scope["method"], scope["path"], presented)
         self._on_refused()
