@@ -5,7 +5,9 @@ builds ``AgentLightningClient`` from a URL, so there is no class for the user to
 ``install()`` rebinds those two names in every loaded ``agentlightning`` module that bound
 them, including the defining modules ``agentlightning.server`` and ``agentlightning.client``
 and the package itself: a module imported later (``from agentlightning import
-AgentLightningServer``) reads the rebound name, so no import hook is needed.
+AgentLightningServer``) reads the rebound name, so no import hook is needed. verl's
+``AgentModeDaemon`` becomes ``AttemptAwareDaemon`` the same way, but only once
+``agentlightning.verl.daemon`` is imported (``verl/hook.py``), as importing it imports verl and torch.
 
 The name is rebound to a subclass of ours whose ``isinstance`` / ``issubclass`` answer as
 upstream's class would: upstream code checks ``isinstance(backend, AgentLightningClient)``,
@@ -30,6 +32,7 @@ from . import compat
 from .client import AttemptAwareClient
 from .environment import resolve
 from .server import AttemptAwareServer
+from .verl import hook as verl_hook
 
 _UPSTREAM: dict[str, type] = {
     "AgentLightningServer": compat.AgentLightningServer,
@@ -85,6 +88,7 @@ def install(**server_options: Any) -> None:
     )
     _installed["AgentLightningClient"] = _installable("AgentLightningClient", AttemptAwareClient, {}, dict)
     _rebind({_UPSTREAM[name]: _installed[name] for name in _UPSTREAM})
+    verl_hook.arm()  # verl's AgentModeDaemon too, once agentlightning.verl.daemon is (or when it is) imported
 
 
 def _server_options_from_env() -> dict[str, Any]:
@@ -93,6 +97,7 @@ def _server_options_from_env() -> dict[str, Any]:
 
 def uninstall() -> None:
     """Give every agentlightning module its upstream classes back. Harmless when not installed."""
+    verl_hook.disarm()
     _rebind({installed: _UPSTREAM[name] for name, installed in _installed.items()})
     _installed.clear()
 

@@ -41,6 +41,9 @@ report = {
     "server": issubclass(agentlightning.AgentLightningServer, AttemptAwareServer),
     "client": issubclass(agentlightning.AgentLightningClient, AttemptAwareClient),
     "options": {name: getattr(server, name, None) for name in ("stale_policy", "max_claims", "unresponsive_seconds")},
+    # The daemon's hook waits for agentlightning.verl.daemon: it imports none of it, nor verl or torch.
+    "heavy": [name for name in ("agentlightning.verl", "lightning_attempts.verl.daemon", "verl", "torch")
+              if name in sys.modules],
 }
 print(json.dumps(report))
 """
@@ -170,11 +173,12 @@ def test_set_it_installs_when_agentlightning_is_imported_with_the_options() -> N
     )
     assert report["server"] and report["client"]
     assert report["options"] == {"stale_policy": "salvage", "max_claims": 3, "unresponsive_seconds": 7.5}
+    assert report["heavy"] == []
 
 
 def test_set_it_installs_when_lightning_attempts_imports_agentlightning_first() -> None:
     report = run_python("import lightning_attempts\n" + REPORT, **{SWITCH: "1"})
-    assert report["server"] and report["client"]
+    assert report["server"] and report["client"] and report["heavy"] == []
     assert report["options"] == {"stale_policy": "reject", "max_claims": None, "unresponsive_seconds": None}
 
 

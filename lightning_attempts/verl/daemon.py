@@ -1,0 +1,198 @@
+"""``AttemptAwareDaemon``: verl's ``AgentModeDaemon`` (v0, the legacy server) around ``AttemptAwareServer``.
+
+Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unchanged. In v0:
+
+- the wait for a batch (``run_until_all_finished``) ends when the batch's last result is
+  stored (the server's ``wait_for_rollouts``), where upstream checks every 5 seconds; it
+  prints upstream's progress line when the count changed, at most every
+  ``progress_interval`` seconds, and upstream's final line;
+- ``get_train_data_batch`` and ``get_test_metrics`` add the step's ``attempts/*`` and
+  ``val/attempts/*`` metrics (``step_metrics``);
+- ``clear_data_and_server`` also cancels whatever the server still holds of earlier
+  batches, so that none of it is claimed in the next;
+- its server is attempt-aware even when the daemon is built directly, without
+  ``install()``.
+
+The server's store is not thread-safe: everything that reads or changes it runs on the
+server's event loop, as upstream's daemon runs its own calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..auth import key_from_env
+from ..server import AttemptAwareServer
+from . import compat
+from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_UPSTREAM: Any = compat.UpstreamDaemon  # its annotations name verl and torch types, unknown to type checkers here
+
+READ_TIMEOUT = 60.0
+"""Seconds a read of the server's state (metrics, a cancellation) may take on its loop."""
+
+
+class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntypedBaseClass]
+    """verl's ``AgentModeDaemon`` whose batches end on their last result and whose steps log their attempts.
+
+    Same constructor and methods as upstream's; ``install()`` and ``LIGHTNING_ATTEMPTS_INSTALL=1``
+    put it wherever agentlightning bound ``AgentModeDaemon``.
+    """
+
+    progress_interval: float = 5.0
+    """Longest time between two progress lines while the count changes (upstream prints one every 5 s)."""
+
+    @functools.wraps(_UPSTREAM.__init__)  # upstream's signature, for whoever inspects it
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._step: StepWindow | None = None
+        self._cancelled_unreported = 0
+        self.cancelled_total = 0
+        """Tasks of earlier batches this daemon cancelled before queueing a new one."""
+        built: Any = getattr(self, "server", None)  # v0 only
+        if compat.legacy_mode(self) and not isinstance(built, AttemptAwareServer):
+            # Built directly, without install(): upstream's __init__ built upstream's server.
+            upstream: Any = built
+            self.server = AttemptAwareServer(
+                host=upstream.host,
+                port=upstream.port,
+                task_timeout_seconds=upstream._task_timeout_seconds,
+                api_key=key_from_env(),
+            )
+
+    @property
+    def attempt_server(self) -> AttemptAwareServer:
+        """The daemon's server (v0), attempt-aware whichever way the daemon was built."""
+        server: Any = self.server
+        assert isinstance(server, AttemptAwareServer)
+        return server
+
+    # -- setting a batch up -----------------------------------------------------
+
+    async def _async_set_up(self, data: Any, server_addresses: Any, is_train: bool = True) -> None:
+        if not compat.legacy_mode(self):
+            await super()._async_set_up(data, server_addresses, is_train)
+            return
+        server = self.attempt_server
+        self._count_cancelled(await server.cancel_pending())
+        window = StepWindow(server.attempt_stats(), time.time(), time.monotonic())
+        await super()._async_set_up(data, server_addresses, is_train)
+        window.rollout_ids = list(self._task_id_to_original_sample)
+        self._step = window
+
+    def clear_data_and_server(self) -> None:
+        """Upstream's reset, and cancel every task the server still holds (none of it can be claimed later)."""
+        super().clear_data_and_server()
+        self._step = None
+        if not compat.legacy_mode(self) or self._on_server_loop():
+            return  # on the loop: upstream's set-up calling it; _async_set_up cancels, awaiting
+        if self.attempt_server.loop is None or not self.attempt_server.startup_event.is_set():
+            return  # not running: nothing held
+        self._count_cancelled(self._on_loop(self.attempt_server.cancel_pending))
+
+    def _count_cancelled(self, cancelled: list[str]) -> None:
+        if not cancelled:
+            return
+        self.cancelled_total += len(cancelled)
+        self._cancelled_unreported += len(cancelled)
+        logger.warning(
+            "Cancelled %d task(s) left on the server from an earlier batch, so that none is claimed in the next "
+            "(e.g. %s)",
+            len(cancelled),
+            ", ".join(cancelled[:3]),
+        )
+
+    # -- waiting for a batch ------------------------------------------------------
+
+    async def _async_run_until_finished(self, verbose: bool = True) -> None:
+        if not compat.legacy_mode(self):
+            await super()._async_run_until_finished(verbose)
+            return
+        server = self.attempt_server
+        completed = compat.completed_rollouts(self)
+        expected = self._task_id_to_original_sample
+        total = self._total_tasks_queued
+        shown: int | None = None
+        while True:
+            for rollout in await server.retrieve_completed_rollouts():
+                rollout_id = rollout.rollout_id
+                if rollout_id in completed:
+                    continue
+                self._validate_data(rollout)
+                if rollout_id in expected:
+                    completed[rollout_id] = rollout
+                else:
+                    print(f"Warning: Received unknown rollout ID {rollout_id}, skipping.")
+            if verbose and len(completed) != shown:
+                shown = len(completed)
+                print(f"Completed {shown}/{total} tasks...")
+            pending = [rollout_id for rollout_id in expected if rollout_id not in completed]
+            if len(completed) >= total or not pending:
+                break
+            if not server.store.unfinished(pending):
+                raise RuntimeError(
+                    f"{len(pending)} task(s) of this batch ended without a result the daemon can take "
+                    f"(cancelled, or taken by another caller), e.g. {pending[0]}"
+                )
+            await server.wait_for_rollouts(pending, timeout=self.progress_interval)
+        if self._step is not None:
+            self._step.last_result_monotonic = time.monotonic()
+        print("All tasks finished.")
+
+    # -- metrics ------------------------------------------------------------------
+
+    @functools.wraps(_UPSTREAM.get_train_data_batch)  # its arguments differ between releases
+    def get_train_data_batch(self, *args: Any, **kwargs: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        parent: Any = super()
+        batch, metrics = parent.get_train_data_batch(*args, **kwargs)
+        if compat.legacy_mode(self):
+            metrics = {**metrics, **self._attempt_metrics(TRAIN_PREFIX)}
+        return batch, metrics
+
+    def get_test_metrics(self) -> Any:
+        metrics = super().get_test_metrics()
+        if compat.legacy_mode(self):
+            metrics = {**metrics, **self._attempt_metrics(VAL_PREFIX)}
+        return metrics
+
+    def _attempt_metrics(self, prefix: str) -> dict[str, float]:
+        window = self._step
+        if window is None:
+            return {}
+        server = self.attempt_server
+
+        def read() -> tuple[dict[str, Any], list[Any]]:
+            return server.attempt_stats(), [server.attempt_history(rid) for rid in window.rollout_ids]
+
+        after, histories = self._on_loop(read)
+        cancelled, self._cancelled_unreported = self._cancelled_unreported, 0
+        return step_metrics(window, after, histories, cancelled, prefix)
+
+    # -- the server's loop --------------------------------------------------------
+
+    def _on_server_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.attempt_server.loop
+        except RuntimeError:
+            return False
+
+    def _on_loop(self, function: Callable[[], T] | Callable[[], Any]) -> Any:
+        """``function()`` (a coroutine function's result is awaited) run on the server's event loop."""
+        loop = self.attempt_server.loop
+        if loop is None:
+            raise RuntimeError("Server is not running or ready.")
+
+        async def call() -> Any:
+            result = function()
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(READ_TIMEOUT)
