@@ -36,6 +36,7 @@ PLAN: list[tuple[str, list[str | None]]] = [
 ``late``: the first claim outlasts the timeout and posts only after its batch finished.
 ``early``: the first claim outlasts the timeout and posts while the re-claim is live; the
 re-claim posts after it, and, if the stale result was accepted, only after the batch finished.
+``hold`` (not in the plan; the daemon job's later steps): every claim waits for ``released``.
 """
 
 STALE, FRESH = "stale answer", "fresh answer"
@@ -110,6 +111,11 @@ class Signals:
         return f"reclaimed-{rollout_id}"
 
     @staticmethod
+    def released(rollout_id: str) -> str:
+        """Set by the daemon job: the claims of a ``hold`` task may answer."""
+        return f"released-{rollout_id}"
+
+    @staticmethod
     def posted(rollout_id: str, answer: str) -> str:
         """Set by a worker once the server answered its post of ``answer``; holds the answer's status."""
         return f"posted-{rollout_id}-{answer.split()[0]}"
@@ -120,3 +126,12 @@ class Signals:
         content = self.get(self.posted(rollout_id, answer))
         status = None if content is None else json.loads(content).get("status")
         return None if status is None else str(status)
+
+    def posted_at(self, rollout_id: str, answer: str) -> float | None:
+        """When (``time.time()``) the worker had the server's reply to its post of ``answer``."""
+        content = self.get(self.posted(rollout_id, answer))
+        return None if content is None else float(json.loads(content)[POSTED_AT])
+
+
+POSTED_AT = "posted_at"
+"""The key, beside the server's reply, under which a worker notes when the reply came."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,16 @@ import pytest
 
 from lightning_attempts import AttemptAwareServer
 
-from .parts import FRESH, PLAN, STALE, Signals, free_port, wait_until
+from .parts import FRESH, PLAN, STALE, TIMEOUT_SECONDS, Signals, free_port, wait_until
 from .processes import environment, fleet
 
 RELEASE = importlib.metadata.version("agentlightning")
 WORKERS = 2
 ATTEMPT_AWARE = f"{AttemptAwareServer.__module__}.{AttemptAwareServer.__qualname__}"  # as daemon_job.py reports it
+ATTEMPT_AWARE_DAEMON = "lightning_attempts.verl.daemon.AttemptAwareDaemon"
+UPSTREAM_SLEEP = 5.0
+"""Upstream's wait sleeps this long per check: it returns at least one whole sleep after the last result."""
+PROGRESS = re.compile(r"^Completed (\d+)/(\d+) tasks\.\.\.$", re.MULTILINE)
 
 
 def run_job(
@@ -55,12 +60,33 @@ def slow_id(record: dict[str, Any]) -> str:
     return rollout_id
 
 
+def printed(output: str, what: str) -> list[str]:
+    """The JSON list the daemon job printed after ``daemon <what> ``."""
+    return json.loads(output.split(f"daemon {what} ", 1)[1].splitlines()[0])
+
+
+def idle_after_last_result(record: dict[str, Any], signals: Signals) -> float:
+    """Seconds from the reply to the post of the batch's last collected result to the wait's return."""
+    posted = [signals.posted_at(rid, result["answer"]) for rid, result in record["completed"].items()]
+    return float(record["returned_at"]) - max(at for at in posted if at is not None)
+
+
+def progress_per_wait(output: str) -> list[list[tuple[int, int]]]:
+    """The progress lines of each wait (upstream's final line ends a wait)."""
+    waits = output.split("All tasks finished.")[:-1]
+    return [[(int(done), int(total)) for done, total in PROGRESS.findall(wait)] for wait in waits]
+
+
 @pytest.mark.timeout(300)
 def test_upstream_daemon_breaks_on_a_straggler(tmp_path: Path) -> None:
     records, output, workers = run_job(tmp_path, switch=False)
     first, second, validation = records
     assert "AttemptAware" not in output and all("AttemptAware" not in w for w in workers)
+    assert printed(output, "class")[0] == "agentlightning.verl.daemon.AgentModeDaemon"
+    assert not any("attempts/" in key for key in first["metrics"]), first["metrics"]
     signals = Signals(tmp_path)
+    # Upstream's wait sleeps 5 s per check: a whole sleep at least after the batch's last result.
+    assert idle_after_last_result(first, signals) >= UPSTREAM_SLEEP - 0.5
     # Upstream accepts both claims' results of every slow task.
     for record in (first, second):
         assert signals.posted_status(slow_id(record), STALE) == "ok"
@@ -90,8 +116,8 @@ def test_upstream_daemon_breaks_on_a_straggler(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_switch_keeps_every_batch_exact(tmp_path: Path) -> None:
     records, output, workers = run_job(tmp_path, switch=True)
-    server = json.loads(output.split("daemon server ", 1)[1].splitlines()[0])
-    assert ATTEMPT_AWARE in server, server  # the daemon built the attempt-aware server itself
+    assert ATTEMPT_AWARE in printed(output, "server")  # the daemon built the attempt-aware server itself
+    assert printed(output, "class")[:2] == [ATTEMPT_AWARE_DAEMON, "agentlightning.verl.daemon.AgentModeDaemon"]
     assert all("AttemptAwareClient" in w for w in workers), workers  # and the workers the shim
     assert "Received unknown rollout ID" not in output
     for record in records:
@@ -102,7 +128,7 @@ def test_switch_keeps_every_batch_exact(tmp_path: Path) -> None:
             trained = sorted((t["rollout_id"], t["answer"], t["reward"]) for t in record["trained"])
             assert trained == sorted((rid, FRESH, 1.0) for rid in record["queued"])
         else:
-            assert record["metrics"] == {"val/reward": 1.0}
+            assert record["metrics"]["val/reward"] == 1.0
     signals = Signals(tmp_path)
     first, second, _ = records
     # Each straggler's result was refused: after its task completed, or while the re-claim was live.
@@ -111,6 +137,37 @@ def test_switch_keeps_every_batch_exact(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "attempt_stats.json").read_text())
     assert stats["requeues"] >= 2 and stats["accepted_unverified"] == 0, stats
     assert stats["dropped"]["already_completed"] >= 1 and stats["dropped"]["superseded"] >= 1, stats
+    later = json.loads((tmp_path / "later.json").read_text())
+    # The wait ends on the last result, not at a later check (upstream: 5 s at least; the benchmark measures).
+    for record in [*records, later["next"]]:
+        assert idle_after_last_result(record, signals) < UPSTREAM_SLEEP - 1.0, record
+    # Upstream's progress line when the count changed, then its final line, in every wait.
+    waits = progress_per_wait(output)
+    assert len(waits) == len(records) + 1, waits
+    for wait, record in zip(waits, [*records, later["next"]], strict=True):
+        total = len(record["queued"])
+        assert wait[-1] == (total, total) and all(t == total for _, t in wait), wait
+        assert [done for done, _ in wait] == sorted({done for done, _ in wait}), wait  # no line repeated
+    # The step's own attempts: a straggler past the timeout is requeued and claimed again.
+    for record in (first, second):
+        metrics, tasks = record["metrics"], len(record["queued"])
+        assert metrics["attempts/requeues"] >= 1 and metrics["attempts/claims"] >= tasks + 1, metrics
+        assert metrics["attempts/max_claims_per_task"] >= 2, metrics
+        assert metrics["attempts/queue_to_last_result_s"] >= TIMEOUT_SECONDS, metrics
+        assert 0 <= metrics["attempts/queue_to_first_claim_s"] < TIMEOUT_SECONDS, metrics
+        assert metrics["attempts/retries"] == metrics["attempts/released"] == metrics["attempts/cancelled"] == 0
+    assert second["metrics"]["attempts/dropped"] >= 1, second["metrics"]  # its straggler posted in the step
+    metrics = records[2]["metrics"]  # validation: its own counts, not totals since the start
+    assert metrics["val/attempts/claims"] >= 2 and metrics["val/attempts/max_claims_per_task"] == 1, metrics
+    assert metrics["val/attempts/requeues"] == metrics["val/attempts/dropped"] == 0, metrics
+    # A batch abandoned while claimed is cancelled by clear_data_and_server; its late result is dropped.
+    abandoned = later["abandoned"]
+    assert abandoned["cancelled_total"] == 1 and abandoned["history"][-1]["outcome"] == "cancelled", abandoned
+    assert (abandoned["post"]["status"], abandoned["post"]["reason"]) == ("dropped", "cancelled"), abandoned
+    assert later["next"]["metrics"]["val/attempts/cancelled"] == 1, later["next"]
+    # The server stops while the daemon waits: the wait raises, as upstream's does, instead of hanging.
+    stopped = later["stopped"]
+    assert not stopped["alive"] and "returned" not in stopped and stopped["seconds"] < 15, stopped
 
 
 @pytest.mark.timeout(300)
@@ -121,7 +178,7 @@ def test_old_workers_against_the_switched_daemon_risk_what_the_guide_says(tmp_pa
     re-claim is live is accepted unverified, and the live worker's result dropped.
     """
     records, output, workers = run_job(tmp_path, switch=True, workers_switch=False)
-    assert ATTEMPT_AWARE in json.loads(output.split("daemon server ", 1)[1].splitlines()[0])
+    assert ATTEMPT_AWARE in printed(output, "server")
     assert all("AttemptAware" not in w for w in workers), workers
     assert "Received unknown rollout ID" not in output
     for record in records:  # at most one result per task, none from another batch: no crash

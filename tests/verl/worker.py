@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from agentlightning.types import Triplet
 from lightning_attempts.compat import LegacyRunner
 from lightning_attempts.testing import NullTracer
 
-from .parts import FRESH, POLL_SECONDS, STALE, Signals, tokenizer
+from .parts import FRESH, POLL_SECONDS, POSTED_AT, STALE, Signals, tokenizer
 
 
 class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
@@ -32,6 +33,7 @@ class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
     a stale result is visible in what the daemon trains on. ``late``: the straggler waits for
     its batch to finish. ``early``: it waits for the re-claim, and the re-claim waits for the
     straggler's post to be answered and, if the server accepted it, for the batch to finish.
+    ``hold``: every claim waits until the daemon job releases the task.
     """
 
     def __init__(self, signals: Signals) -> None:
@@ -46,7 +48,10 @@ class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
     def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> list[Triplet]:  # type: ignore[override]
         slow, batch = task.get("slow"), task["batch"]
         answer = FRESH
-        if slow and self._signals.claim_first(rollout_id):
+        if slow == "hold":
+            self._signals.claim_first(rollout_id)
+            self._signals.wait(Signals.released(rollout_id), timeout=120)
+        elif slow and self._signals.claim_first(rollout_id):
             answer = STALE
             if slow == "late":
                 self._signals.wait(Signals.batch_done(batch))
@@ -69,7 +74,8 @@ class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
     def answered(self, rollout_id: str, reply: dict[str, Any] | None) -> None:
         """Record the server's reply to this thread's last post (the runner posts from the agent's thread)."""
         answer = getattr(self._answering, "answer", FRESH)
-        self._signals.set(Signals.posted(rollout_id, answer), json.dumps(reply or {}))
+        record = {**(reply or {}), POSTED_AT: time.time()}
+        self._signals.set(Signals.posted(rollout_id, answer), json.dumps(record))
 
 
 def main(endpoint: str, signal_dir: str, worker_id: int) -> None:
