@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from ..auth import key_from_env
 from ..server import AttemptAwareServer
-from . import compat
+from . import compat, hook
 from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
 
 logger = logging.getLogger(__name__)
@@ -196,3 +196,6 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
             return await result if asyncio.iscoroutine(result) else result
 
         return asyncio.run_coroutine_threadsafe(call(), loop).result(READ_TIMEOUT)
+
+
+hook.defined(AttemptAwareDaemon)  # under install(): rebind now if upstream's daemon was imported by this module

@@ -8,7 +8,10 @@ package's star import reads the name. A process that never imports the daemon is
 was. ``disarm()`` (from ``uninstall()``) removes the finder and binds upstream's class back.
 
 The name is rebound to ``AttemptAwareDaemon`` itself, a module-level class: the driver of
-``run_ppo`` (0.2+) hands the class to verl's Ray actor, which unpickles it by reference.
+``run_ppo`` (0.2+) hands the class to verl's Ray actor, which unpickles it by reference. So
+the actor may import ``lightning_attempts.verl.daemon`` first, which imports upstream's daemon
+before our class exists: then ``lightning_attempts.verl.daemon`` calls ``defined()`` once it
+has defined it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ _OURS_MODULE = "lightning_attempts.verl.daemon"
 
 _bound: dict[str, type] = {}
 """While rebound: ``{"upstream": upstream's class, "ours": AttemptAwareDaemon}``."""
+_armed: list[bool] = [False]
+"""Whether ``install()`` is in effect (between ``arm()`` and ``disarm()``)."""
 
 
 class _RebindAfterExec(Loader):
@@ -70,6 +75,7 @@ _finder = _DaemonFinder()
 
 def arm() -> None:
     """Rebind now if the daemon module is loaded, else as soon as it is imported (idempotent)."""
+    _armed[0] = True
     if DAEMON_MODULE in sys.modules:
         _rebind_now()
     elif _finder not in sys.meta_path:
@@ -78,6 +84,7 @@ def arm() -> None:
 
 def disarm() -> None:
     """Stop waiting for the import; bind upstream's class back wherever ours is bound."""
+    _armed[0] = False
     if _finder in sys.meta_path:
         sys.meta_path.remove(_finder)
     if _bound:
@@ -90,14 +97,24 @@ def rebound() -> bool:
     return bool(_bound)
 
 
+def defined(ours: type) -> None:
+    """Called by ``lightning_attempts.verl.daemon`` once ``AttemptAwareDaemon`` exists: rebind if armed."""
+    if _armed[0] and not _bound:
+        _rebind_to(ours)
+
+
 def _rebind_now() -> None:
     if _finder in sys.meta_path:
         sys.meta_path.remove(_finder)
-    upstream = getattr(sys.modules[DAEMON_MODULE], NAME, None)
-    if upstream is None:  # a release whose daemon module has no such class: nothing to rebind
-        return
-    ours: type = importlib.import_module(_OURS_MODULE).AttemptAwareDaemon
-    if upstream is ours:
+    importing = sys.modules.get(_OURS_MODULE)
+    if importing is not None and not hasattr(importing, "AttemptAwareDaemon"):
+        return  # our module is importing upstream's right now: it calls defined() when done
+    _rebind_to(importlib.import_module(_OURS_MODULE).AttemptAwareDaemon)
+
+
+def _rebind_to(ours: type) -> None:
+    upstream = getattr(sys.modules.get(DAEMON_MODULE), NAME, None)
+    if upstream is None or upstream is ours:  # no such class in this release, or already ours
         return
     _bound.update(upstream=upstream, ours=ours)
     _replace(upstream, ours)

@@ -7,7 +7,8 @@ num_cpus=...)`` and builds the trainer, hence ``AgentModeDaemon`` and its server
 ``TaskRunner`` actor: a fresh process. This job does the same: the driver imports the
 daemon class (0.2+'s ``main`` does, and hands it to the actor), the actor builds the daemon
 and starts it, and the driver asks the served port for ``GET /attempts/stats`` (200 from
-the attempt-aware server, 404 from upstream's). ``LIGHTNING_ATTEMPTS_INSTALL`` reaches the
+the attempt-aware server, 404 from upstream's); the report names the daemon's and the server's
+classes. ``LIGHTNING_ATTEMPTS_INSTALL`` reaches the
 actor only through the driver's environment: it is not in ``runtime_env``. Writes a JSON
 report to REPORT (stdout carries Ray's forwarded actor output); shuts the cluster down in every case.
 """
@@ -47,12 +48,16 @@ class DaemonHost:
             options["mode"] = "v0"
         self.daemon = daemon_class(**options)
         self.daemon.start()
-        classes = inspect.getmro(self.daemon.server.__class__)
         return {
             "pid": os.getpid(),
             "switch": os.environ.get("LIGHTNING_ATTEMPTS_INSTALL"),
-            "server": [f"{c.__module__}.{c.__qualname__}" for c in classes],
+            "server": self._classes(self.daemon.server),
+            "daemon": self._classes(self.daemon),
         }
+
+    @staticmethod
+    def _classes(instance: object) -> list[str]:
+        return [f"{c.__module__}.{c.__qualname__}" for c in inspect.getmro(type(instance))]
 
 
 def status_of(url: str, timeout: float = 60.0) -> int:

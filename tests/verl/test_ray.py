@@ -61,6 +61,10 @@ def run_ray_job(tmp_path: Path, token: str, switch: bool) -> dict[str, Any]:
 def test_switch_in_the_drivers_environment_reaches_the_daemon_in_a_ray_actor(tmp_path: Path, ray_token: str) -> None:
     report = run_ray_job(tmp_path, ray_token, switch=True)
     assert report["switch"] == "1"
+    assert report["daemon"][:2] == [
+        "lightning_attempts.verl.daemon.AttemptAwareDaemon",
+        "agentlightning.verl.daemon.AgentModeDaemon",
+    ], report
     assert f"{AttemptAwareServer.__module__}.{AttemptAwareServer.__qualname__}" in report["server"], report
     assert report["stats_status"] == 200  # the actor's daemon serves the attempt-aware routes
 
@@ -69,5 +73,6 @@ def test_switch_in_the_drivers_environment_reaches_the_daemon_in_a_ray_actor(tmp
 def test_without_the_switch_the_actor_builds_upstreams_server(tmp_path: Path, ray_token: str) -> None:
     report = run_ray_job(tmp_path, ray_token, switch=False)
     assert report["switch"] is None
+    assert report["daemon"] == ["agentlightning.verl.daemon.AgentModeDaemon", "builtins.object"], report
     assert report["server"] == ["agentlightning.server.AgentLightningServer", "builtins.object"], report
     assert report["stats_status"] == 404
