@@ -38,7 +38,7 @@ from .parts import DUMMY_LLM_BACKEND, FRESH, PLAN, STALE, TIMEOUT_SECONDS, Signa
 MAX_PROMPT, MAX_RESPONSE = 4, 4
 
 
-def build_daemon(port: int, tokenizer_: Any) -> Any:
+def build_daemon(port: int, tokenizer_: Any, timeout: float = TIMEOUT_SECONDS) -> Any:
     daemon_class: Any = importlib.import_module("agentlightning.verl.daemon").AgentModeDaemon
     options: dict[str, Any] = {
         "port": port,
@@ -47,7 +47,7 @@ def build_daemon(port: int, tokenizer_: Any) -> Any:
         "tokenizer": tokenizer_,
         "mini_batch_size": 1,
         "pad_token_id": tokenizer_.pad_token_id,
-        "llm_timeout_seconds": TIMEOUT_SECONDS,
+        "llm_timeout_seconds": timeout,
     }
     if "mode" in inspect.signature(daemon_class).parameters:  # 0.2+: v1 is the default
         options["mode"] = "v0"
@@ -71,7 +71,9 @@ def failure(error: BaseException) -> dict[str, Any]:
     return {"error": type(error).__name__, "message": str(error), "where": where}
 
 
-def set_up(daemon: Any, batch: int, mode: str, slow: list[str | None]) -> list[str]:
+def set_up(
+    daemon: Any, batch: int, mode: str, slow: list[str | None], backends: tuple[str, ...] = (DUMMY_LLM_BACKEND,)
+) -> list[str]:
     """``set_up_data_and_server`` as verl's trainer calls it; the queued rollout ids."""
     numpy: Any = importlib.import_module("numpy")
     size = len(slow)
@@ -80,7 +82,7 @@ def set_up(daemon: Any, batch: int, mode: str, slow: list[str | None]) -> list[s
         "index": numpy.array(list(range(size)), dtype=object),
         "slow": numpy.array(slow, dtype=object),
     }
-    daemon.set_up_data_and_server(data, [DUMMY_LLM_BACKEND], is_train=mode == "train")
+    daemon.set_up_data_and_server(data, list(backends), is_train=mode == "train")
     return list(daemon._task_id_to_original_sample)
 
 
@@ -88,10 +90,17 @@ def numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items()}
 
 
-def run_batch(daemon: Any, tokenizer_: Any, batch: int, mode: str, slow: list[str | None]) -> dict[str, Any]:
+def run_batch(
+    daemon: Any,
+    tokenizer_: Any,
+    batch: int,
+    mode: str,
+    slow: list[str | None],
+    backends: tuple[str, ...] = (DUMMY_LLM_BACKEND,),
+) -> dict[str, Any]:
     torch: Any = importlib.import_module("torch")
     is_train = mode == "train"
-    queued = set_up(daemon, batch, mode, slow)
+    queued = set_up(daemon, batch, mode, slow, backends)
     slow_ids = {rid: sample["slow"] for rid, sample in daemon._task_id_to_original_sample.items() if sample["slow"]}
     daemon.run_until_all_finished()  # verbose, as verl's trainer calls it
     returned_at = time.time()

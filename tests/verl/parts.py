@@ -40,6 +40,10 @@ re-claim posts after it, and, if the stale result was accepted, only after the b
 """
 
 STALE, FRESH = "stale answer", "fresh answer"
+WORK_SECONDS = 0.5
+"""What ``WorkAgent`` (the step-overhead benchmark's worker) spends on each task."""
+LLM_ANSWER = "fresh answer"
+"""What the stand-in LLM (``llm_job.py``) answers; a worker whose call fails answers ``STALE``."""
 ENVIRONMENT_SWITCH = "LIGHTNING_ATTEMPTS_INSTALL"
 
 WORDS = ["<pad>", "<unk>", "task", "fresh", "stale", "answer", *(str(i) for i in range(10))]
@@ -111,6 +115,15 @@ class Signals:
         return f"reclaimed-{rollout_id}"
 
     @staticmethod
+    def claimed_at(rollout_id: str, worker_id: int) -> str:
+        """Set by a worker when a claim of the task reached it; holds the time (``time.time()``)."""
+        return f"claimed-at-{rollout_id}-{worker_id}"
+
+    def claim_times(self, rollout_id: str) -> list[float]:
+        """When each claim of the task reached a worker."""
+        return [float(path.read_text()) for path in self.directory.glob(f"claimed-at-{rollout_id}-*")]
+
+    @staticmethod
     def released(rollout_id: str) -> str:
         """Set by the daemon job: the claims of a ``hold`` task may answer."""
         return f"released-{rollout_id}"
@@ -127,11 +140,11 @@ class Signals:
         status = None if content is None else json.loads(content).get("status")
         return None if status is None else str(status)
 
-    def posted_at(self, rollout_id: str, answer: str) -> float | None:
-        """When (``time.time()``) the worker had the server's reply to its post of ``answer``."""
+    def sent_at(self, rollout_id: str, answer: str) -> float | None:
+        """When (``time.time()``) the worker began to post ``answer`` (it notes it with the reply)."""
         content = self.get(self.posted(rollout_id, answer))
-        return None if content is None else float(json.loads(content)[POSTED_AT])
+        return None if content is None else float(json.loads(content)[SENT_AT])
 
 
-POSTED_AT = "posted_at"
-"""The key, beside the server's reply, under which a worker notes when the reply came."""
+SENT_AT = "sent_at"
+"""The key, beside the server's reply, under which a worker notes when it began to post."""

@@ -42,10 +42,13 @@ class Fleet:
         self.logs = logs
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, module: str, args: list[str], env: dict[str, str], prefix: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Start ``python -m module args``, after ``prefix`` (e.g. ``ip netns exec NS``, which execs it)."""
         with (self.logs / f"{name}.log").open("wb") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
+                [*prefix, sys.executable, "-m", module, *args],
                 cwd=ROOT,
                 env=env,
                 stdout=output,

@@ -66,8 +66,8 @@ def printed(output: str, what: str) -> list[str]:
 
 
 def idle_after_last_result(record: dict[str, Any], signals: Signals) -> float:
-    """Seconds from the reply to the post of the batch's last collected result to the wait's return."""
-    posted = [signals.posted_at(rid, result["answer"]) for rid, result in record["completed"].items()]
+    """Seconds from the post of the batch's last collected result to the wait's return."""
+    posted = [signals.sent_at(rid, result["answer"]) for rid, result in record["completed"].items()]
     return float(record["returned_at"]) - max(at for at in posted if at is not None)
 
 

@@ -1,10 +1,13 @@
 """A rollout worker in its own process: the release's own legacy runner, polling the daemon's server.
 
-    python -m tests.verl.worker ENDPOINT SIGNAL_DIR WORKER_ID
+    python -m tests.verl.worker ENDPOINT SIGNAL_DIR WORKER_ID [batch|llm|work]
 
 It builds its client as a user's worker script does, ``agentlightning.AgentLightningClient``:
 with ``LIGHTNING_ATTEMPTS_INSTALL=1`` in its environment that name is the attempt-aware
 shim, without it upstream's. Nothing here calls ``install()``. It runs until it is killed.
+``batch`` (default): ``BatchAgent``; ``llm``: ``LlmAgent``, which calls the LLM it is served;
+``work``: ``WorkAgent`` (the step-overhead benchmark). Each task handed to it is noted
+(``Signals.claimed_at``), and each reply to a post (``Signals.posted``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from agentlightning.types import Triplet
 from lightning_attempts.compat import LegacyRunner
 from lightning_attempts.testing import NullTracer
 
-from .parts import FRESH, POLL_SECONDS, POSTED_AT, STALE, Signals, tokenizer
+from .parts import FRESH, LLM_ANSWER, POLL_SECONDS, SENT_AT, STALE, WORK_SECONDS, Signals, tokenizer
 
 
 class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
@@ -71,26 +75,82 @@ class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
     def validation_rollout(self, task: Any, rollout_id: str, resources: Any) -> list[Triplet]:  # type: ignore[override]
         return self.training_rollout(task, rollout_id, resources)
 
-    def answered(self, rollout_id: str, reply: dict[str, Any] | None) -> None:
+    def answered(self, rollout_id: str, reply: dict[str, Any] | None, sent_at: float) -> None:
         """Record the server's reply to this thread's last post (the runner posts from the agent's thread)."""
         answer = getattr(self._answering, "answer", FRESH)
-        record = {**(reply or {}), POSTED_AT: time.time()}
+        record = {**(reply or {}), SENT_AT: sent_at}
         self._signals.set(Signals.posted(rollout_id, answer), json.dumps(record))
 
 
-def main(endpoint: str, signal_dir: str, worker_id: int) -> None:
-    client = agentlightning.AgentLightningClient(endpoint=endpoint, poll_interval=POLL_SECONDS)
-    agent = BatchAgent(Signals(Path(signal_dir)))
-    post = client.post_rollout
+class LlmAgent(BatchAgent):
+    """Calls ``resources["main_llm"].endpoint`` as an OpenAI client would; answers what the LLM said.
+
+    Notes ``llm-<rollout id>``: the endpoint it was served, and the LLM's answer or the error.
+    A call that fails answers ``STALE`` (reward 0.0); one that reaches the stand-in, its answer.
+    """
+
+    def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> list[Triplet]:  # type: ignore[override]
+        llm = resources["main_llm"]
+        note: dict[str, Any] = {"endpoint": llm.endpoint}
+        body = {"model": llm.model, "messages": [{"role": "user", "content": f"task {task['index']}"}]}
+        request = urllib.request.Request(
+            llm.endpoint.rstrip("/") + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to the endpoint
+        try:
+            with opener.open(request, timeout=20) as response:
+                note["answer"] = json.load(response)["choices"][0]["message"]["content"]
+        except (OSError, ValueError, KeyError) as error:
+            note["error"] = repr(error)
+        self._signals.set(f"llm-{rollout_id}", json.dumps(note))
+        answer = FRESH if note.get("answer") == LLM_ANSWER else STALE
+        self._answering.answer = answer
+        prompt = {"token_ids": self._encode(f"task {task['index']}")}
+        reward = 1.0 if answer == FRESH else 0.0
+        return [Triplet(prompt=prompt, response={"token_ids": self._encode(answer)}, reward=reward)]
+
+
+class WorkAgent(BatchAgent):
+    """Works ``WORK_SECONDS`` on each task (a stand-in for a rollout), then answers ``FRESH``."""
+
+    def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> list[Triplet]:  # type: ignore[override]
+        time.sleep(WORK_SECONDS)
+        prompt = {"token_ids": self._encode(f"task {task['index']}")}
+        return [Triplet(prompt=prompt, response={"token_ids": self._encode(FRESH)}, reward=1.0)]
+
+
+AGENTS: dict[str, type[BatchAgent]] = {"batch": BatchAgent, "llm": LlmAgent, "work": WorkAgent}
+
+
+def main(endpoint: str, signal_dir: str, worker_id: int, kind: str = "batch") -> None:
+    # ``work`` polls as a user's worker does: upstream's client every poll_interval (5 s by default).
+    options = {} if kind == "work" else {"poll_interval": POLL_SECONDS}
+    client = agentlightning.AgentLightningClient(endpoint=endpoint, **options)
+    signals = Signals(Path(signal_dir))
+    agent = AGENTS[kind](signals)
+    post, poll = client.post_rollout, client.poll_next_task
 
     def post_and_record(rollout: Any) -> dict[str, Any] | None:
+        sent_at = time.time()
         reply = post(rollout)
-        agent.answered(rollout.rollout_id, reply)
+        agent.answered(rollout.rollout_id, reply, sent_at)
         return reply
 
+    def poll_and_record() -> Any:
+        task = poll()
+        if task is not None:
+            signals.set(Signals.claimed_at(task.rollout_id, worker_id), str(time.time()))
+        return task
+
     setattr(client, "post_rollout", post_and_record)  # noqa: B010 (an instance attribute over the method)
-    kind = type(client)
-    print(f"worker {worker_id} client {kind.__module__}.{kind.__qualname__} mro={[c.__name__ for c in kind.__mro__]}")
+    setattr(client, "poll_next_task", poll_and_record)  # noqa: B010
+    client_class = type(client)
+    print(
+        f"worker {worker_id} client {client_class.__module__}.{client_class.__qualname__} "
+        f"mro={[c.__name__ for c in client_class.__mro__]}"
+    )
     print(f"worker {worker_id} ready", flush=True)
     tracer: Any = NullTracer()
     runner: Any = LegacyRunner(agent=agent, client=client, tracer=tracer, triplet_exporter=None, worker_id=worker_id)  # type: ignore[arg-type]
@@ -99,4 +159,4 @@ def main(endpoint: str, signal_dir: str, worker_id: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), *sys.argv[4:5])
