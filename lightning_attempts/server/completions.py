@@ -2,7 +2,7 @@
 
 The store calls ``Completions.finished`` (its ``on_finished`` hook) when a task's result
 is stored or the task is cancelled; the hook only resolves futures and never calls back
-into the store.
+into the store. When the server stops, ``close`` makes every wait raise instead of hanging.
 """
 
 from __future__ import annotations
@@ -19,10 +19,19 @@ class _Watch:
 
 
 class Completions:
-    """Callers waiting until some rollouts are stored (or cancelled)."""
+    """Callers waiting until some rollouts are stored (or cancelled); ``close`` ends every wait with an error."""
 
     def __init__(self) -> None:
         self._watches: dict[str, list[_Watch]] = {}
+        self._closed: BaseException | None = None
+
+    def close(self, error: BaseException) -> None:
+        """The server stops: every wait, now or later, raises ``error`` rather than waiting for ever."""
+        self._closed = error
+        watches, self._watches = self._watches, {}
+        for watch in {id(w): w for ws in watches.values() for w in ws}.values():
+            if not watch.done.done():
+                watch.done.set_exception(error)
 
     def finished(self, rollout_id: str) -> None:
         """The store's ``on_finished`` hook."""
@@ -33,6 +42,8 @@ class Completions:
 
     async def wait(self, rollout_ids: Iterable[str], timeout: float | None) -> None:
         """Until every one of ``rollout_ids`` has finished, or ``timeout`` seconds pass."""
+        if self._closed is not None:
+            raise self._closed
         watch = _Watch(set(rollout_ids))
         if not watch.pending:
             return
@@ -40,6 +51,8 @@ class Completions:
             self._watches.setdefault(rollout_id, []).append(watch)
         try:
             await asyncio.wait([watch.done], timeout=timeout)
+            if watch.done.done():
+                watch.done.result()  # raises what close() set
         finally:
             for rollout_id in watch.pending:
                 watches = self._watches.get(rollout_id)

@@ -147,6 +147,8 @@ class AttemptAwareServer(AgentLightningServer):
         self._answer_parked_polls()
         if self._deadlines is not None:
             self._deadlines.stop()
+        if self._completions is not None:  # waits on a store that is going away end, raising
+            self._completions.close(RuntimeError("The server stopped while waiting for rollouts."))
         self._polls = self._deadlines = self._completions = None
         self._routes.use(None, None)
 
@@ -300,7 +302,8 @@ class AttemptAwareServer(AgentLightningServer):
         task is finished when its result is stored or it is cancelled; an id the server
         neither holds nor remembers raises ``ValueError``. It returns as soon as the last
         result is stored (no polling), and does not take the results:
-        ``retrieve_completed_rollouts()`` still returns them.
+        ``retrieve_completed_rollouts()`` still returns them. It raises ``RuntimeError``
+        when the server is not running or stops while it waits.
         """
         rollout_ids = list(rollout_ids)
         store, completions = self.store, self._completions
@@ -311,7 +314,8 @@ class AttemptAwareServer(AgentLightningServer):
     async def poll_completed_rollout(self, rollout_id: str, timeout: float | None = None) -> LegacyRollout | None:
         """Upstream's: take the rollout once it is stored, or None after ``timeout`` (falsy: no limit).
 
-        It returns as soon as the result is stored, where upstream checks every second.
+        It returns as soon as the result is stored, where upstream checks every second, and
+        raises ``RuntimeError`` when the server stops while it waits (upstream's does within a second).
         """
         deadline = time.monotonic() + timeout if timeout else None
         while True:
