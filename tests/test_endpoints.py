@@ -5,9 +5,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import httpx
 import pytest
+from agentlightning import LLM
 
+from lightning_attempts import AttemptAwareServer
 from lightning_attempts.endpoints import is_loopback_host, reachable_endpoint, reachable_resources, request_host
+from lightning_attempts.testing import serve_in_thread
 
 PROXY = "http://127.0.0.1:41234/v1"
 
@@ -98,3 +102,39 @@ def test_resources_from_a_loopback_worker_are_served_as_stored() -> None:
     stored = update(main_llm={"resource_type": "llm", "endpoint": PROXY, "model": "m"})
     assert reachable_resources(stored, "127.0.0.1:9999") == stored
     assert reachable_resources({"resources_id": "x"}, "10.0.0.1") == {"resources_id": "x"}
+
+
+# -- served by the server ---------------------------------------------------------
+
+
+@pytest.fixture
+def llm_resources() -> dict[str, Any]:
+    return {"main_llm": LLM(endpoint=PROXY, model="m"), "remote": LLM(endpoint="http://10.9.9.9:8000/v1", model="m")}
+
+
+@pytest.mark.parametrize("option", [None, False, True])
+def test_the_server_rewrites_what_it_serves_only_when_told_to(
+    option: bool | None, llm_resources: dict[str, Any]
+) -> None:
+    server = AttemptAwareServer(port=0, rewrite_loopback_endpoints=option)
+    with serve_in_thread(server) as served:
+        resources_id = served.call(server.update_resources(llm_resources))
+        with httpx.Client(base_url=served.endpoint, timeout=10) as http:
+            for path in ("/resources/latest", f"/resources/{resources_id}"):
+                remote = http.get(path, headers={"Host": "10.231.0.1:9999"}).json()["resources"]
+                local = http.get(path).json()["resources"]  # Host: 127.0.0.1:<port>
+                assert remote["main_llm"]["endpoint"] == ("http://10.231.0.1:41234/v1" if option else PROXY)
+                assert remote["remote"]["endpoint"] == "http://10.9.9.9:8000/v1"
+                assert local["main_llm"]["endpoint"] == PROXY
+            # Upstream's answers otherwise, word for word.
+            assert http.get("/resources/nope").json() == {"detail": "Resource ID 'nope' not found."}
+        stored = served.call(server.store.get_latest_resources())
+        assert stored is not None
+        main_llm = stored.resources["main_llm"]
+        assert isinstance(main_llm, LLM) and main_llm.endpoint == PROXY  # stored as published
+
+
+def test_no_resources_yet_is_upstreams_404() -> None:
+    with serve_in_thread(AttemptAwareServer(port=0, rewrite_loopback_endpoints=True)) as served:
+        answer = httpx.get(served.endpoint + "/resources/latest", headers={"Host": "10.0.0.1"}, timeout=10)
+    assert (answer.status_code, answer.json()) == (404, {"detail": "No resources have been set on the server."})

@@ -36,6 +36,7 @@ class ServerOptions:
     max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES
     max_poll_wait: float = DEFAULT_MAX_POLL_WAIT
     api_key: str | None = field(default=None, repr=False)
+    rewrite_loopback_endpoints: bool | None = None
     clock: Clock = time.monotonic
 
     def __post_init__(self) -> None:

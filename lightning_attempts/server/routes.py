@@ -1,10 +1,11 @@
 """The HTTP API: attempt-checked ``/task`` and ``/rollout``; ``/heartbeat``, ``/release``, ``/attempts``, ``/metrics``.
 
 ``Routes.install`` replaces upstream's ``GET /task`` and ``POST /rollout`` on the server's
-FastAPI app and adds the routes of its own. Each route answers from the store the server
-gives it (``use``) for the run in progress, or 503 between runs. The hot routes are served
-by ``DirectRoute`` (routing.py) and read nothing per request but that store, its parked
-polls and the options captured here.
+FastAPI app, and its resources routes (answering as upstream's, or with LLM endpoints a
+worker on another host can reach: ``rewrite_loopback_endpoints``), and adds the routes of
+its own. Each route answers from the store the server gives it (``use``) for the run in
+progress, or 503 between runs. The hot routes are served by ``DirectRoute`` (routing.py)
+and read nothing per request but that store, its parked polls and the options captured here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..auth import ApiKeyMiddleware
-from ..compat import LegacyRollout
+from ..compat import LegacyRollout, ResourcesUpdate
+from ..endpoints import reachable_resources
 from ..models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
 from ..store import AttemptAwareDataStore, excerpt
 from .metrics import exposition
@@ -41,7 +43,12 @@ _WAIT_PARAMETER: dict[str, Any] = {
     "description": "Long poll: hold the request until a task can be claimed or this many seconds pass "
     "(capped by the server's `max_poll_wait`). Answers carry `X-Lightning-Attempts-Wait`.",
 }
-_REPLACED_ROUTES = {("/task", "GET"), ("/rollout", "POST")}
+_REPLACED_ROUTES = {
+    ("/task", "GET"),
+    ("/rollout", "POST"),
+    ("/resources/latest", "GET"),
+    ("/resources/{resource_id}", "GET"),
+}
 _TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body is larger than the server's `max_body_bytes`"}
 }
@@ -66,7 +73,9 @@ class Routes:
     """The routes of one ``AttemptAwareServer``, answering from the store of its current run.
 
     ``is_failed_result``, ``stats`` and ``history`` are the server's methods of those
-    names (``attempt_stats``, ``attempt_history``), overrides included.
+    names (``attempt_stats``, ``attempt_history``), overrides included; ``rewrite_endpoints``
+    says, per request, whether served LLM endpoints are made reachable (the option can be
+    turned on while serving).
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class Routes:
         is_failed_result: Callable[[LegacyRollout], bool],
         stats: Callable[[], dict[str, Any]],
         history: Callable[[str], list[dict[str, Any]] | None],
+        rewrite_endpoints: Callable[[], bool] = lambda: False,
     ) -> None:
         self._options = options
         self._max_poll_wait = options.max_poll_wait  # read per request: an attribute of this object's own
@@ -83,6 +93,7 @@ class Routes:
         self._is_failed_result = is_failed_result
         self._stats = stats
         self._history = history
+        self._rewrite_endpoints = rewrite_endpoints
         self._store: AttemptAwareDataStore | None = None
         self._polls: ParkedPolls | None = None
         self.metrics_available = False
@@ -93,7 +104,7 @@ class Routes:
         self._store, self._polls = store, polls
 
     def install(self, app: FastAPI) -> None:
-        """Replace upstream's ``GET /task`` and ``POST /rollout`` on ``app``; add the other routes and the key check."""
+        """Replace upstream's ``GET /task``, ``POST /rollout`` and resources routes; add ours and the key check."""
         router = app.router
         router.routes = [
             route
@@ -145,6 +156,21 @@ class Routes:
                 409: {"description": "The attempt no longer holds the claim (see `reason`): nothing changed"},
                 **_TOO_LARGE,
             },
+        )
+        # Upstream's, answering the same; with rewrite_loopback_endpoints, LLM endpoints the worker can reach.
+        router.add_api_route(
+            "/resources/latest",
+            self._latest_resources,
+            methods=["GET"],
+            response_model=ResourcesUpdate,
+            summary="The most recent resources",
+        )
+        router.add_api_route(
+            "/resources/{resource_id}",
+            self._resources_by_id,
+            methods=["GET"],
+            response_model=ResourcesUpdate,
+            summary="A version of the resources",
         )
         app.add_exception_handler(RequestValidationError, self._validation_error)
         app.add_api_route("/attempts/stats", self._attempt_stats_route, methods=["GET"], summary="Attempt counters")
@@ -217,6 +243,30 @@ class Routes:
                 )
             submission = store.submit(payload, payload.attempt_id)
         return JSONResponse(submission.to_json(), status_code=submission.http_status)
+
+    async def _latest_resources(self, request: Request) -> Any:
+        store = self._store
+        if store is None:
+            raise HTTPException(status_code=503, detail="Server not fully initialized.")
+        update = await store.get_latest_resources()
+        if not update:
+            raise HTTPException(status_code=404, detail="No resources have been set on the server.")
+        return self._served(update, request)
+
+    async def _resources_by_id(self, resource_id: str, request: Request) -> Any:
+        store = self._store
+        if store is None:
+            raise HTTPException(status_code=503, detail="Server not fully initialized.")
+        update = await store.get_resources_by_id(resource_id)
+        if not update:
+            raise HTTPException(status_code=404, detail=f"Resource ID '{resource_id}' not found.")
+        return self._served(update, request)
+
+    def _served(self, update: ResourcesUpdate, request: Request) -> Any:
+        """The update as stored or, with ``rewrite_loopback_endpoints``, a copy with reachable LLM endpoints."""
+        if not self._rewrite_endpoints():
+            return update
+        return JSONResponse(reachable_resources(update.model_dump(mode="json"), request.headers.get("host")))
 
     async def _post_heartbeat(self, heartbeat: Heartbeat) -> JSONResponse:
         store = self._store

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -60,6 +61,12 @@ class AttemptAwareServer(AgentLightningServer):
       ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (agentlightning 1.0's
       headers; ``AttemptAwareClient`` sends ``AGL_KEY``). ``None`` (default): open, as
       upstream; a server bound beyond loopback then logs a warning at start.
+    - ``rewrite_loopback_endpoints``: serve each LLM resource whose ``endpoint`` names a
+      loopback host (``127.0.0.1``, ``localhost``, ``::1``) with the host the worker used to
+      reach this server (its request's ``Host``), port and path kept, so that a worker on
+      another machine reaches an LLM proxy on this one; stored resources are unchanged.
+      ``None`` (default): off, but verl's ``AttemptAwareDaemon`` turns it on (its proxy
+      listens on ``0.0.0.0``); ``False`` keeps it off there too. Settable while serving.
     - ``clock``: monotonic clock for claim deadlines (injectable for tests).
 
     ``GET /task?wait=S`` is a long poll: held until a task can be claimed for it or S
@@ -87,6 +94,7 @@ class AttemptAwareServer(AgentLightningServer):
         max_body_bytes: int | None = DEFAULTS.max_body_bytes,
         max_poll_wait: float = DEFAULTS.max_poll_wait,
         api_key: str | None = DEFAULTS.api_key,
+        rewrite_loopback_endpoints: bool | None = DEFAULTS.rewrite_loopback_endpoints,
         clock: Clock = DEFAULTS.clock,
     ) -> None:
         self.options = ServerOptions(
@@ -99,6 +107,7 @@ class AttemptAwareServer(AgentLightningServer):
             max_body_bytes=max_body_bytes,
             max_poll_wait=max_poll_wait,
             api_key=api_key,
+            rewrite_loopback_endpoints=rewrite_loopback_endpoints,
             clock=clock,
         )
         """The keyword-only options, checked; each but ``api_key`` and ``clock`` is also an attribute."""
@@ -111,6 +120,7 @@ class AttemptAwareServer(AgentLightningServer):
             is_failed_result=self.is_failed_result,
             stats=self.attempt_stats,
             history=self.attempt_history,
+            rewrite_endpoints=lambda: self.options.rewrite_loopback_endpoints is True,
         )
         super().__init__(host=host, port=port, task_timeout_seconds=task_timeout_seconds)
         self._serving = Serving(self._uvicorn_config, self._answer_parked_polls)
@@ -211,6 +221,15 @@ class AttemptAwareServer(AgentLightningServer):
     @property
     def max_poll_wait(self) -> float:
         return self.options.max_poll_wait
+
+    @property
+    def rewrite_loopback_endpoints(self) -> bool | None:
+        return self.options.rewrite_loopback_endpoints
+
+    @rewrite_loopback_endpoints.setter
+    def rewrite_loopback_endpoints(self, on: bool | None) -> None:
+        """The one option settable while serving: verl's daemon turns it on for the server it built."""
+        self.options = dataclasses.replace(self.options, rewrite_loopback_endpoints=on)
 
     # -- routes ---------------------------------------------------------------
 

@@ -10,6 +10,10 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
   ``val/attempts/*`` metrics (``step_metrics``);
 - ``clear_data_and_server`` also cancels whatever the server still holds of earlier
   batches, so that none of it is claimed in the next;
+- the LLM endpoint it publishes (``http://127.0.0.1:<proxy port>/v1``) is served to each
+  worker with the host the worker reached the server by (the server's
+  ``rewrite_loopback_endpoints``, unless set to ``False``), so workers on other machines reach
+  its proxy;
 - its server is attempt-aware even when the daemon is built directly, without
   ``install()``.
 
@@ -68,6 +72,9 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
                 task_timeout_seconds=upstream._task_timeout_seconds,
                 api_key=key_from_env(),
             )
+        if compat.legacy_mode(self) and self.attempt_server.rewrite_loopback_endpoints is None:
+            # Its LLM proxy listens on 0.0.0.0 but is published as 127.0.0.1: serve workers a host they can reach.
+            self.attempt_server.rewrite_loopback_endpoints = True
 
     @property
     def attempt_server(self) -> AttemptAwareServer:
