@@ -1,9 +1,9 @@
 """What verl's daemon adds to each step: upstream's ``AgentModeDaemon`` against the switch's, same run.
 
-    .venvs/verl-0.3.0/bin/python -m benchmarks.step_overhead [--steps 10] [--workers 3]
+    .venvs/verl-0-3-0/bin/python -m benchmarks.step_overhead [--steps 10] [--workers 3]
 
-Needs the verl tier's environment (``python3 .ci/matrix.py --tiers verl``: verl, CPU torch,
-and this checkout's ``tests/verl`` helpers). For each of upstream and the switch
+Needs a verl tier's environment (``nox -s 'verl(0.3.0)'`` or ``'verl(0.1.2)'`` builds it: verl,
+CPU torch, Ray) and this checkout's ``tests/verl`` helpers. For each of upstream and the switch
 (``LIGHTNING_ATTEMPTS_INSTALL=1``), in turn: the real daemon in a process of its own (v0), an
 idle fleet of agentlightning's runner as workers in others, polling as users' workers do
 (upstream's client every 5 s, the shim by long polls), each task ``WORK_SECONDS`` of work, one
