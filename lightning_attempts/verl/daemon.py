@@ -28,7 +28,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from ..auth import key_from_env
 from ..server import AttemptAwareServer
@@ -36,8 +36,6 @@ from . import compat, hook
 from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 _UPSTREAM: Any = compat.UpstreamDaemon  # its annotations name verl and torch types, unknown to type checkers here
 
@@ -192,7 +190,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         except RuntimeError:
             return False
 
-    def _on_loop(self, function: Callable[[], T] | Callable[[], Any]) -> Any:
+    def _on_loop(self, function: Callable[[], Any]) -> Any:
         """``function()`` (a coroutine function's result is awaited) run on the server's event loop."""
         loop = self.attempt_server.loop
         if loop is None:
