@@ -15,7 +15,7 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
   ``rewrite_loopback_endpoints``, unless set to ``False``), so workers on other machines reach
   its proxy;
 - its server is attempt-aware even when the daemon is built directly, without
-  ``install()``.
+  ``install()``, and takes its options as under ``install()`` (``environment.resolve``).
 
 The server's store is not thread-safe: everything that reads or changes it runs on the
 server's event loop, as upstream's daemon runs its own calls.
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..auth import key_from_env
+from ..environment import resolve
 from ..server import AttemptAwareServer
 from . import compat, hook
 from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
@@ -62,14 +62,15 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         """Tasks of earlier batches this daemon cancelled before queueing a new one."""
         built: Any = getattr(self, "server", None)  # v0 only
         if compat.legacy_mode(self) and not isinstance(built, AttemptAwareServer):
-            # Built directly, without install(): upstream's __init__ built upstream's server.
+            # Built directly, without install(): upstream's __init__ built upstream's server. Its options
+            # come as under install(): the daemon's own, then LIGHTNING_ATTEMPTS_<OPTION>, then AGL_KEY.
             upstream: Any = built
-            self.server = AttemptAwareServer(
-                host=upstream.host,
-                port=upstream.port,
-                task_timeout_seconds=upstream._task_timeout_seconds,
-                api_key=key_from_env(),
-            )
+            explicit = {
+                "host": upstream.host,
+                "port": upstream.port,
+                "task_timeout_seconds": upstream._task_timeout_seconds,
+            }
+            self.server = AttemptAwareServer(**resolve(explicit))
         if compat.legacy_mode(self) and self.attempt_server.rewrite_loopback_endpoints is None:
             # Its LLM proxy listens on 0.0.0.0 but is published as 127.0.0.1: serve workers a host they can reach.
             self.attempt_server.rewrite_loopback_endpoints = True

@@ -34,6 +34,15 @@ lightning_attempts.install()
 report["installed"] = bindings()
 lightning_attempts.uninstall()
 report["uninstalled"] = bindings()
+
+# Built directly, without install(): its server is still ours, with the options the switch would give it.
+from lightning_attempts.verl.daemon import AttemptAwareDaemon
+options = dict(port=0, train_rollout_n=1, train_information={}, tokenizer=None, mini_batch_size=1, pad_token_id=0,
+               llm_timeout_seconds=77)
+if "mode" in inspect.signature(AttemptAwareDaemon).parameters:
+    options["mode"] = "v0"
+server = AttemptAwareDaemon(**options).server
+report["direct"] = [type(server).__name__, server.max_claims, server._task_timeout_seconds]
 print(json.dumps(report))
 """
 
@@ -41,7 +50,7 @@ print(json.dumps(report))
 def run(*, switch: bool) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(REPORT)],
-        env=environment(switch),
+        env=environment(switch, LIGHTNING_ATTEMPTS_MAX_CLAIMS="3"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -59,6 +68,7 @@ def test_the_daemon_is_rebound_in_every_module_that_bound_it() -> None:
     assert report["first"] == [OURS], report
     assert report["installed"] == [OURS], report  # already imported: install() rebinds it where it is bound
     assert report["uninstalled"] == [UPSTREAM], report
+    assert report["direct"] == ["AttemptAwareServer", 3, 77], report  # the variable read, the daemon's timeout kept
     assert report["parameters"][:6] == [
         "port", "train_rollout_n", "train_information", "tokenizer", "mini_batch_size", "pad_token_id",
     ]  # fmt: skip
