@@ -91,6 +91,12 @@ def _server_option(*declarations: str, **attributes: Any) -> Callable[[FC], FC]:
     help="Longest a long poll (GET /task?wait=S) is held, in seconds; 0: answer at once.",
 )
 @_server_option(
+    "--rewrite-loopback-endpoints/--no-rewrite-loopback-endpoints",
+    default=DEFAULTS.rewrite_loopback_endpoints,
+    help="Serve a loopback LLM endpoint in the resources as the host each worker reached this server by, so that "
+    "workers on other machines reach it (verl's daemon turns it on). Default: off.",
+)
+@_server_option(
     "--api-key",
     default=None,
     help="Answer 401 to requests without this key (Authorization: Bearer, or x-api-key); default: the variable, "
