@@ -34,8 +34,8 @@ def leased(clock: ManualClock) -> Iterator[Served]:
         yield running
 
 
-def claim(store: AttemptAwareDataStore) -> tuple[str, str]:
-    task = store.claim()
+def claim(store: AttemptAwareDataStore, *, leased: bool = False) -> tuple[str, str]:
+    task = store.claim(leased=leased)
     assert task is not None and task.attempt_id is not None
     return task.rollout_id, task.attempt_id
 
@@ -55,8 +55,8 @@ async def test_heartbeats_keep_a_slow_worker_its_claim(store: AttemptAwareDataSt
 async def test_a_silent_claim_is_requeued_after_the_window(store: AttemptAwareDataStore, clock: ManualClock) -> None:
     await store.add_task("a")
     await store.add_task("b")
-    silent_rid, silent = claim(store)
-    alive_rid, alive = claim(store)
+    silent_rid, silent = claim(store, leased=True)  # its worker said it heartbeats, then went silent
+    alive_rid, alive = claim(store, leased=True)
     clock.advance(WINDOW * 0.9)
     store.heartbeat(alive_rid, alive)
     assert store.requeue_expired() == 0
@@ -67,6 +67,57 @@ async def test_a_silent_claim_is_requeued_after_the_window(store: AttemptAwareDa
     lease = store.heartbeat(silent_rid, silent)
     assert (lease.current, lease.reason) == (False, DropReason.SUPERSEDED)
     assert claim(store)[0] == silent_rid
+
+
+async def test_a_claim_that_never_heartbeats_keeps_it_until_its_timeout(
+    store: AttemptAwareDataStore, clock: ManualClock
+) -> None:
+    """An old worker never heartbeats and never says it does: silence is no sign of death for it."""
+    await store.add_task("old worker's")
+    rid, attempt = claim(store)
+    assert store.next_deadline() == clock() + TIMEOUT  # no earlier deadline for silence
+    clock.advance(TIMEOUT - 1)  # 29 windows of silence
+    assert store.requeue_expired() == 0
+    clock.advance(2)
+    assert store.requeue_expired() == 1
+    assert store.stats()["requeues_unresponsive"] == 0
+    assert [entry["outcome"] for entry in store.history(rid) or []] == ["timed_out"]
+    assert (store.history(rid) or [{}])[0]["leased"] is False
+    assert store.submit(AttemptRollout(rollout_id=rid, attempt_id=attempt), attempt).reason == DropReason.SUPERSEDED
+
+
+async def test_a_first_heartbeat_leases_the_claim(store: AttemptAwareDataStore, clock: ManualClock) -> None:
+    await store.add_task("a")
+    rid, attempt = claim(store)
+    clock.advance(WINDOW * 5)  # not leased yet: silence costs nothing
+    assert store.requeue_expired() == 0
+    assert store.heartbeat(rid, attempt).current
+    assert (store.history(rid) or [{}])[0]["leased"] is True
+    assert store.next_deadline() == clock() + WINDOW
+    clock.advance(WINDOW + 0.5)
+    assert store.requeue_expired() == 1
+    assert store.stats()["requeues_unresponsive"] == 1
+    assert [entry["outcome"] for entry in store.history(rid) or []] == ["unresponsive"]
+
+
+async def test_leasing_a_claim_brings_the_next_deadline_forward(
+    store: AttemptAwareDataStore, clock: ManualClock
+) -> None:
+    """The server's requeue timer is armed for next_deadline(): it must hear of every earlier one."""
+    moved: list[float | None] = []
+    store.on_deadline = lambda: moved.append(store.next_deadline())
+    for name in "abc":
+        await store.add_task(name)
+    old_rid, old = claim(store)  # not leased: its timeout is the next deadline
+    assert moved == [clock() + TIMEOUT]
+    clock.advance(1)
+    claim(store)  # not leased, later deadline: nothing moved
+    assert len(moved) == 1
+    claim(store, leased=True)  # leased: its window ends long before the first timeout
+    assert moved[-1] == clock() + WINDOW and len(moved) == 2
+    clock.advance(1)
+    store.heartbeat(old_rid, old)  # a second leased claim: its window ends after the first one's
+    assert len(moved) == 2
 
 
 async def test_heartbeats_do_not_extend_the_hard_timeout(store: AttemptAwareDataStore, clock: ManualClock) -> None:

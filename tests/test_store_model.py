@@ -3,6 +3,8 @@
 After every step: each outcome is what the README's table says, at most one rollout is ever
 stored per task, no task is lost, and the counters agree with what happened. Submissions may
 be failed results (retried under ``retry_failed``), and workers may release their claims.
+Claims may be leased (their worker says it heartbeats, on the claim or by a heartbeat) or not:
+only a leased claim is requeued for silence, after ``unresponsive_seconds``; any claim at its timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from lightning_attempts import AttemptAwareDataStore, AttemptRollout, StalePolicy
 from lightning_attempts.testing import ManualClock
 
-TIMEOUT = 10.0
+TIMEOUT, WINDOW = 10.0, 4.0
 
 
 @dataclass
@@ -29,6 +31,8 @@ class ModelTask:
     status: str = "queued"  # queued (never claimed) | claimed | requeued | completed | cancelled
     attempts: list[str] = field(default_factory=list[str])
     deadline: float = 0.0
+    leased: bool = False  # the live claim's worker said it heartbeats: silence past WINDOW ends it
+    heard: float = 0.0  # when the live claim's worker last said so
     stored: str | None = None  # attempt credited with the stored result
     failures: int = 0  # failed results of live attempts that were retried
     ended: dict[str, str] = field(default_factory=dict[str, str])  # attempt -> "failed" | "released"
@@ -48,6 +52,7 @@ class StoreMachine(RuleBasedStateMachine):
             stale_policy=self.policy,
             require_attempt_id=self.require_attempt_id,
             retry_failed=self.retry_failed,
+            unresponsive_seconds=WINDOW,
             clock=self.clock,
         )
         self.tasks: dict[str, ModelTask] = {}
@@ -70,9 +75,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.tasks[rid] = ModelTask()
         self.queue.append(rid)
 
-    @rule()
-    def claim(self) -> None:
-        task = self.store.claim()
+    @rule(leased=st.booleans())
+    def claim(self, leased: bool) -> None:
+        task = self.store.claim(leased=leased)
         if not self.queue:
             assert task is None
             return
@@ -83,19 +88,36 @@ class StoreMachine(RuleBasedStateMachine):
         model.attempts.append(task.attempt_id)
         assert task.claim_sequence_id == task.num_claims == len(model.attempts)
         model.status, model.deadline = "claimed", self.clock() + TIMEOUT
+        model.leased, model.heard = leased, self.clock()
         self.in_flight.append(rid)
         self.counts["claims"] += 1
+
+    @precondition(lambda self: bool(self.in_flight))
+    @rule(data=st.data())
+    def heartbeat(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(self.in_flight))
+        model = self.tasks[rid]
+        assert self.store.heartbeat(rid, model.attempts[-1]).current
+        model.leased, model.heard = True, self.clock()
+        self.counts["heartbeats"] += 1
 
     @rule(seconds=st.floats(min_value=0, max_value=1.5 * TIMEOUT))
     def time_passes(self, seconds: float) -> None:
         self.clock.advance(seconds)
-        expired = [rid for rid in self.in_flight if self.tasks[rid].deadline < self.clock()]
-        assert self.store.requeue_expired() == len(expired)
-        for rid in expired:
+        now = self.clock()
+        timed_out = [rid for rid in self.in_flight if self.tasks[rid].deadline < now]
+        # Then the leased claims silent too long, longest silent first; never a claim that is not leased.
+        silent = [rid for rid in self.in_flight if rid not in timed_out and self.tasks[rid].leased]
+        silent = sorted(
+            (rid for rid in silent if self.tasks[rid].heard < now - WINDOW), key=lambda r: self.tasks[r].heard
+        )
+        assert self.store.requeue_expired() == len(timed_out) + len(silent)
+        for rid in timed_out + silent:
             self.in_flight.remove(rid)
             self.tasks[rid].status = "requeued"
             self.queue.append(rid)
-        self.counts["requeues"] += len(expired)
+        self.counts["requeues"] += len(timed_out) + len(silent)
+        self.counts["requeues_unresponsive"] += len(silent)
 
     @precondition(lambda self: bool(self.tasks))
     @rule(
@@ -267,6 +289,8 @@ class StoreMachine(RuleBasedStateMachine):
         for name in (
             "claims",
             "requeues",
+            "requeues_unresponsive",
+            "heartbeats",
             "accepted",
             "duplicates",
             "refused",

@@ -9,12 +9,13 @@ from .records import AttemptOutcome, ClaimedTask
 
 
 class ClaimIndex:
-    """Live claims in deadline order and, with a silence limit, in order of last word from their worker.
+    """Live claims in deadline order and, with a silence limit, the leased ones in order of last word.
 
     Claims are added in claim order, which a fixed ``task_timeout_seconds`` makes deadline
-    order; a heartbeat moves its claim to the back of the second order. So the next claim
-    to expire is at the front of one of the two, and ``next_deadline`` and ``next_expired``
-    cost O(1) whatever the number of claims in flight.
+    order. A leased claim (its worker heartbeats) is also kept in order of last word from
+    its worker: it enters at the back when leased, and each heartbeat moves it back again.
+    So the next claim to expire is at the front of one of the two, and ``next_deadline``
+    and ``next_expired`` cost O(1) whatever the number of claims in flight.
     """
 
     def __init__(self, silence_limit: float | None) -> None:
@@ -31,15 +32,16 @@ class ClaimIndex:
         return iter(self._by_deadline.values())
 
     def add(self, claimed: ClaimedTask) -> None:
-        """A new live claim (its deadline is the latest of all)."""
+        """A new live claim (its deadline is the latest of all); leased if its attempt is."""
         self._by_deadline[claimed.rollout_id] = claimed
+        if claimed.attempts[-1].leased:
+            self.heard_from(claimed)
+
+    def heard_from(self, claimed: ClaimedTask) -> None:
+        """The leased claim's worker has just said it is alive (a first word leases the claim)."""
         if self.silence_limit is not None:
             self._by_last_heard[claimed.rollout_id] = claimed
-
-    def heard_from(self, rollout_id: str) -> None:
-        """The claim's worker has just said it is alive."""
-        if self.silence_limit is not None:
-            self._by_last_heard.move_to_end(rollout_id)
+            self._by_last_heard.move_to_end(claimed.rollout_id)
 
     def discard(self, rollout_id: str) -> None:
         """The claim no longer holds its task (completed, requeued, released, cancelled); fine if absent."""

@@ -42,8 +42,8 @@ class AttemptAwareDataStore(ServerDataStore):
     or resolves futures, and never calls back into the store:
 
     - ``on_claimable()``: a task was queued or requeued (through ``TaskQueue.put_nowait``);
-    - ``on_deadline()``: a claim was made while none was in flight, so ``next_deadline()``
-      went from ``None`` to a time;
+    - ``on_deadline()``: ``next_deadline()`` moved earlier: a claim was made while none was
+      in flight, or a claim was leased while no other was;
     - ``on_finished(rollout_id)``: a task's result was stored (``_complete``) or it
       was cancelled.
     """
@@ -113,18 +113,24 @@ class AttemptAwareDataStore(ServerDataStore):
 
     # -- claims ---------------------------------------------------------------
 
-    def claim(self) -> AttemptTask | None:
-        """Hand out the next queued task as a new attempt, or ``None`` if none waits."""
-        now = self._clock()
-        claimed = self._book.claim(now, now + self.task_timeout_seconds)
+    def claim(self, *, leased: bool = False) -> AttemptTask | None:
+        """Hand out the next queued task as a new attempt, or ``None`` if none waits.
+
+        ``leased``: the worker says it heartbeats its claims, so the claim is leased from
+        now, as its first heartbeat would lease it: silence longer than
+        ``unresponsive_seconds`` then ends it. A claim that is not leased ends only at
+        ``task_timeout_seconds``: a worker that never heartbeats (an old client) is never
+        requeued for its silence.
+        """
+        now, before = self._clock(), self.next_deadline()
+        claimed = self._book.claim(now, now + self.task_timeout_seconds, leased=leased)
         if claimed is None:
             return None
         self._counters.add("claims")
         sequence = len(claimed.attempts)
         if sequence > 1:
             logger.info("Task %s re-claimed: attempt %s (claim %d)", claimed.rollout_id, claimed.latest, sequence)
-        if len(self._book.in_flight) == 1 and self.on_deadline is not None:
-            self.on_deadline()
+        self._deadline_moved(before)
         return claimed.handed_out(self.unresponsive_seconds)
 
     def give_back(self, rollout_id: str, attempt_id: str) -> bool:
@@ -156,6 +162,12 @@ class AttemptAwareDataStore(ServerDataStore):
         """When the next claim expires (timeout or silence), on the store's clock; None: no claim in flight. O(1)."""
         return self._book.in_flight.next_deadline()
 
+    def _deadline_moved(self, before: float | None) -> None:
+        """Call ``on_deadline`` if the next deadline is now earlier than ``before`` (a new claim or lease)."""
+        after = self.next_deadline()
+        if after is not None and (before is None or after < before) and self.on_deadline is not None:
+            self.on_deadline()
+
     def requeue_expired(self) -> int:
         """Requeue every claim past its timeout or silent too long; return how many."""
         if not len(self._book.in_flight):
@@ -180,18 +192,20 @@ class AttemptAwareDataStore(ServerDataStore):
     def heartbeat(self, rollout_id: str, attempt_id: str) -> Lease:
         """Extend the claim of ``attempt_id`` if it still holds it; say whether it does.
 
-        A heartbeat restarts the ``unresponsive_seconds`` window; ``task_timeout_seconds``
-        stays the hard limit on a claim's age. A stale heartbeat changes nothing.
+        A heartbeat leases the claim if it was not (its worker heartbeats, after all) and
+        restarts the ``unresponsive_seconds`` window; ``task_timeout_seconds`` stays the
+        hard limit on a claim's age. A stale heartbeat changes nothing.
         """
         claimed = self._book.claimed.get(rollout_id)
         if claimed is None or claimed.current != attempt_id:
             self._counters.add("heartbeats_stale")
             reason = self._submissions.reason_against(rollout_id, attempt_id)
             return Lease(rollout_id, attempt_id, reason, outcome=self._book.outcome_of(rollout_id, attempt_id))
-        now = self._clock()
+        now, before = self._clock(), self.next_deadline()
         attempt = claimed.attempts[-1]
-        attempt.seen, attempt.last_heartbeat_at = now, time.time()
-        self._book.in_flight.heard_from(rollout_id)
+        attempt.seen, attempt.last_heartbeat_at, attempt.leased = now, time.time(), True
+        self._book.in_flight.heard_from(claimed)
+        self._deadline_moved(before)
         self._counters.add("heartbeats")
         return Lease(
             rollout_id, attempt_id, None, len(claimed.attempts), self.unresponsive_seconds, claimed.deadline - now

@@ -41,6 +41,9 @@ class Attempt:
     outcome: AttemptOutcome = "in_flight"
     failure: str | None = None
     """Why the attempt failed, as its worker said (truncated), when it did."""
+    leased: bool = False
+    """Whether its worker said it heartbeats (on the claim or by a first heartbeat): only then does silence
+    longer than ``unresponsive_seconds`` end the claim."""
 
     def end(self, outcome: AttemptOutcome) -> None:
         self.outcome, self.ended_at = outcome, time.time()

@@ -51,7 +51,7 @@ class TaskBook:
 
     # -- moves ----------------------------------------------------------------
 
-    def claim(self, now: float, deadline: float) -> ClaimedTask | None:
+    def claim(self, now: float, deadline: float, *, leased: bool) -> ClaimedTask | None:
         """The next waiting task, claimed by a new attempt until ``deadline``; None if none waits."""
         if not self.queue:
             return None
@@ -59,7 +59,7 @@ class TaskBook:
         claimed = self.claimed.get(task.rollout_id)
         if claimed is None:
             claimed = self.claimed[task.rollout_id] = ClaimedTask(task)
-        claimed.attempts.append(Attempt(str(uuid.uuid4()), time.time(), now))
+        claimed.attempts.append(Attempt(str(uuid.uuid4()), time.time(), now, leased=leased))
         claimed.live = True
         claimed.deadline = deadline
         self.in_flight.add(claimed)
