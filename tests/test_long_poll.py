@@ -97,6 +97,31 @@ def test_a_poll_whose_client_left_takes_nothing(served: Served, pool: ThreadPool
     assert (stats["claims"], stats["claims_undelivered"], stats["claims_in_flight"]) == (1, 0, 1)
 
 
+@pytest.mark.parametrize("busy", [0.0, 0.3])
+def test_a_poll_whose_client_hung_up_while_the_loop_was_busy_takes_nothing(served: Served, busy: float) -> None:
+    """The hang-up is read after the task is queued, in the same turn of the loop: the claim goes back.
+
+    In one loop callback the client hangs up, the loop stays busy (say, validating a large
+    ``POST /rollout``), then a task is queued: it is claimed for the parked poll before the
+    poll's watcher has seen the hang-up.
+    """
+    gone = raw_poll(served.endpoint)
+    until(lambda: parked(served) == 1)
+    tasks: list[asyncio.Task[str]] = []
+
+    def hang_up_while_busy() -> None:
+        gone.close()
+        time.sleep(busy)
+        tasks.append(served.loop.create_task(served.server.queue_task("x")))
+
+    served.loop.call_soon_threadsafe(hang_up_while_busy)
+    until(lambda: parked(served) == 0 and len(tasks) == 1 and tasks[0].done())
+    until(lambda: served.server.attempt_stats()["queued"] == 1)
+    stats = served.server.attempt_stats()
+    assert (stats["claims_in_flight"], stats["queued"]) == (0, 1), stats
+    assert stats["claims"] - stats["claims_undelivered"] == 0, stats
+
+
 def test_without_wait_task_answers_at_once_as_upstream(served: Served) -> None:
     response = httpx.get(served.endpoint + "/task")
     assert response.json() == {"is_available": False, "task": None}

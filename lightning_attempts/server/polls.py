@@ -5,7 +5,8 @@ becomes claimable; the hook only schedules the hand-out on the event loop and ne
 back into the store from inside one of its methods. A task is claimed on the first
 waiter's behalf the moment it is handed out (no ``await`` between the claim and the
 hand-off); a waiter whose connection closed gives its claim back, so no claim is ever
-left to a poller that is gone.
+left to a poller that is gone: one whose client hung up while the loop was busy, before
+the hang-up was read, is caught when the poll resumes, before it answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from ..models import AttemptTask
 from ..store import AttemptAwareDataStore
@@ -30,6 +33,8 @@ class _Poll:
     """A parked ``GET /task``: its answer (a claimed task, or None) and whether its client left."""
 
     answer: asyncio.Future[AttemptTask | None]
+    leased: bool = False
+    """Its worker heartbeats: the claim made for it is leased (``GET /task?heartbeats=1``)."""
     gone: bool = False
 
 
@@ -61,20 +66,21 @@ class ParkedPolls:
             if poll.answer.done():  # its request was cancelled, not yet unparked
                 del self._parked[poll]
                 continue
-            task = self._store.claim()
+            task = self._store.claim(leased=poll.leased)
             if task is None:
                 return
             del self._parked[poll]
             poll.answer.set_result(task)
 
-    async def wait(self, receive: Receive, seconds: float) -> AttemptTask | None:
+    async def wait(self, receive: Receive, seconds: float, *, leased: bool = False) -> AttemptTask | None:
         """Park until a task is claimed for this poll (returned), ``seconds`` pass or shutdown (None).
 
         ``receive`` is the request's ASGI channel: when the client disconnects, the
-        poll leaves the queue, and a claim already made for it is given back.
+        poll leaves the queue, and a claim already made for it is given back. ``leased``:
+        the claim made for it is leased (its worker heartbeats).
         """
         loop = self._loop = asyncio.get_running_loop()
-        poll = _Poll(loop.create_future())
+        poll = _Poll(loop.create_future(), leased)
         self._parked[poll] = None
         if self._store.queued():
             self.claimable()  # a hand-out is already pending when tasks are queued; make sure
@@ -89,7 +95,8 @@ class ParkedPolls:
         finally:
             timer.cancel()
             watcher.cancel()
-        if task is not None and poll.gone:
+        # The watcher may not have run since the hang-up was read: ask the channel itself.
+        if task is not None and (poll.gone or await _hung_up(receive)):
             self._give_back(poll)
             return None
         return task
@@ -118,3 +125,16 @@ class ParkedPolls:
         for poll in parked:
             if not poll.answer.done():
                 poll.answer.set_result(None)
+
+
+async def _hung_up(receive: Receive) -> bool:
+    """Whether the request's client has hung up, without waiting: a ``receive`` that would block says no.
+
+    As Starlette's ``Request.is_disconnected``: the server answers ``http.disconnect`` at once
+    once it has read the hang-up, and otherwise the receive is cancelled at its first wait.
+    """
+    message: MutableMapping[str, Any] = {}
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        message = await receive()
+    return message.get("type") == "http.disconnect"
