@@ -7,14 +7,21 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from agentlightning import LitAgent
 
-from lightning_attempts import AttemptAwareDataStore, AttemptAwareServer, AttemptRollout, DropReason
+from lightning_attempts import AttemptAwareClient, AttemptAwareDataStore, AttemptAwareServer, AttemptRollout, DropReason
+from lightning_attempts.compat import AgentLightningClient
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
+
+from .upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
 
 TIMEOUT, WINDOW = 300.0, 10.0
 Served = ServerThread[AttemptAwareServer]
@@ -32,6 +39,14 @@ def leased(clock: ManualClock) -> Iterator[Served]:
     )
     with serve_in_thread(server) as running:
         yield running
+
+
+def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait for other threads and processes to make ``condition`` true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
 
 
 def claim(store: AttemptAwareDataStore, *, leased: bool = False) -> tuple[str, str]:
@@ -242,8 +257,8 @@ def test_a_killed_worker_loses_its_claim_within_the_window(leased: Served, clock
 def test_max_claims_over_http_lets_the_trainer_finish(leased: Served, clock: ManualClock) -> None:
     rid = leased.call(leased.server.queue_task("hopeless"))
     with httpx.Client(base_url=leased.endpoint) as http:
-        for sequence in (1, 2, 3):
-            assert http.get("/task").json()["task"]["claim_sequence_id"] == sequence
+        for sequence in (1, 2, 3):  # each claim leased: the worker says it heartbeats, then never does
+            assert http.get("/task", params={"heartbeats": 1}).json()["task"]["claim_sequence_id"] == sequence
             clock.advance(WINDOW + 1)
         assert http.get("/task").json()["is_available"] is False
     rollout = leased.call(leased.server.poll_completed_rollout(rid, timeout=5))
@@ -299,3 +314,86 @@ def test_bad_lease_options_are_refused() -> None:
     for options in bad:
         with pytest.raises(ValueError):
             AttemptAwareDataStore(**options)
+
+
+def test_a_claim_is_leased_over_http_only_when_its_worker_says_it_heartbeats(
+    leased: Served, clock: ManualClock
+) -> None:
+    quiet = leased.call(leased.server.queue_task("old worker's"))
+    beating = leased.call(leased.server.queue_task("shim's"))
+    with httpx.Client(base_url=leased.endpoint) as http:
+        assert http.get("/task").json()["task"]["rollout_id"] == quiet
+        task = http.get("/task", params={"heartbeats": "true"}).json()["task"]
+        assert (task["rollout_id"], task["lease_seconds"]) == (beating, WINDOW)
+        assert [e["leased"] for e in http.get(f"/attempts/{quiet}").json()] == [False]
+        assert [e["leased"] for e in http.get(f"/attempts/{beating}").json()] == [True]
+        clock.advance(WINDOW + 1)
+        again = http.get("/task").json()["task"]  # only the leased claim was requeued
+        assert (again["rollout_id"], again["claim_sequence_id"]) == (beating, 2)
+        assert http.get("/task").json()["is_available"] is False
+        assert http.get("/task", params={"heartbeats": "maybe"}).status_code == 422
+    assert leased.server.attempt_stats()["requeues_unresponsive"] == 1
+
+
+KILLED_WORKER = Path(__file__).parent / "scripts" / "killed_worker.py"
+LEASE = 1.5
+
+
+class Fleet(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
+    """Workers' agent: a ``slow`` task takes three leases of work; a ``stop`` task ends its worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: set[int] = set()
+        self.done: dict[str, int] = {}
+
+    def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
+        if task.get("stop"):
+            self.stopped.add(threading.get_ident())
+        elif task.get("slow"):
+            time.sleep(3 * LEASE)  # a long rollout, with no word from an old worker
+        self.done[rollout_id] = threading.get_ident()
+        return 1.0
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_shim_worker_costs_the_lease_and_an_old_worker_is_never_requeued_for_silence(
+    tmp_path: Path,
+) -> None:
+    server = AttemptAwareServer(port=0, task_timeout_seconds=600, unresponsive_seconds=LEASE)
+    started = tmp_path / "started"
+    agent = Fleet()
+    threads: list[threading.Thread] = []
+    with serve_in_thread(server) as served:
+        served.call(server.update_resources(RESOURCES))
+        doomed = served.call(server.queue_task({"n": 0}, mode="train"))
+        worker = subprocess.Popen([sys.executable, str(KILLED_WORKER), served.endpoint, str(started)])
+        try:
+            # Importing agentlightning 0.2+ takes seconds, more on a loaded machine.
+            until(lambda: worker.poll() is not None or (started.exists() and started.read_text() == doomed), 120)
+            assert worker.poll() is None, "the worker died before its rollout"
+            assert [e["leased"] for e in served.run(lambda: server.attempt_history(doomed)) or []] == [True]
+            slow = served.call(server.queue_task({"slow": True}, mode="train"))
+            old = make_runner(agent, AgentLightningClient(served.endpoint, poll_interval=0.05), worker_id=1)
+            threads.append(threading.Thread(target=run_until_stopped, args=(agent, old, False), daemon=True))
+            threads[-1].start()
+            until(lambda: served.run(lambda: server.attempt_history(slow)) != [])
+            worker.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            assert worker.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=30)
+        rescuer = make_runner(agent, AttemptAwareClient(served.endpoint, poll_interval=0.05), worker_id=2)
+        threads.append(threading.Thread(target=run_until_stopped, args=(agent, rescuer, False), daemon=True))
+        threads[-1].start()
+        until(lambda: doomed in agent.done and slow in agent.done, timeout=60)
+        waited = time.monotonic() - killed
+        history = served.run(lambda: server.attempt_history(doomed)) or []
+        assert [e["outcome"] for e in history] == ["unresponsive", "completed"], history
+        assert waited < 20 * LEASE, waited  # a lease or so after the kill, not the 600 s timeout
+        slow_history = served.run(lambda: server.attempt_history(slow)) or []
+        assert [(e["outcome"], e["leased"]) for e in slow_history] == [("completed", False)], slow_history
+        assert server.attempt_stats()["requeues_unresponsive"] == 1
+        stop_fleet(served, threads)

@@ -140,16 +140,17 @@ class Steps:
         the poll loop sleeps after an empty answer the server held (see ``poll_pause``).
         """
         polls = url.endswith(self._task_uri)
-        wait = None
+        params: dict[str, Any] = {}
+        timeout: float | None = None
         if polls:
             _POLL_PAUSE.set(None)
-            wait = self._client.poll_wait
+            if self._client.heartbeat_fraction:  # the claim is leased from the start, not from a first beat
+                params["heartbeats"] = 1
+            if (wait := self._client.poll_wait) is not None:
+                params["wait"], timeout = wait, self._client.timeout + wait
         started = time.monotonic()
         try:
-            if wait is None:
-                response: httpx.Response = yield Send("GET", url)
-            else:
-                response = yield Send("GET", url, params={"wait": wait}, timeout=self._client.timeout + wait)
+            response: httpx.Response = yield Send("GET", url, params=params or None, timeout=timeout)
             self._check_key(response)
             response.raise_for_status()
             body: dict[str, Any] = response.json()

@@ -1,8 +1,9 @@
 """The deadline timer: expired claims are requeued at their deadline, whether or not anyone polls.
 
-The store calls ``DeadlineTimer.deadline_added`` (its ``on_deadline`` hook) when a claim
-is made while none was in flight; the hook only schedules the timer's arming on the
-event loop and never calls back into the store from inside one of its methods.
+The store calls ``DeadlineTimer.deadline_added`` (its ``on_deadline`` hook) when its next
+deadline moved earlier (a claim made while none was in flight, a claim leased while no
+other was); the hook only schedules the timer's re-arming on the event loop and never
+calls back into the store from inside one of its methods.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ class DeadlineTimer:
     """Requeues expired claims at their deadline, whether or not anyone polls.
 
     One ``loop.call_later`` handle, armed for the store's ``next_deadline()`` (O(1)):
-    it costs nothing per claim in flight. Deadlines only move later (a heartbeat, a
-    completed claim), except when a claim is made while none was in flight, which
-    the store reports through ``on_deadline``. The delay is read from the store's
-    clock and slept in real time.
+    it costs nothing per claim in flight. The next deadline moves later by itself (a
+    heartbeat, a completed claim: the timer fires early, finds nothing expired and
+    re-arms); when it moves earlier the store says so through ``on_deadline``. The delay
+    is read from the store's clock and slept in real time.
     """
 
     def __init__(self, store: AttemptAwareDataStore, clock: Clock, loop: asyncio.AbstractEventLoop) -> None:
@@ -30,12 +31,18 @@ class DeadlineTimer:
         self._clock = clock
         self._loop = loop
         self._handle: asyncio.Handle | None = None
+        self._rearming = False
         self._stopped = False
 
     def deadline_added(self) -> None:
-        """The store's ``on_deadline`` hook: arm the timer, soon, unless it is armed."""
-        if self._handle is None and not self._stopped:
-            self._handle = self._loop.call_soon(self.arm)
+        """The store's ``on_deadline`` hook: the next deadline moved earlier; re-arm the timer, soon."""
+        if not self._rearming and not self._stopped:
+            self._rearming = True
+            self._loop.call_soon(self._rearm)
+
+    def _rearm(self) -> None:
+        self._rearming = False
+        self.arm()
 
     def arm(self) -> None:
         """Sleep until the next deadline (replacing any earlier arming)."""

@@ -43,6 +43,16 @@ _WAIT_PARAMETER: dict[str, Any] = {
     "description": "Long poll: hold the request until a task can be claimed or this many seconds pass "
     "(capped by the server's `max_poll_wait`). Answers carry `X-Lightning-Attempts-Wait`.",
 }
+_HEARTBEATS_PARAMETER: dict[str, Any] = {
+    "name": "heartbeats",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": "The worker heartbeats its claims (`POST /heartbeat`): the claim is leased from the start, and "
+    "requeued after the server's `unresponsive_seconds` of silence. A claim that is not leased (a worker that "
+    "never heartbeats) is requeued only at `task_timeout_seconds`, until its first heartbeat leases it.",
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _REPLACED_ROUTES = {
     ("/task", "GET"),
     ("/rollout", "POST"),
@@ -119,8 +129,10 @@ class Routes:
             response_model=AttemptTaskIfAny,
             summary="Claim the next task as a new attempt",
             route_class_override=direct,
-            openapi_extra={"parameters": [_WAIT_PARAMETER]},
-            responses={422: {"description": "`wait` is not a non-negative number of seconds"}},
+            openapi_extra={"parameters": [_WAIT_PARAMETER, _HEARTBEATS_PARAMETER]},
+            responses={
+                422: {"description": "`wait` is not a non-negative number of seconds, or `heartbeats` not a boolean"}
+            },
         )
         router.add_api_route(
             "/rollout",
@@ -207,22 +219,29 @@ class Routes:
 
     async def _next_task(self, request: Request) -> Response:
         wait: float | None = None
+        leased = False
         if request.scope.get("query_string"):
-            raw = request.query_params.get("wait")
+            query = request.query_params
+            raw = query.get("wait")
             if raw is not None and (wait := _seconds(raw)) is None:
                 error = {"type": "wait", "loc": ("query", "wait"), "msg": "wait must be a number of seconds, 0 or more"}
                 return unprocessable([error])
+            raw = query.get("heartbeats", "0").lower()
+            if raw not in _TRUE and raw not in _FALSE:
+                error = {"type": "heartbeats", "loc": ("query", "heartbeats"), "msg": "heartbeats must be a boolean"}
+                return unprocessable([error])
+            leased = raw in _TRUE
         store, polls = self._store, self._polls
         if store is None or polls is None:
             return _task_answer(None, None if wait is None else 0.0)
         store.requeue_expired()
         if wait is None:  # upstream's /task
-            return _task_answer(store.claim(), None)
+            return _task_answer(store.claim(leased=leased), None)
         held = 0.0 if polls.closing else min(wait, self._max_poll_wait)
         # Polls parked earlier come first: they get the queued tasks being handed out.
-        task = store.claim() if held == 0 or not polls else None
+        task = store.claim(leased=leased) if held == 0 or not polls else None
         if task is None and held > 0:
-            task = await polls.wait(request.receive, held)
+            task = await polls.wait(request.receive, held, leased=leased)
             if task is None and polls.closing:
                 held = 0.0  # answered early: the server is stopping
         return _task_answer(task, held)
