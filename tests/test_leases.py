@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import subprocess
@@ -397,3 +398,27 @@ def test_a_killed_shim_worker_costs_the_lease_and_an_old_worker_is_never_requeue
         assert [(e["outcome"], e["leased"]) for e in slow_history] == [("completed", False)], slow_history
         assert server.attempt_stats()["requeues_unresponsive"] == 1
         stop_fleet(served, threads)
+
+
+@pytest.mark.timeout(60)
+def test_an_async_worker_that_blocks_its_loop_keeps_its_lease() -> None:
+    """Beats come from a thread: an agent's synchronous call in an async rollout is no dead worker."""
+    server = AttemptAwareServer(port=0, task_timeout_seconds=600, unresponsive_seconds=LEASE)
+    with serve_in_thread(server) as served:
+        rid = served.call(server.queue_task({"n": 0}, mode="train"))
+        client = AttemptAwareClient(served.endpoint, poll_wait=None)
+
+        async def rollout() -> dict[str, Any] | None:
+            task = await client.poll_next_task_async()
+            assert task is not None and task.rollout_id == rid
+            time.sleep(3 * LEASE)  # blocks the loop: no task of it runs
+            return await client.post_rollout_async(AttemptRollout(rollout_id=rid, final_reward=1.0))
+
+        try:
+            answer = asyncio.run(rollout())
+        finally:
+            client.close()
+        assert answer is not None and answer["status"] == "ok", answer
+        history = served.run(lambda: server.attempt_history(rid)) or []
+        assert [(e["outcome"], e["leased"]) for e in history] == [("completed", True)], history
+        assert server.attempt_stats()["requeues_unresponsive"] == 0

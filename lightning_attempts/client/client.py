@@ -4,9 +4,9 @@ The client overrides upstream's I/O (``_request_json``, ``_post_json`` and their
 twins) and its public methods, and runs each through a protocol step of ``protocol.py``
 with its sync driver (``_run``) or its async one (``_arun``): the drivers do the I/O the
 step asks for (a request through ``transport.py``, a call of upstream's own method, a
-heartbeat from this thread or event loop) and nothing else, so the sync and async paths
+claim handed to the heartbeat thread) and nothing else, so the sync and async paths
 differ only there. What it holds per process (the claim book, the pooled connections, the
-heartbeat workers, the steps and what they learnt of the server) is rebuilt after a fork.
+heartbeat thread, the steps and what they learnt of the server) is rebuilt after a fork.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class AttemptAwareClient(AgentLightningClient):
         track(self)
 
     def _reset_process_state(self) -> None:
-        """State that must not cross a fork: claims, locks, pooled connections, heartbeat workers."""
+        """State that must not cross a fork: claims, locks, pooled connections, the heartbeat thread."""
         self._book = ClaimBook(self)
         self._transport = Transport(self, self._default_headers)
         self._heartbeats = Heartbeats()
@@ -131,7 +131,7 @@ class AttemptAwareClient(AgentLightningClient):
                         method = getattr(super(), effect.async_method)
                         result = await (method() if effect.arg is None else method(effect.arg))
                     else:
-                        result = self._heartbeats.watch_in_loop(self, effect.claim)
+                        result = self._heartbeats.watch(self, effect.claim)  # a blocked loop is no dead worker
                 except BaseException as error:
                     failure = error
                 else:

@@ -1,17 +1,20 @@
-"""Background heartbeats for a client's open claims: a thread for sync use, asyncio tasks for async.
+"""Background heartbeats for a client's open claims, from one thread per client and process.
 
 A claim is heartbeaten only when the server announced a lease (``lease_seconds`` in
 ``/task``), every ``heartbeat_fraction`` of it, until it is submitted or the server
-answers that the attempt lost its claim. Each beat is the client's ``beat`` (or
-``beat_async``), the heartbeat step of ``protocol.py``.
+answers that the attempt lost its claim. Each beat is the client's ``beat``, the
+heartbeat step of ``protocol.py``.
+
+Claims made in an event loop are heartbeaten from the thread too, not from the loop: a
+beat says that the process is alive, and an agent that blocks its loop (a synchronous
+call in an async rollout) is alive. Only a process that stops running (killed, frozen,
+cut off from the server) stops beating and loses its lease.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-import weakref
 from typing import Protocol
 
 from .claims import Claim
@@ -24,7 +27,6 @@ class ClaimHolder(Protocol):
 
     def is_current(self, attempt_id: str) -> bool: ...
     def beat(self, claim: Claim) -> bool: ...
-    async def beat_async(self, claim: Claim) -> bool: ...
 
 
 def _interval(client: ClaimHolder, claim: Claim) -> float:
@@ -32,7 +34,7 @@ def _interval(client: ClaimHolder, claim: Claim) -> float:
 
 
 class ThreadHeartbeats:
-    """One daemon thread heartbeating every open claim of a client made from sync code."""
+    """One daemon thread heartbeating every open claim of a client in this process."""
 
     def __init__(self, client: ClaimHolder) -> None:
         self._client = client
@@ -69,55 +71,26 @@ class ThreadHeartbeats:
             self._wake.clear()
 
 
-class AsyncHeartbeats:
-    """Heartbeats for claims made from one event loop: one task per claim."""
-
-    def __init__(self, client: ClaimHolder) -> None:
-        self._client = client
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def watch(self, claim: Claim) -> None:
-        task = asyncio.get_running_loop().create_task(self._beat(claim))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _beat(self, claim: Claim) -> None:
-        interval = _interval(self._client, claim)
-        while True:
-            await asyncio.sleep(interval)
-            if not self._client.is_current(claim.attempt_id) or not await self._client.beat_async(claim):
-                return
-
-
 class Heartbeats:
-    """One client's heartbeat workers in this process: a thread, and tasks in each event loop.
+    """One client's heartbeat thread in this process, started when it first has a claim to beat.
 
-    Each worker holds the client (which passes itself when it first needs one), as it
+    The thread holds the client (which passes itself when it first needs one), as it
     heartbeats through it; the client holds this, which does not hold the client.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.thread: ThreadHeartbeats | None = None
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncHeartbeats] = weakref.WeakKeyDictionary()
 
     def watch(self, client: ClaimHolder, claim: Claim) -> None:
-        """Heartbeat ``claim``, made from sync code, from the thread (started on first use)."""
+        """Heartbeat ``claim``, made from sync code or an event loop, from the thread (started on first use)."""
         with self._lock:
             if self.thread is None:
                 self.thread = ThreadHeartbeats(client)
             thread = self.thread
         thread.watch(claim)
 
-    def watch_in_loop(self, client: ClaimHolder, claim: Claim) -> None:
-        """Heartbeat ``claim``, made in the running event loop, from a task of that loop."""
-        loop = asyncio.get_running_loop()
-        heartbeats = self._loops.get(loop)
-        if heartbeats is None:
-            heartbeats = self._loops[loop] = AsyncHeartbeats(client)
-        heartbeats.watch(claim)
-
     def stop(self) -> None:
-        """Stop the thread (tasks end with their claims, or with their loop)."""
+        """Stop the thread."""
         if self.thread is not None:
             self.thread.stop()

@@ -7,7 +7,7 @@ what it needs done and is sent back the result, or has the failure thrown in. It
 - ``Upstream``: one of upstream's own methods, ``poll_next_task`` or ``post_rollout``,
   whose sync or async form the driver calls (upstream's poll loop then runs unchanged, and
   comes back for its requests to ``get_json`` and ``post_json``);
-- ``Watch``: heartbeat a claim, from this thread or this event loop (``heartbeats.py``).
+- ``Watch``: heartbeat a claim, from the client's heartbeat thread (``heartbeats.py``).
 
 ``AttemptAwareClient`` runs each step with its sync driver or its async one, which only do
 the I/O. The steps:
@@ -80,7 +80,7 @@ class Upstream:
 
 @dataclass(slots=True)
 class Watch:
-    """Heartbeat ``claim`` from this thread or event loop."""
+    """Heartbeat ``claim`` from the heartbeat thread, until it is submitted or lost."""
 
     claim: Claim
 
