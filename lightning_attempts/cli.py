@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,19 @@ FC = TypeVar("FC", bound=Callable[..., Any])
 @click.version_option(package_name="lightning-attempts")
 def main() -> None:
     """Attempt-aware drop-in fix for agentlightning's legacy task server."""
+
+
+def _seconds_or_none(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    """A positive number of seconds, or ``none`` for no limit (as its variable reads)."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise click.BadParameter(f"{value!r} is neither a positive number of seconds nor 'none'", ctx, param)
+    return seconds
 
 
 def _server_option(*declarations: str, **attributes: Any) -> Callable[[FC], FC]:
@@ -53,9 +67,13 @@ def _server_option(*declarations: str, **attributes: Any) -> Callable[[FC], FC]:
 )
 @_server_option(
     "--unresponsive-seconds",
-    type=float,
-    default=DEFAULTS.unresponsive_seconds,
-    help="Requeue a claim with no heartbeat for this long (default: only the task timeout requeues).",
+    type=str,
+    metavar="SECONDS|none",
+    callback=_seconds_or_none,
+    default=f"{environment.LEASE_SECONDS:g}",
+    show_default=True,
+    help="Lease: requeue a claim whose worker heartbeats (the shim's) after this much silence; a worker that "
+    "never heartbeats keeps its claim until the task timeout. 'none': no leases.",
 )
 @_server_option(
     "--max-claims",
@@ -125,8 +143,10 @@ def serve(ctx: click.Context, host: str, port: int, task_timeout: float, log_lev
     async def run() -> None:
         await server.start()
         keyed = "API key required" if server.requires_key else "no API key"
+        lease = "no leases" if server.unresponsive_seconds is None else f"lease {server.unresponsive_seconds:g} s"
         click.echo(
-            f"lightning-attempts: serving on {server.endpoint} (stale_policy={server.stale_policy}, {keyed})", err=True
+            f"lightning-attempts: serving on {server.endpoint} (stale_policy={server.stale_policy}, {lease}, {keyed})",
+            err=True,
         )
         await server.wait_stopped()
 

@@ -12,7 +12,8 @@ or ``LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS=60``; ``none`` (or an empty value) 
 ``resolve()`` is the one place that reads them, for the servers agentlightning builds under
 the switch or ``install()``, for ``lightning-attempts serve`` and for verl's daemon, with
 one precedence: an explicit argument, then the variable, then (``api_key`` only)
-``AGL_KEY``, then the server's default. ``AttemptAwareServer`` built directly reads none.
+``AGL_KEY``, then ``SWITCH_DEFAULTS``, then the server's default. ``AttemptAwareServer``
+built directly reads none, and keeps its own defaults.
 
 A ``LIGHTNING_ATTEMPTS_*`` variable nothing recognises is reported, naming the likely
 intended variable: with the switch on it fails the import (better no training run than one
@@ -30,6 +31,7 @@ import os
 import typing
 from collections.abc import Mapping
 from functools import cache
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -43,6 +45,19 @@ SWITCH = "LIGHTNING_ATTEMPTS_INSTALL"
 PREFIX = "LIGHTNING_ATTEMPTS_"
 _OFF = ("", "0", "false", "no", "off")
 _NOT_OPTIONS = ("clock",)
+
+LEASE_SECONDS = 60.0
+"""The lease where the switch puts the server: a claim whose worker heartbeats is requeued after this much silence."""
+
+SWITCH_DEFAULTS: Mapping[str, Any] = MappingProxyType({"unresponsive_seconds": LEASE_SECONDS})
+"""Defaults of the servers ``resolve()`` serves, where they differ from ``AttemptAwareServer``'s.
+
+Leases are on: a worker killed without a word (SIGKILL, the OOM killer, a lost node)
+costs ``LEASE_SECONDS``, not the task timeout (verl's ``llm_timeout_seconds``, 600 or
+1200 s). Only claims whose workers heartbeat are leased (the shim's, which beat from a
+thread every third of the lease), so old workers, which never heartbeat, keep their claims
+until the timeout, as before. ``LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS=none`` turns leases off.
+"""
 
 
 def switched_on(environ: Mapping[str, str] = os.environ) -> bool:
@@ -98,13 +113,14 @@ def server_options(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
 
 
 def resolve(explicit: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """A server's keyword arguments: ``explicit`` ones, then the variables, then ``AGL_KEY`` for ``api_key``.
+    """A server's keyword arguments: ``explicit`` ones, then the variables, then ``AGL_KEY`` for ``api_key``,
+    then ``SWITCH_DEFAULTS``.
 
     What is in none of them is left out, so the server's own default applies.
     """
     key = validate_key(environ.get(KEY_ENV))
     fallback: dict[str, Any] = {} if key is None else {"api_key": key}
-    return {**fallback, **server_options(environ), **explicit}
+    return {**SWITCH_DEFAULTS, **fallback, **server_options(environ), **explicit}
 
 
 def _parse(variable: str, raw: str, annotation: Any) -> Any:

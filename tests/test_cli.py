@@ -68,6 +68,31 @@ def test_serve_has_a_flag_for_every_server_option_and_names_its_variable() -> No
         assert f"[env var: {variable}]" in help_text
 
 
+def test_serve_leases_by_default_and_none_turns_them_off() -> None:
+    from lightning_attempts.environment import LEASE_SECONDS
+
+    def lease(*arguments: str, **variables: str) -> str:
+        command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", *arguments]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_ATTEMPTS_")} | variables
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert process.stderr is not None
+            for line in process.stderr:
+                if match := re.search(r"serving on http://\S+ \(stale_policy=\w+, ([^,]+),", line):
+                    return match.group(1)
+            raise AssertionError("the server never said where it serves")
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+
+    assert lease() == f"lease {LEASE_SECONDS:g} s"
+    assert lease("--unresponsive-seconds", "none") == "no leases"
+    assert lease(LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS="none") == "no leases"
+    assert lease("--unresponsive-seconds", "5", LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS="") == "lease 5 s"
+    refused = CliRunner().invoke(main, ["serve", "--unresponsive-seconds", "-1"])
+    assert refused.exit_code == 2 and "neither a positive number of seconds nor 'none'" in refused.output
+
+
 def test_serve_reads_the_variables_and_explicit_flags_win() -> None:
     """The same variables as the switch and install(): LIGHTNING_ATTEMPTS_API_KEY must not leave it open."""
     variables = {
@@ -82,7 +107,7 @@ def test_serve_reads_the_variables_and_explicit_flags_win() -> None:
     try:
         assert process.stderr is not None
         line = process.stderr.readline()
-        match = re.search(r"serving on (http://\S+) \(stale_policy=salvage, API key required\)", line)
+        match = re.search(r"serving on (http://\S+) \(stale_policy=salvage, lease 60 s, API key required\)", line)
         assert match, line
         endpoint = match.group(1)
         assert httpx.get(endpoint + "/attempts/stats").status_code == 401

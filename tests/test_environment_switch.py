@@ -21,6 +21,7 @@ import pytest
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.compat import AGENTLIGHTNING_VERSION
 from lightning_attempts.environment import (
+    LEASE_SECONDS,
     SWITCH,
     install_from_environment,
     option_types,
@@ -179,7 +180,7 @@ def test_set_it_installs_when_agentlightning_is_imported_with_the_options() -> N
 def test_set_it_installs_when_lightning_attempts_imports_agentlightning_first() -> None:
     report = run_python("import lightning_attempts\n" + REPORT, **{SWITCH: "1"})
     assert report["server"] and report["client"] and report["heavy"] == []
-    assert report["options"] == {"stale_policy": "reject", "max_claims": None, "unresponsive_seconds": None}
+    assert report["options"] == {"stale_policy": "reject", "max_claims": None, "unresponsive_seconds": 60.0}
 
 
 def test_with_the_switch_on_a_misspelt_option_fails_the_import_loudly() -> None:
@@ -255,11 +256,24 @@ def test_unrecognised_variables_come_with_the_likely_intended_name() -> None:
 
 def test_precedence_explicit_then_variable_then_agl_key_then_default() -> None:
     environ = {"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "3", "LIGHTNING_ATTEMPTS_API_KEY": "variable", "AGL_KEY": "agl"}
-    assert resolve({}, environ) == {"max_claims": 3, "api_key": "variable"}
-    assert resolve({"max_claims": 5, "api_key": "explicit"}, environ) == {"max_claims": 5, "api_key": "explicit"}
-    assert resolve({}, {"AGL_KEY": "agl"}) == {"api_key": "agl"}
-    assert resolve({}, {"AGL_KEY": ""}) == {}  # empty: no key, as agentlightning 1.0 reads it
+    lease = {"unresponsive_seconds": LEASE_SECONDS}  # the switch's default: leases on
+    assert resolve({}, environ) == {"max_claims": 3, "api_key": "variable", **lease}
+    explicit = {"max_claims": 5, "api_key": "explicit"}
+    assert resolve(explicit, environ) == {**explicit, **lease}
+    assert resolve({}, {"AGL_KEY": "agl"}) == {"api_key": "agl", **lease}
+    assert resolve({}, {"AGL_KEY": ""}) == lease  # empty: no key, as agentlightning 1.0 reads it
     assert resolve({"max_claims": None}, environ)["max_claims"] is None  # an explicit None is explicit
+
+
+def test_leases_are_on_where_the_switch_puts_the_server_and_can_be_turned_off() -> None:
+    assert LEASE_SECONDS <= 60
+    assert resolve({}, {})["unresponsive_seconds"] == LEASE_SECONDS
+    assert resolve({}, {"LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "none"})["unresponsive_seconds"] is None
+    assert resolve({}, {"LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "20"})["unresponsive_seconds"] == 20.0
+    assert (
+        resolve({"unresponsive_seconds": None}, {})["unresponsive_seconds"] is None
+    )  # install(unresponsive_seconds=None)
+    assert AttemptAwareServer(port=0).unresponsive_seconds is None  # built directly: its own default
 
 
 def test_every_keyword_option_of_the_server_has_a_variable() -> None:
