@@ -37,7 +37,12 @@ PLAN: list[tuple[str, list[str | None]]] = [
 ``early``: the first claim outlasts the timeout and posts while the re-claim is live; the
 re-claim posts after it, and, if the stale result was accepted, only after the batch finished.
 ``hold`` (not in the plan; the daemon job's later steps): every claim waits for ``released``.
+``doomed`` (not in the plan; ``dead_worker_job.py``): the first claim works until the test kills
+its worker with SIGKILL; a re-claim answers at once.
 """
+
+DOOMED_SECONDS = 600.0
+"""How long a ``doomed`` first claim works if nobody kills its worker: the dead-worker job's task timeout."""
 
 STALE, FRESH = "stale answer", "fresh answer"
 WORK_SECONDS = 0.5
@@ -122,6 +127,18 @@ class Signals:
     def claim_times(self, rollout_id: str) -> list[float]:
         """When each claim of the task reached a worker."""
         return [float(path.read_text()) for path in self.directory.glob(f"claimed-at-{rollout_id}-*")]
+
+    def first_claims(self) -> list[str]:
+        """The rollout ids whose first claim ``claim_first`` has given out."""
+        return [
+            p.name.removeprefix("claimed-")
+            for p in self.directory.glob("claimed-*")
+            if not p.name.startswith("claimed-at-")
+        ]
+
+    def claimed_by(self, rollout_id: str) -> list[int]:
+        """The workers a claim of the task reached."""
+        return [int(p.name.rsplit("-", 1)[1]) for p in self.directory.glob(f"claimed-at-{rollout_id}-*")]
 
     @staticmethod
     def released(rollout_id: str) -> str:

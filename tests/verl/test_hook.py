@@ -42,7 +42,7 @@ options = dict(port=0, train_rollout_n=1, train_information={}, tokenizer=None, 
 if "mode" in inspect.signature(AttemptAwareDaemon).parameters:
     options["mode"] = "v0"
 server = AttemptAwareDaemon(**options).server
-report["direct"] = [type(server).__name__, server.max_claims, server._task_timeout_seconds]
+report["direct"] = [type(server).__name__, server.max_claims, server._task_timeout_seconds, server.unresponsive_seconds]
 print(json.dumps(report))
 """
 
@@ -68,7 +68,8 @@ def test_the_daemon_is_rebound_in_every_module_that_bound_it() -> None:
     assert report["first"] == [OURS], report
     assert report["installed"] == [OURS], report  # already imported: install() rebinds it where it is bound
     assert report["uninstalled"] == [UPSTREAM], report
-    assert report["direct"] == ["AttemptAwareServer", 3, 77], report  # the variable read, the daemon's timeout kept
+    # The variable read, the daemon's timeout kept, leases on as the switch's default.
+    assert report["direct"] == ["AttemptAwareServer", 3, 77, 60.0], report
     assert report["parameters"][:6] == [
         "port", "train_rollout_n", "train_information", "tokenizer", "mini_batch_size", "pad_token_id",
     ]  # fmt: skip

@@ -27,7 +27,7 @@ from agentlightning.types import Triplet
 from lightning_attempts.compat import LegacyRunner
 from lightning_attempts.testing import NullTracer
 
-from .parts import FRESH, LLM_ANSWER, POLL_SECONDS, SENT_AT, STALE, WORK_SECONDS, Signals, tokenizer
+from .parts import DOOMED_SECONDS, FRESH, LLM_ANSWER, POLL_SECONDS, SENT_AT, STALE, WORK_SECONDS, Signals, tokenizer
 
 
 class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
@@ -37,7 +37,8 @@ class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
     a stale result is visible in what the daemon trains on. ``late``: the straggler waits for
     its batch to finish. ``early``: it waits for the re-claim, and the re-claim waits for the
     straggler's post to be answered and, if the server accepted it, for the batch to finish.
-    ``hold``: every claim waits until the daemon job releases the task.
+    ``hold``: every claim waits until the daemon job releases the task. ``doomed``: the first
+    claim works until the test kills the worker; a re-claim answers at once.
     """
 
     def __init__(self, signals: Signals) -> None:
@@ -52,7 +53,10 @@ class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
     def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> list[Triplet]:  # type: ignore[override]
         slow, batch = task.get("slow"), task["batch"]
         answer = FRESH
-        if slow == "hold":
+        if slow == "doomed":
+            if self._signals.claim_first(rollout_id):  # works until the test kills this process
+                self._signals.wait(Signals.released(rollout_id), timeout=DOOMED_SECONDS)
+        elif slow == "hold":
             self._signals.claim_first(rollout_id)
             self._signals.wait(Signals.released(rollout_id), timeout=120)
         elif slow and self._signals.claim_first(rollout_id):
