@@ -9,7 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -34,6 +35,22 @@ def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
                 break
         assert endpoint, "the server never said where it serves"
         yield process, endpoint
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def serving(*arguments: str, env: dict[str, str]) -> Generator[tuple[subprocess.Popen[str], str]]:
+    """``lightning-attempts serve --port 0 --log-level warning ARGUMENTS`` running; its ``serving on`` line."""
+    command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--log-level", "warning"]
+    process = subprocess.Popen([*command, *arguments], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert "serving on" in line, line + process.stderr.read()
+        yield process, line
     finally:
         if process.poll() is None:
             process.kill()
@@ -72,18 +89,11 @@ def test_serve_leases_by_default_and_none_turns_them_off() -> None:
     from lightning_attempts.environment import LEASE_SECONDS
 
     def lease(*arguments: str, **variables: str) -> str:
-        command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", *arguments]
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_ATTEMPTS_")} | variables
-        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-        try:
-            assert process.stderr is not None
-            for line in process.stderr:
-                if match := re.search(r"serving on http://\S+ \(stale_policy=\w+, ([^,]+),", line):
-                    return match.group(1)
-            raise AssertionError("the server never said where it serves")
-        finally:
-            process.kill()
-            process.wait(timeout=30)
+        with serving(*arguments, env=env) as (_, line):
+            match = re.search(r"serving on http://\S+ \(stale_policy=\w+, ([^,]+),", line)
+            assert match, line
+            return match.group(1)
 
     assert lease() == f"lease {LEASE_SECONDS:g} s"
     assert lease("--unresponsive-seconds", "none") == "no leases"
@@ -101,12 +111,8 @@ def test_serve_reads_the_variables_and_explicit_flags_win() -> None:
         "LIGHTNING_ATTEMPTS_REQUIRE_ATTEMPT_ID": "1",
         "AGL_KEY": "lower-precedence",
     }
-    command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--log-level", "warning"]
-    command.append("--no-require-attempt-id")  # wins over LIGHTNING_ATTEMPTS_REQUIRE_ATTEMPT_ID=1
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, **variables})
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
+    flag = "--no-require-attempt-id"  # wins over LIGHTNING_ATTEMPTS_REQUIRE_ATTEMPT_ID=1
+    with serving(flag, env={**os.environ, **variables}) as (process, line):
         match = re.search(r"serving on (http://\S+) \(stale_policy=salvage, lease 60 s, API key required\)", line)
         assert match, line
         endpoint = match.group(1)
@@ -117,10 +123,6 @@ def test_serve_reads_the_variables_and_explicit_flags_win() -> None:
         assert (unknown.status_code, unknown.json()["reason"]) == (409, "unknown_rollout")  # not attempt_required
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
 
 
 def test_serve_refuses_a_bad_variable_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,11 +139,7 @@ def test_bad_policy_is_refused() -> None:
 
 
 def test_serve_takes_its_api_key_from_agl_key() -> None:
-    command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--log-level", "warning"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "AGL_KEY": "k3y"})
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
+    with serving(env={**os.environ, "AGL_KEY": "k3y"}) as (process, line):
         match = re.search(r"serving on (http://\S+) .*API key required", line)
         assert match, line
         endpoint = match.group(1)
@@ -149,11 +147,7 @@ def test_serve_takes_its_api_key_from_agl_key() -> None:
         assert httpx.get(endpoint + "/task", headers={"x-api-key": "k3y"}).json()["is_available"] is False
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
-        assert "k3y" not in process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
+        assert process.stderr is not None and "k3y" not in process.stderr.read()
 
 
 @pytest.mark.parametrize("log_level", ["info", "warning"])
