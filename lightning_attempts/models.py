@@ -29,7 +29,8 @@ class AttemptTask(Task):
     claim_sequence_id: int | None = None
     """1 for the first claim of the task, then one more for each re-claim."""
     lease_seconds: float | None = None
-    """Set when the server requeues silent claims: heartbeat more often than this."""
+    """Set when the server has leases: a leased claim (its worker heartbeats) silent this long is requeued;
+    heartbeat more often than this."""
 
     @model_validator(mode="after")
     def _mirror_num_claims(self) -> AttemptTask:

@@ -34,7 +34,8 @@ class AttemptAwareClient(AgentLightningClient):
     Same constructor as upstream (``endpoint``, ``poll_interval``, ``timeout``), plus
     keyword-only ``submit_attempts`` (tries per submission, default 5),
     ``heartbeat_fraction`` (heartbeat every this fraction of the lease the server
-    announces, default 1/3; ``None`` turns heartbeats off), ``poll_wait`` (seconds each
+    announces, default 1/3, from a background thread; ``None`` turns heartbeats off, and
+    its claims are then not leased), ``poll_wait`` (seconds each
     ``GET /task`` asks the server to hold it, default 20; ``None`` or 0: plain polls) and
     ``api_key`` (sent on every request as ``Authorization: Bearer <key>``; ``None``, the
     default, reads ``AGL_KEY`` as agentlightning 1.0 does; ``""`` sends none).

@@ -38,9 +38,13 @@ class AttemptAwareServer(AgentLightningServer):
     - ``stale_policy``: ``"reject"`` (default) drops a result whose attempt was
       superseded; ``"salvage"`` stores it if the task has no result yet.
     - ``require_attempt_id``: refuse (400) results that carry no attempt id.
-    - ``unresponsive_seconds``: requeue a claim that has had no claim or heartbeat
-      (``POST /heartbeat``) for this long; ``task_timeout_seconds`` stays the hard
-      limit on a claim's age. ``None`` (default): upstream's behaviour.
+    - ``unresponsive_seconds``: the lease. A claim whose worker heartbeats (it said so
+      with ``GET /task?heartbeats=1``, or sent a ``POST /heartbeat``) is requeued after
+      this long without a word from it; a claim whose worker never heartbeats (an old
+      client) is not, and keeps its task until ``task_timeout_seconds``, the hard limit
+      on every claim's age. ``None`` (default): no leases, upstream's behaviour; the
+      servers the switch, ``install()`` and ``serve`` build default to 60 s
+      (``environment.SWITCH_DEFAULTS``).
     - ``max_claims``: when the Nth claim of a task times out, complete the task with an
       empty rollout (``final_reward=None``, ``metadata["lightning_attempts"]`` saying
       why) instead of requeueing it, so a trainer waiting for every task goes on.
