@@ -53,7 +53,9 @@ def request_host(host_header: str | None) -> str | None:
     host = parts.hostname
     if not host or parts.username is not None or parts.path or parts.query or parts.fragment:
         return None
-    if ":" in host:  # IPv6: only a literal address, served back in brackets
+    # IPv6: only a literal address, served back in brackets. Python 3.10's urlsplit strips any brackets
+    # unchecked ("[not-ipv6]" gives "not-ipv6"), 3.11+ refuses what is not an address in them.
+    if ":" in host or parts.netloc.startswith("["):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
