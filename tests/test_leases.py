@@ -116,6 +116,18 @@ async def test_a_first_heartbeat_leases_the_claim(store: AttemptAwareDataStore, 
     assert [entry["outcome"] for entry in store.history(rid) or []] == ["unresponsive"]
 
 
+async def test_equal_silences_end_in_the_order_of_last_word(store: AttemptAwareDataStore, clock: ManualClock) -> None:
+    """As the model-based test found: a claim leased by a beat after another's leased claim, at the same time."""
+    await store.add_task("a")
+    await store.add_task("b")
+    beating, attempt = claim(store)  # not leased yet
+    leased, _ = claim(store, leased=True)
+    assert store.heartbeat(beating, attempt).current  # leased now, its last word after the other's
+    clock.advance(WINDOW + 1)
+    assert store.requeue_expired() == 2
+    assert [claim(store)[0], claim(store)[0]] == [leased, beating]
+
+
 async def test_leasing_a_claim_brings_the_next_deadline_forward(
     store: AttemptAwareDataStore, clock: ManualClock
 ) -> None:

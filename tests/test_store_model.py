@@ -33,6 +33,7 @@ class ModelTask:
     deadline: float = 0.0
     leased: bool = False  # the live claim's worker said it heartbeats: silence past WINDOW ends it
     heard: float = 0.0  # when the live claim's worker last said so
+    word: int = 0  # the order of that word among all words: the store requeues equal silences in that order
     stored: str | None = None  # attempt credited with the stored result
     failures: int = 0  # failed results of live attempts that were retried
     ended: dict[str, str] = field(default_factory=dict[str, str])  # attempt -> "failed" | "released"
@@ -61,6 +62,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.counts: Counter[str] = Counter()
         self.ever_stored: Counter[str] = Counter()
         self.unretrieved: set[str] = set()
+        self.words = 0  # claims and heartbeats so far
 
     def teardown(self) -> None:
         self.loop.close()
@@ -88,7 +90,7 @@ class StoreMachine(RuleBasedStateMachine):
         model.attempts.append(task.attempt_id)
         assert task.claim_sequence_id == task.num_claims == len(model.attempts)
         model.status, model.deadline = "claimed", self.clock() + TIMEOUT
-        model.leased, model.heard = leased, self.clock()
+        model.leased, model.heard, model.word = leased, self.clock(), self._word()
         self.in_flight.append(rid)
         self.counts["claims"] += 1
 
@@ -98,18 +100,23 @@ class StoreMachine(RuleBasedStateMachine):
         rid = data.draw(st.sampled_from(self.in_flight))
         model = self.tasks[rid]
         assert self.store.heartbeat(rid, model.attempts[-1]).current
-        model.leased, model.heard = True, self.clock()
+        model.leased, model.heard, model.word = True, self.clock(), self._word()
         self.counts["heartbeats"] += 1
+
+    def _word(self) -> int:
+        self.words += 1
+        return self.words
 
     @rule(seconds=st.floats(min_value=0, max_value=1.5 * TIMEOUT))
     def time_passes(self, seconds: float) -> None:
         self.clock.advance(seconds)
         now = self.clock()
         timed_out = [rid for rid in self.in_flight if self.tasks[rid].deadline < now]
-        # Then the leased claims silent too long, longest silent first; never a claim that is not leased.
+        # Then the leased claims silent too long, in the order of their last word (claim or heartbeat), which
+        # orders equal silences too; never a claim that is not leased.
         silent = [rid for rid in self.in_flight if rid not in timed_out and self.tasks[rid].leased]
         silent = sorted(
-            (rid for rid in silent if self.tasks[rid].heard < now - WINDOW), key=lambda r: self.tasks[r].heard
+            (rid for rid in silent if self.tasks[rid].heard < now - WINDOW), key=lambda r: self.tasks[r].word
         )
         assert self.store.requeue_expired() == len(timed_out) + len(silent)
         for rid in timed_out + silent:
