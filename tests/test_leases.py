@@ -434,3 +434,23 @@ def test_an_async_worker_that_blocks_its_loop_keeps_its_lease() -> None:
         history = served.run(lambda: server.attempt_history(rid)) or []
         assert [(e["outcome"], e["leased"]) for e in history] == [("completed", True)], history
         assert server.attempt_stats()["requeues_unresponsive"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_client_used_again_after_close_still_heartbeats() -> None:
+    server = AttemptAwareServer(port=0, task_timeout_seconds=600, unresponsive_seconds=LEASE)
+    with serve_in_thread(server) as served:
+        first = served.call(server.queue_task({"n": 0}, mode="train"))
+        second = served.call(server.queue_task({"n": 1}, mode="train"))
+        client = AttemptAwareClient(served.endpoint, poll_wait=None)
+        try:
+            for rid in (first, second):  # close() stops the heartbeat thread; the next claim starts another
+                task = client.poll_next_task()
+                assert task is not None and task.rollout_id == rid
+                time.sleep(2 * LEASE)
+                answer = client.post_rollout(AttemptRollout(rollout_id=rid, final_reward=1.0))
+                assert answer is not None and answer["status"] == "ok", answer
+                client.close()
+        finally:
+            client.close()
+        assert server.attempt_stats()["requeues_unresponsive"] == 0

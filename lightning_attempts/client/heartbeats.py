@@ -50,6 +50,10 @@ class ThreadHeartbeats:
             self._due[claim.attempt_id] = (time.monotonic() + _interval(self._client, claim), claim)
         self._wake.set()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
@@ -85,7 +89,7 @@ class Heartbeats:
     def watch(self, client: ClaimHolder, claim: Claim) -> None:
         """Heartbeat ``claim``, made from sync code or an event loop, from the thread (started on first use)."""
         with self._lock:
-            if self.thread is None:
+            if self.thread is None or self.thread.stopped:  # a client used again after close()
                 self.thread = ThreadHeartbeats(client)
             thread = self.thread
         thread.watch(claim)
