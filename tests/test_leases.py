@@ -358,14 +358,12 @@ class Fleet(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
     def __init__(self) -> None:
         super().__init__()
         self.stopped: set[int] = set()
-        self.done: dict[str, int] = {}
 
     def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
         if task.get("stop"):
             self.stopped.add(threading.get_ident())
         elif task.get("slow"):
             time.sleep(3 * LEASE)  # a long rollout, with no word from an old worker
-        self.done[rollout_id] = threading.get_ident()
         return 1.0
 
 
@@ -401,7 +399,13 @@ def test_a_killed_shim_worker_costs_the_lease_and_an_old_worker_is_never_requeue
         rescuer = make_runner(agent, AttemptAwareClient(served.endpoint, poll_interval=0.05), worker_id=2)
         threads.append(threading.Thread(target=run_until_stopped, args=(agent, rescuer, False), daemon=True))
         threads[-1].start()
-        until(lambda: doomed in agent.done and slow in agent.done, timeout=60)
+
+        def stored(rollout_id: str) -> bool:
+            history = served.run(lambda: server.attempt_history(rollout_id)) or []
+            return any(e["outcome"] == "completed" for e in history)
+
+        # The server's word, not the agent's: a rollout is posted only after the agent returns.
+        until(lambda: stored(doomed) and stored(slow), timeout=60)
         waited = time.monotonic() - killed
         history = served.run(lambda: server.attempt_history(doomed)) or []
         assert [e["outcome"] for e in history] == ["unresponsive", "completed"], history
