@@ -30,7 +30,7 @@ from .upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
 Served = ServerThread[AttemptAwareServer]
 TASKS, WORKERS = 6, 2
 FAIL_FIRST = {1, 4}
-SCRIPT = Path(__file__).parent / "scripts" / "interrupted_worker.py"
+SCRIPT = Path(__file__).parent / "scripts" / "shim_worker.py"
 
 
 @contextmanager
@@ -226,7 +226,7 @@ def test_a_worker_process_interrupted_mid_rollout_gives_its_claims_back(clock: M
         rid = served.call(served.server.queue_task({"n": "interrupted"}, mode="train"))
         started = tmp_path / "started"
         worker = subprocess.Popen(
-            [sys.executable, str(SCRIPT), served.endpoint, str(started)],
+            [sys.executable, str(SCRIPT), served.endpoint, str(started), "--spare-claim"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -348,7 +348,7 @@ def test_a_claim_is_leased_over_http_only_when_its_worker_says_it_heartbeats(
     assert leased.server.attempt_stats()["requeues_unresponsive"] == 1
 
 
-KILLED_WORKER = Path(__file__).parent / "scripts" / "killed_worker.py"
+SHIM_WORKER = Path(__file__).parent / "scripts" / "shim_worker.py"
 LEASE = 1.5
 
 
@@ -378,7 +378,7 @@ def test_a_killed_shim_worker_costs_the_lease_and_an_old_worker_is_never_requeue
     with serve_in_thread(server) as served:
         served.call(server.update_resources(RESOURCES))
         doomed = served.call(server.queue_task({"n": 0}, mode="train"))
-        worker = subprocess.Popen([sys.executable, str(KILLED_WORKER), served.endpoint, str(started)])
+        worker = subprocess.Popen([sys.executable, str(SHIM_WORKER), served.endpoint, str(started)])
         try:
             # Importing agentlightning 0.2+ takes seconds, more on a loaded machine.
             until(lambda: worker.poll() is not None or (started.exists() and started.read_text() == doomed), 120)

@@ -1,10 +1,11 @@
-"""A shim worker that will be killed with SIGKILL mid-rollout: the release's runner on AttemptAwareClient.
+"""A shim worker that a test stops mid-rollout (SIGKILL or Ctrl+C): the release's runner on AttemptAwareClient.
 
-Usage: python killed_worker.py ENDPOINT STARTED_FILE
+Usage: python shim_worker.py ENDPOINT STARTED_FILE [--spare-claim]
 
-The runner claims a task (leased: the shim says that it heartbeats) and the agent creates
-STARTED_FILE once its rollout is under way, then works for a minute; the test kills the
-process before that, so no release, no result and no heartbeat ever come from it again.
+The runner claims a task (leased: the shim says that it heartbeats); the agent writes the
+rollout id to STARTED_FILE once its rollout is under way, then works for up to a minute,
+which the test cuts short. With ``--spare-claim``, a second client first claims a task it
+never works on, so its claim is still open when the process ends.
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ class WorkingAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
 
     def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
         self.started.write_text(rollout_id)
-        time.sleep(60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
         return 1.0
 
 
 def main() -> None:
     endpoint, started = sys.argv[1], Path(sys.argv[2])
+    if "--spare-claim" in sys.argv[3:]:
+        spare = AttemptAwareClient(endpoint, poll_interval=0.05)
+        assert spare.poll_next_task() is not None
     client = AttemptAwareClient(endpoint, poll_interval=0.05)
     tracer: Any = NullTracer()
     exporter: Any = None
