@@ -14,7 +14,7 @@
 """
 
 from .answers import Lease, Release, Submission
-from .datastore import AttemptAwareDataStore, Clock
+from .datastore import AttemptAwareDataStore, Clock, check_options
 from .finished import DEFAULT_MAX_REMEMBERED
 from .records import AttemptOutcome, excerpt
 from .table import STALE_POLICIES, DropReason, StalePolicy
@@ -30,5 +30,6 @@ __all__ = [
     "Release",
     "StalePolicy",
     "Submission",
+    "check_options",
     "excerpt",
 ]

@@ -23,6 +23,27 @@ logger = logging.getLogger("lightning_attempts.store")
 Clock = Callable[[], float]
 
 
+def check_options(
+    *,
+    stale_policy: StalePolicy,
+    unresponsive_seconds: float | None,
+    max_claims: int | None,
+    retry_failed: int,
+    max_remembered: int,
+) -> None:
+    """Raise ``ValueError``, naming the option, for a value the store cannot work with."""
+    if stale_policy not in STALE_POLICIES:
+        raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
+    if unresponsive_seconds is not None and unresponsive_seconds <= 0:
+        raise ValueError("unresponsive_seconds must be positive")
+    if max_claims is not None and max_claims < 1:
+        raise ValueError("max_claims must be at least 1")
+    if retry_failed < 0:
+        raise ValueError("retry_failed must not be negative")
+    if max_remembered < 0:
+        raise ValueError("max_remembered must not be negative")
+
+
 class AttemptAwareDataStore(ServerDataStore):
     """Upstream's ``ServerDataStore`` in which each claim is an attempt.
 
@@ -61,16 +82,13 @@ class AttemptAwareDataStore(ServerDataStore):
         clock: Clock = time.monotonic,
     ) -> None:
         super().__init__()
-        if retry_failed < 0:
-            raise ValueError("retry_failed must not be negative")
-        if stale_policy not in STALE_POLICIES:
-            raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
-        if max_remembered < 0:
-            raise ValueError("max_remembered must not be negative")
-        if max_claims is not None and max_claims < 1:
-            raise ValueError("max_claims must be at least 1")
-        if unresponsive_seconds is not None and unresponsive_seconds <= 0:
-            raise ValueError("unresponsive_seconds must be positive")
+        check_options(
+            stale_policy=stale_policy,
+            unresponsive_seconds=unresponsive_seconds,
+            max_claims=max_claims,
+            retry_failed=retry_failed,
+            max_remembered=max_remembered,
+        )
         self.task_timeout_seconds = task_timeout_seconds
         self.unresponsive_seconds = unresponsive_seconds
         self.max_claims = max_claims
