@@ -133,10 +133,10 @@ def serve(ctx: click.Context, host: str, port: int, task_timeout: float, log_lev
     explicit = {name: value for name, value in options.items() if ctx.get_parameter_source(name) != DEFAULT}
     try:
         resolved = environment.resolve(explicit)
+        server = AttemptAwareServer(host=host, port=port, task_timeout_seconds=task_timeout, **resolved)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = AttemptAwareServer(host=host, port=port, task_timeout_seconds=task_timeout, **resolved)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # upstream configures uvicorn at INFO
         logging.getLogger(name).setLevel(log_level.upper())
 

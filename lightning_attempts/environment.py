@@ -37,7 +37,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from .auth import KEY_ENV, validate_key
-from .server import AttemptAwareServer
+from .server import AttemptAwareServer, ServerOptions
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +100,20 @@ def _unrecognised_message(name: str, suggestion: str | None, consequence: str) -
 
 
 def server_options(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The server options given as ``LIGHTNING_ATTEMPTS_<OPTION>`` variables, parsed; a bad value raises.
+    """The server options given as ``LIGHTNING_ATTEMPTS_<OPTION>`` variables, parsed and checked.
 
-    Variables that are no option are left to ``unrecognised()``.
+    A value of the wrong type or out of range (``ServerOptions``' checks) raises ``ValueError``
+    naming the variable. Variables that are no option are left to ``unrecognised()``.
     """
     options: dict[str, Any] = {}
     for variable, (name, annotation) in option_types().items():
         raw = environ.get(variable)
         if raw is not None:
-            options[name] = _parse(variable, raw, annotation)
+            options[name] = value = _parse(variable, raw, annotation)
+            try:
+                ServerOptions(**{name: value})
+            except ValueError as error:
+                raise ValueError(f"{variable} is not a valid value: {error}") from None
     return options
 
 

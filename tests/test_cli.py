@@ -132,6 +132,25 @@ def test_serve_refuses_a_bad_variable_naming_it(monkeypatch: pytest.MonkeyPatch)
     assert "LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value" in result.output
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LIGHTNING_ATTEMPTS_MAX_CLAIMS", "0", "max_claims must be at least 1"),
+        ("LIGHTNING_ATTEMPTS_RETRY_FAILED", "-1", "retry_failed must not be negative"),
+        ("LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS", "0", "unresponsive_seconds must be positive"),
+    ],
+)
+def test_serve_refuses_a_variable_out_of_range_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    """A usage error naming the variable, not a traceback or uvicorn's failed start-up."""
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, ["serve", "--port", "0"])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {variable} is not a valid value: {message}" in result.output
+    assert "Traceback" not in result.output and "startup" not in result.output
+
+
 def test_bad_policy_is_refused() -> None:
     result = CliRunner().invoke(main, ["serve", "--stale-policy", "maybe"])
     assert result.exit_code == 2

@@ -242,6 +242,10 @@ def test_options_parse_from_strings() -> None:
         server_options({"LIGHTNING_ATTEMPTS_MAX_REMEMBERED": "none"})  # not optional
     with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value"):
         server_options({"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "three"})
+    with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value: max_claims must be"):
+        server_options({"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "0"})  # out of range: found on import, not at start
+    with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_API_KEY is not a valid value: api_key must be"):
+        server_options({"LIGHTNING_ATTEMPTS_API_KEY": "has space"})
 
 
 def test_unrecognised_variables_come_with_the_likely_intended_name() -> None:

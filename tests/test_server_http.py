@@ -235,6 +235,15 @@ def test_the_body_limit_must_be_positive() -> None:
         AttemptAwareServer(port=0, max_body_bytes=0)
 
 
+@pytest.mark.parametrize(
+    "option",
+    [{"max_claims": 0}, {"unresponsive_seconds": 0}, {"max_remembered": -1}, {"retry_failed": -1}],
+)
+def test_a_store_option_out_of_range_fails_when_the_server_is_built_not_when_it_starts(option: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(option))):
+        AttemptAwareServer(port=0, **option)
+
+
 def test_the_keyword_only_parameters_are_the_server_options() -> None:
     """Same names, types and defaults: environment.py derives its variables from the parameters."""
     hints = typing.get_type_hints(AttemptAwareServer.__init__)

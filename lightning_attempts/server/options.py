@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..auth import validate_key
-from ..store import DEFAULT_MAX_REMEMBERED, STALE_POLICIES, Clock, StalePolicy
+from ..store import DEFAULT_MAX_REMEMBERED, Clock, StalePolicy, check_options
 from .polls import DEFAULT_MAX_POLL_WAIT
 from .routing import DEFAULT_MAX_BODY_BYTES
 
@@ -23,8 +23,9 @@ from .routing import DEFAULT_MAX_BODY_BYTES
 class ServerOptions:
     """``AttemptAwareServer``'s keyword-only options (its docstring says what each does).
 
-    Built checked: a bad value raises ``ValueError`` naming the option. ``api_key`` is
-    kept as ``None`` when empty, and left out of the ``repr``.
+    Built checked: a bad value raises ``ValueError`` naming the option (the store's options
+    by the store's ``check_options``), so a server fails when it is built, not when it starts.
+    ``api_key`` is kept as ``None`` when empty, and left out of the ``repr``.
     """
 
     stale_policy: StalePolicy = "reject"
@@ -40,10 +41,13 @@ class ServerOptions:
     clock: Clock = time.monotonic
 
     def __post_init__(self) -> None:
-        if self.stale_policy not in STALE_POLICIES:
-            raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {self.stale_policy!r}")
-        if self.retry_failed < 0:
-            raise ValueError("retry_failed must not be negative")
+        check_options(
+            stale_policy=self.stale_policy,
+            unresponsive_seconds=self.unresponsive_seconds,
+            max_claims=self.max_claims,
+            retry_failed=self.retry_failed,
+            max_remembered=self.max_remembered,
+        )
         if self.max_body_bytes is not None and self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive (or None for no limit)")
         if not (math.isfinite(self.max_poll_wait) and self.max_poll_wait >= 0):

@@ -34,10 +34,10 @@ def check_options(
     """Raise ``ValueError``, naming the option, for a value the store cannot work with."""
     if stale_policy not in STALE_POLICIES:
         raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
-    if unresponsive_seconds is not None and unresponsive_seconds <= 0:
-        raise ValueError("unresponsive_seconds must be positive")
+    if unresponsive_seconds is not None and not unresponsive_seconds > 0:
+        raise ValueError("unresponsive_seconds must be positive (or None for no leases)")
     if max_claims is not None and max_claims < 1:
-        raise ValueError("max_claims must be at least 1")
+        raise ValueError("max_claims must be at least 1 (or None for no limit)")
     if retry_failed < 0:
         raise ValueError("retry_failed must not be negative")
     if max_remembered < 0:
