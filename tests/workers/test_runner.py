@@ -13,7 +13,7 @@ from lightning_attempts import AttemptAwareClient, AttemptAwareServer
 from lightning_attempts.compat import AgentLightningClient, LegacyRollout
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
-from .upstream import RESOURCES, StragglerAgent, make_runner, run_until_stopped, stop_fleet
+from ..upstream import RESOURCES, StragglerAgent, make_runner, run_until_stopped, stop_fleet
 
 TIMEOUT = 60.0
 WORKERS, TASKS, SLOW = 3, 8, (2, 5)

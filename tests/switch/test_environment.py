@@ -31,7 +31,7 @@ from lightning_attempts.environment import (
     unrecognised,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+from ..paths import ROOT
 
 REPORT = """
 import json, sys

@@ -17,7 +17,7 @@ from lightning_attempts.auth import MAX_FIRST_LINES, ApiKeyMiddleware
 from lightning_attempts.compat import AgentLightningClient, LegacyRollout
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
-from .upstream import RESOURCES, StragglerAgent, make_runner
+from ..upstream import RESOURCES, StragglerAgent, make_runner
 
 Served = ServerThread[AttemptAwareServer]
 KEY = "s3cret-Key_0123456789"

@@ -25,12 +25,13 @@ from agentlightning import LitAgent
 from lightning_attempts import AttemptAwareClient, AttemptAwareServer
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
-from .upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
+from ..paths import SCRIPTS
+from ..upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
 
 Served = ServerThread[AttemptAwareServer]
 TASKS, WORKERS = 6, 2
 FAIL_FIRST = {1, 4}
-SCRIPT = Path(__file__).parent / "scripts" / "shim_worker.py"
+SCRIPT = SCRIPTS / "shim_worker.py"
 
 
 @contextmanager

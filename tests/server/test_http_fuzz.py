@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
-from .upstream import RESOURCES
+from ..upstream import RESOURCES
 
 Served = ServerThread[AttemptAwareServer]
 KEY = "fuzz-key-0123"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -36,7 +35,8 @@ from lightning_attempts.store.table import (
 )
 from lightning_attempts.testing import ManualClock
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from ..paths import README
+
 HEADER = "| task's state | submission carries |"
 
 WORDS: dict[str, Outcome] = {

@@ -28,7 +28,8 @@ import pytest
 
 from lightning_attempts.compat import AGENTLIGHTNING_VERSION
 
-ROOT = Path(__file__).resolve().parent.parent
+from ..paths import ROOT
+
 MARKER = re.compile(r"<!-- readme-test: (run|serve|skip)(?::\s*(.*?))? -->")
 FENCE = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 

@@ -15,9 +15,10 @@ import pytest
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.testing import ServerThread, serve_in_thread
 
-from .upstream import RESOURCES
+from ..paths import SCRIPTS
+from ..upstream import RESOURCES
 
-SCRIPT = Path(__file__).parent / "scripts" / "trainer_fleet.py"
+SCRIPT = SCRIPTS / "trainer_fleet.py"
 WORKERS, MAX_TASKS = 2, 4
 # Task 0 straggles; the other worker finishes the other three and, with a claim to spare, polls
 # until the straggler's claim expires and re-claims it. Fillers make up WORKERS * MAX_TASKS.

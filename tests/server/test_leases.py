@@ -22,7 +22,8 @@ from lightning_attempts import AttemptAwareClient, AttemptAwareDataStore, Attemp
 from lightning_attempts.compat import AgentLightningClient
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
-from .upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
+from ..paths import SCRIPTS
+from ..upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
 
 TIMEOUT, WINDOW = 300.0, 10.0
 Served = ServerThread[AttemptAwareServer]
@@ -348,7 +349,7 @@ def test_a_claim_is_leased_over_http_only_when_its_worker_says_it_heartbeats(
     assert leased.server.attempt_stats()["requeues_unresponsive"] == 1
 
 
-SHIM_WORKER = Path(__file__).parent / "scripts" / "shim_worker.py"
+SHIM_WORKER = SCRIPTS / "shim_worker.py"
 LEASE = 1.5
 
 
