@@ -7,13 +7,16 @@ longer land twice or in the next training batch.
 
 from __future__ import annotations
 
-from . import environment
+from _lightning_attempts_switch import after_import, any_variable
+
 from .client import AttemptAwareClient, Claim
 from .compat import AGENTLIGHTNING_VERSION, SUPPORTED_RELEASES
-from .install import install, installed, uninstall
+from .errors import LightningAttemptsError, OptionError, ServerNotRunning, ServerStartError, ServerStopped
 from .models import AttemptRollout, AttemptTask, AttemptTaskIfAny
-from .server import AttemptAwareServer, ServerStartError
-from .store import AttemptAwareDataStore, DropReason, StalePolicy, Submission
+from .options import Options, StalePolicy
+from .server import AttemptAwareServer
+from .store import AttemptAwareDataStore, DropReason, Submission
+from .switch.install import install, installed, uninstall
 
 __version__ = "0.1.0"
 
@@ -28,7 +31,12 @@ __all__ = [
     "AttemptTaskIfAny",
     "Claim",
     "DropReason",
+    "LightningAttemptsError",
+    "OptionError",
+    "Options",
+    "ServerNotRunning",
     "ServerStartError",
+    "ServerStopped",
     "StalePolicy",
     "Submission",
     "install",
@@ -36,5 +44,14 @@ __all__ = [
     "uninstall",
 ]
 
-# LIGHTNING_ATTEMPTS_INSTALL=1: install now, before anyone builds a server (see environment.py).
-environment.install_from_environment()
+
+def _activate() -> None:
+    from .switch.activation import activate
+
+    activate()
+
+
+# With a LIGHTNING_ATTEMPTS_* variable set, activate the switch (install, or report), as the .pth hook does:
+# a process in which that hook did not run (the variable set after it started) is covered too.
+if any_variable():
+    after_import("agentlightning", _activate)

@@ -11,20 +11,16 @@ what was presented: once per peer and route, then in a summary with counts every
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import logging
-import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-logger = logging.getLogger(__name__)
+from .keys import KeyCheck, carries_a_key
 
-KEY_ENV = "AGL_KEY"
-"""The environment variable agentlightning 1.0 hands its workers the key in."""
+logger = logging.getLogger(__name__)
 
 _BODY = b'{"detail":"Invalid or missing API key"}'  # 1.0's words
 _HEADERS = [
@@ -32,31 +28,6 @@ _HEADERS = [
     (b"content-length", str(len(_BODY)).encode()),
     (b"www-authenticate", b"Bearer"),
 ]
-
-
-def validate_key(key: str | None) -> str | None:
-    """``key`` if usable in a header, ``None`` for no key (``None`` or empty, as 1.0 reads ``AGL_KEY``)."""
-    if not key:
-        return None
-    if not all("!" <= char <= "~" for char in key):
-        raise ValueError("api_key must be printable ASCII without spaces (it travels in an HTTP header)")
-    return key
-
-
-def key_from_env() -> str | None:
-    """The key in ``AGL_KEY``, or ``None`` when it is unset or empty."""
-    return validate_key(os.environ.get(KEY_ENV))
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a server bound to ``host`` is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 Schedule = Callable[[float, Callable[[], None]], Any]
 """``schedule(delay, callback)``: call ``callback`` in ``delay`` seconds (``loop.call_later``'s shape)."""
@@ -163,32 +134,20 @@ class ApiKeyMiddleware:
         refusals: RefusalLog | None = None,
     ) -> None:
         self.app = app
-        self._key = key.encode()
-        self._bearer = b"bearer " + self._key
+        self._key = KeyCheck(key)
         self._on_refused = on_refused
         self.refusals = RefusalLog() if refusals is None else refusals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._authorized(scope["headers"]):
+        if scope["type"] != "http" or self._key.presented(scope["headers"]):
             await self.app(scope, receive, send)
             return
         self._refuse(scope)
         await send({"type": "http.response.start", "status": 401, "headers": _HEADERS})
         await send({"type": "http.response.body", "body": _BODY})
 
-    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        for name, value in headers:  # ASGI header names are lower-case
-            if name == b"authorization":
-                # The scheme is case-insensitive (RFC 7235); the key is compared in constant time.
-                if hmac.compare_digest(value[:7].lower() + value[7:], self._bearer):
-                    return True
-            elif name == b"x-api-key" and hmac.compare_digest(value, self._key):
-                return True
-        return False
-
     def _refuse(self, scope: Scope) -> None:
         client = scope.get("client")
         peer = str(client[0]) if client else "unknown peer"  # not the port: each connection has its own
-        presented = any(name in (b"authorization", b"x-api-key") for name, _ in scope["headers"])
-        self.refusals.refused(peer, scope["method"], scope["path"], presented)
+        self.refusals.refused(peer, scope["method"], scope["path"], carries_a_key(scope["headers"]))
         self._on_refused()

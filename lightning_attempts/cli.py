@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
+import typing
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 from click.core import ParameterSource
 
-from . import environment
-from .server.options import DEFAULTS
-from .store import STALE_POLICIES, StalePolicy
+from .errors import OptionError
+from .options import DEFAULTS, STALE_POLICIES, OptionSpec, StalePolicy, annotation, flagged, parse
+from .switch.variables import resolve, variable
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT = ParameterSource.DEFAULT
@@ -27,102 +27,55 @@ def main() -> None:
     """Attempt-aware drop-in fix for agentlightning's legacy task server."""
 
 
-def _seconds_or_none(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
-    """A positive number of seconds, or ``none`` for no limit (as its variable reads)."""
-    if value.strip().lower() == "none":
-        return None
+def _shown(value: Any) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value).lower()
+
+
+def _parsed(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A flag's value parsed and checked as its variable's would be (``options.parse``)."""
+    if ctx.get_parameter_source(str(param.name)) == DEFAULT:
+        return value
     try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise click.BadParameter(f"{value!r} is neither a positive number of seconds nor 'none'", ctx, param)
-    return seconds
+        return parse(param.name, value)
+    except OptionError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
 
 
-def _server_option(*declarations: str, **attributes: Any) -> Callable[[FC], FC]:
-    """A ``serve`` option that is also a server option: its help names the variable read in its absence."""
-    name = next(d for d in declarations if d.startswith("--")).split("/")[0][2:].replace("-", "_")
-    variable = environment.PREFIX + name.upper()
-    attributes["help"] = f"{attributes.get('help', '')} [env var: {variable}]".strip()
-    return click.option(*declarations, **attributes)
+def _option_flag(name: str, each: OptionSpec) -> Callable[[FC], FC]:
+    """``serve``'s flag for option ``name``: its help says its default there and the variable read in its absence."""
+    flag = each.flag or "--" + name.replace("_", "-")
+    default = each.switch_default if each.has_switch_default else getattr(DEFAULTS, name)
+    help = f"{each.help} [default: {_shown(default)}]"
+    if each.variable:
+        help += f" [env var: {variable(name)}]"
+    kind = annotation(name)
+    if kind in (bool, bool | None):
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help)
+    if typing.get_origin(kind) is Literal:
+        return click.option(flag, name, type=click.Choice(typing.get_args(kind)), default=None, help=help)
+    none = " | none" if type(None) in typing.get_args(kind) else ""
+    return click.option(flag, name, metavar=f"{_metavar(kind)}{none}", default=None, callback=_parsed, help=help)
+
+
+def _metavar(kind: Any) -> str:
+    types = [t for t in typing.get_args(kind) or (kind,) if t is not type(None)]
+    return "/".join(getattr(t, "__name__", str(t)).upper() for t in types)
+
+
+def _option_flags(command: FC) -> FC:
+    """Every option with a flag, in ``Options``' order."""
+    for name, each in reversed(list(flagged())):
+        command = _option_flag(name, each)(command)
+    return command
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, help="Port to bind (0: any free port).")
-@click.option("--task-timeout", default=300.0, show_default=True, help="Seconds before a claimed task is requeued.")
-@_server_option(
-    "--stale-policy",
-    type=click.Choice(STALE_POLICIES),
-    default=DEFAULTS.stale_policy,
-    show_default=True,
-    help="What to do with the result of a superseded attempt.",
-)
-@_server_option(
-    "--require-attempt-id/--no-require-attempt-id",
-    default=DEFAULTS.require_attempt_id,
-    show_default=True,
-    help="Refuse results that carry no attempt id (old clients).",
-)
-@_server_option(
-    "--unresponsive-seconds",
-    type=str,
-    metavar="SECONDS|none",
-    callback=_seconds_or_none,
-    default=f"{environment.LEASE_SECONDS:g}",
-    show_default=True,
-    help="Lease: requeue a claim whose worker heartbeats (the shim's) after this much silence; a worker that "
-    "never heartbeats keeps its claim until the task timeout. 'none': no leases.",
-)
-@_server_option(
-    "--max-claims",
-    type=click.IntRange(min=1),
-    default=DEFAULTS.max_claims,
-    help="Complete a task empty after this many claims.",
-)
-@_server_option(
-    "--retry-failed",
-    type=click.IntRange(min=0),
-    default=DEFAULTS.retry_failed,
-    show_default=True,
-    help="Requeue a task whose attempt posts a failed result (no reward, no triplets) up to this many times.",
-)
-@_server_option(
-    "--max-remembered",
-    default=DEFAULTS.max_remembered,
-    show_default=True,
-    help="Finished tasks remembered to answer late results.",
-)
-@_server_option(
-    "--max-body-bytes",
-    type=click.IntRange(min=1),
-    default=DEFAULTS.max_body_bytes,
-    show_default=True,
-    help="Larger submissions and heartbeats are refused (413), read no further than this.",
-)
-@_server_option(
-    "--max-poll-wait",
-    type=click.FloatRange(min=0),
-    default=DEFAULTS.max_poll_wait,
-    show_default=True,
-    help="Longest a long poll (GET /task?wait=S) is held, in seconds; 0: answer at once.",
-)
-@_server_option(
-    "--rewrite-loopback-endpoints/--no-rewrite-loopback-endpoints",
-    default=DEFAULTS.rewrite_loopback_endpoints,
-    help="Serve a loopback LLM endpoint in the resources as the host each worker reached this server by, so that "
-    "workers on other machines reach it (verl's daemon turns it on). Default: off.",
-)
-@_server_option(
-    "--api-key",
-    default=None,
-    help="Answer 401 to requests without this key (Authorization: Bearer, or x-api-key); default: the variable, "
-    "else AGL_KEY. Prefer a variable: a command line is visible to other users.",
-)
+@_option_flags
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, task_timeout: float, log_level: str, **options: Any) -> None:
+def serve(ctx: click.Context, host: str, port: int, log_level: str, **options: Any) -> None:
     """Run a standalone AttemptAwareServer until interrupted.
 
     Each server option not given here is read from its LIGHTNING_ATTEMPTS_<OPTION> variable, as
@@ -132,8 +85,7 @@ def serve(ctx: click.Context, host: str, port: int, task_timeout: float, log_lev
 
     explicit = {name: value for name, value in options.items() if ctx.get_parameter_source(name) != DEFAULT}
     try:
-        resolved = environment.resolve(explicit)
-        server = AttemptAwareServer(host=host, port=port, task_timeout_seconds=task_timeout, **resolved)
+        server = AttemptAwareServer(host=host, port=port, **resolve(explicit))
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -143,9 +95,10 @@ def serve(ctx: click.Context, host: str, port: int, task_timeout: float, log_lev
     async def run() -> None:
         await server.start()
         keyed = "API key required" if server.requires_key else "no API key"
-        lease = "no leases" if server.unresponsive_seconds is None else f"lease {server.unresponsive_seconds:g} s"
+        options = server.options
+        lease = "no leases" if options.unresponsive_seconds is None else f"lease {options.unresponsive_seconds:g} s"
         click.echo(
-            f"lightning-attempts: serving on {server.endpoint} (stale_policy={server.stale_policy}, {lease}, {keyed})",
+            f"lightning-attempts: serving on {server.endpoint} (stale_policy={options.stale_policy}, {lease}, {keyed})",
             err=True,
         )
         await server.wait_stopped()

@@ -14,8 +14,9 @@ from rich.table import Table
 
 from . import scenario
 from .compat import AgentLightningServer
+from .options import StalePolicy
 from .server import AttemptAwareServer
-from .store import DropReason, StalePolicy
+from .store import DropReason
 
 
 def run_demo(

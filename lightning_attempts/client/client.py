@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from ..auth import key_from_env, validate_key
 from ..compat import AgentLightningClient, LegacyRollout
+from ..keys import key_from_env, validate_key
 from ..models import AttemptTask
 from .claims import Claim, ClaimBook
 from .heartbeats import Heartbeats

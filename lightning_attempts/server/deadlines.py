@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ..store import AttemptAwareDataStore, Clock
+from ..options import Clock
+from ..store import AttemptAwareDataStore
 
 TIMER_SLACK = 0.001
 """Seconds the deadline timer fires after a deadline, so that the claim has expired by then."""

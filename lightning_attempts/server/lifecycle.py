@@ -21,13 +21,10 @@ from collections.abc import Callable
 
 import uvicorn
 
-from ..auth import is_loopback
+from ..errors import ServerStartError
+from ..hosts import is_loopback_host
 
-logger = logging.getLogger(__package__)  # "lightning_attempts.server", as before it became a package
-
-
-class ServerStartError(RuntimeError):
-    """The server could not start, e.g. because its port is in use."""
+logger = logging.getLogger(__package__)  # "lightning_attempts.server"
 
 
 class _Uvicorn(uvicorn.Server):
@@ -123,7 +120,7 @@ class Serving:
 
 def warn_if_open(host: str, port: int, api_key: str | None) -> None:
     """At start, warn that a server without a key, bound beyond loopback, is open to anyone who reaches it."""
-    if api_key is None and not is_loopback(host):
+    if api_key is None and not is_loopback_host(host):
         logger.warning(
             "No API key set: authentication disabled on %s:%s, reachable beyond this machine; anyone who can "
             "reach it can read resources, claim tasks and post rollouts. Set one with "

@@ -22,9 +22,6 @@ from ..store import AttemptAwareDataStore
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 """The ASGI receive channel of a request."""
 
-DEFAULT_MAX_POLL_WAIT = 20.0
-"""Longest a ``GET /task?wait=S`` is held by default, in seconds (SQS's longest wait, too)."""
-
 
 @dataclass(eq=False, slots=True)
 class _Poll:

@@ -4,7 +4,7 @@
 FastAPI app, and its resources routes (answering as upstream's, or with LLM endpoints a
 worker on another host can reach: ``rewrite_loopback_endpoints``), and adds the routes of
 its own. Each route answers from the store the server gives it (``use``) for the run in
-progress, or 503 between runs. The hot routes are served by ``DirectRoute`` (routing.py)
+progress, or 503 between runs. The hot routes are served by ``DirectRoute`` (direct_route.py)
 and read nothing per request but that store, its parked polls and the options captured here.
 """
 
@@ -25,13 +25,13 @@ from ..auth import ApiKeyMiddleware
 from ..compat import LegacyRollout, ResourcesUpdate
 from ..endpoints import reachable_resources
 from ..models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
+from ..options import Options
 from ..store import AttemptAwareDataStore, excerpt
+from .direct_route import DirectRoute, unprocessable
 from .metrics import exposition
-from .options import ServerOptions
 from .polls import ParkedPolls
-from .routing import DirectRoute, unprocessable
 
-logger = logging.getLogger(__package__)  # "lightning_attempts.server", as before it became a package
+logger = logging.getLogger(__package__)  # "lightning_attempts.server"
 
 
 _NO_TASK = b'{"is_available":false,"task":null}'
@@ -90,7 +90,7 @@ class Routes:
 
     def __init__(
         self,
-        options: ServerOptions,
+        options: Options,
         *,
         is_failed_result: Callable[[LegacyRollout], bool],
         stats: Callable[[], dict[str, Any]],

@@ -1,7 +1,7 @@
 """AttemptAwareServer: upstream's legacy server with attempt-checked ``/task`` and ``/rollout``.
 
 It subclasses ``AgentLightningServer`` (same constructor arguments and lifecycle) and ties
-the parts beside it together: its options (options.py); the store of each run, built when
+the parts beside it together: its options (``lightning_attempts.options``); the store of each run, built when
 upstream's lifespan assigns one, with what waits on it wired to its hooks (polls.py,
 deadlines.py, completions.py); the routes answering from that store (routes.py); and
 uvicorn (lifecycle.py). It keeps the operations of its own API: counters, a task's
@@ -12,66 +12,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable
 from typing import Any
 
+from typing_extensions import Unpack
+
 from ..compat import AgentLightningServer, LegacyRollout, ServerDataStore
-from ..store import AttemptAwareDataStore, Clock, StalePolicy
+from ..errors import ServerNotRunning, ServerStartError, ServerStopped
+from ..options import DEFAULTS, Options, ServerArguments, option_attributes
+from ..store import AttemptAwareDataStore
 from .completions import Completions
 from .deadlines import DeadlineTimer
-from .lifecycle import ServerStartError, Serving, warn_if_open
-from .options import DEFAULTS, ServerOptions
+from .lifecycle import Serving, warn_if_open
 from .polls import ParkedPolls
 from .routes import Routes
 
-logger = logging.getLogger(__package__)  # "lightning_attempts.server", as before it became a package
+logger = logging.getLogger(__package__)  # "lightning_attempts.server"
 
 
+@option_attributes(
+    hidden=("task_timeout_seconds", "api_key", "clock"), settable=("rewrite_loopback_endpoints",), document=True
+)
 class AttemptAwareServer(AgentLightningServer):
     """Drop-in ``AgentLightningServer`` that stores only a valid attempt's result.
 
-    Same constructor arguments and lifecycle as upstream. Keyword-only options:
-
-    - ``stale_policy``: ``"reject"`` (default) drops a result whose attempt was
-      superseded; ``"salvage"`` stores it if the task has no result yet.
-    - ``require_attempt_id``: refuse (400) results that carry no attempt id.
-    - ``unresponsive_seconds``: the lease. A claim whose worker heartbeats (it said so
-      with ``GET /task?heartbeats=1``, or sent a ``POST /heartbeat``) is requeued after
-      this long without a word from it; a claim whose worker never heartbeats (an old
-      client) is not, and keeps its task until ``task_timeout_seconds``, the hard limit
-      on every claim's age. ``None`` (default): no leases, upstream's behaviour; the
-      servers the switch, ``install()`` and ``serve`` build default to 60 s
-      (``environment.SWITCH_DEFAULTS``).
-    - ``max_claims``: when the Nth claim of a task times out, complete the task with an
-      empty rollout (``final_reward=None``, ``metadata["lightning_attempts"]`` saying
-      why) instead of requeueing it, so a trainer waiting for every task goes on.
-      Released claims count as claims.
-    - ``retry_failed``: requeue a task whose live attempt posts a *failed result*
-      (``is_failed_result``) for another attempt, at most this many times per task
-      and never past ``max_claims``; after that the failed result is stored, marked
-      ``metadata["lightning_attempts"] = {"outcome": "failed", "claims": n}``.
-      0 (default): a failed result is stored as upstream stores it.
-    - ``max_remembered``: how many finished tasks are remembered to answer late
-      results with ``duplicate`` or ``already_completed``; a late result of a task
-      forgotten since is dropped as ``unknown_rollout``.
-    - ``max_body_bytes``: larger bodies of ``/rollout`` and ``/heartbeat`` are answered
-      413, read no further than the limit (default 64 MiB; ``None``: no limit).
-    - ``max_poll_wait``: longest ``GET /task?wait=S`` is held, in seconds (default 20;
-      0: answer at once, as upstream does).
-    - ``api_key``: every route answers 401 to a request without this key in
-      ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (agentlightning 1.0's
-      headers; ``AttemptAwareClient`` sends ``AGL_KEY``). ``None`` (default): open, as
-      upstream; a server bound beyond loopback then logs a warning at start.
-    - ``rewrite_loopback_endpoints``: serve each LLM resource whose ``endpoint`` names a
-      loopback host (``127.0.0.1``, ``localhost``, ``::1``) with the host the worker used to
-      reach this server (its request's ``Host``), port and path kept, so that a worker on
-      another machine reaches an LLM proxy on this one; stored resources are unchanged.
-      ``None`` (default): off, but verl's ``AttemptAwareDaemon`` turns it on (its proxy
-      listens on ``0.0.0.0``); ``False`` keeps it off there too. Settable while serving.
-    - ``clock``: monotonic clock for claim deadlines (injectable for tests).
+    Same constructor arguments and lifecycle as upstream. Its own options are keyword-only;
+    each is a field of ``lightning_attempts.options.Options`` (listed below with its default),
+    kept checked in ``server.options`` (``OptionError`` names a bad one when the server is
+    built) and, but ``api_key`` and ``clock``, readable as an attribute (``server.max_claims``).
+    Leases (``unresponsive_seconds``) apply only to claims whose workers heartbeat: a worker
+    that never does (an old client) keeps its claim until ``task_timeout_seconds``, the hard
+    limit on every claim's age. Servers built by the switch, ``install()``, verl's daemon and
+    ``serve`` take their defaults from the environment (``lightning_attempts.switch.variables``).
 
     ``GET /task?wait=S`` is a long poll: held until a task can be claimed for it or S
     seconds pass; parked polls are served first come, first served, and one whose
@@ -87,34 +61,11 @@ class AttemptAwareServer(AgentLightningServer):
         self,
         host: str = "127.0.0.1",
         port: int = 8000,
-        task_timeout_seconds: float = 300.0,
-        *,
-        stale_policy: StalePolicy = DEFAULTS.stale_policy,
-        require_attempt_id: bool = DEFAULTS.require_attempt_id,
-        unresponsive_seconds: float | None = DEFAULTS.unresponsive_seconds,
-        max_claims: int | None = DEFAULTS.max_claims,
-        retry_failed: int = DEFAULTS.retry_failed,
-        max_remembered: int = DEFAULTS.max_remembered,
-        max_body_bytes: int | None = DEFAULTS.max_body_bytes,
-        max_poll_wait: float = DEFAULTS.max_poll_wait,
-        api_key: str | None = DEFAULTS.api_key,
-        rewrite_loopback_endpoints: bool | None = DEFAULTS.rewrite_loopback_endpoints,
-        clock: Clock = DEFAULTS.clock,
+        task_timeout_seconds: float = DEFAULTS.task_timeout_seconds,
+        **options: Unpack[ServerArguments],
     ) -> None:
-        self.options = ServerOptions(
-            stale_policy=stale_policy,
-            require_attempt_id=require_attempt_id,
-            unresponsive_seconds=unresponsive_seconds,
-            max_claims=max_claims,
-            retry_failed=retry_failed,
-            max_remembered=max_remembered,
-            max_body_bytes=max_body_bytes,
-            max_poll_wait=max_poll_wait,
-            api_key=api_key,
-            rewrite_loopback_endpoints=rewrite_loopback_endpoints,
-            clock=clock,
-        )
-        """The keyword-only options, checked; each but ``api_key`` and ``clock`` is also an attribute."""
+        self.options = Options(task_timeout_seconds=task_timeout_seconds, **options)
+        """The options, checked."""
         self._attempt_store: AttemptAwareDataStore | None = None
         self._polls: ParkedPolls | None = None
         self._deadlines: DeadlineTimer | None = None
@@ -162,7 +113,7 @@ class AttemptAwareServer(AgentLightningServer):
         if self._deadlines is not None:
             self._deadlines.stop()
         if self._completions is not None:  # waits on a store that is going away end, raising
-            self._completions.close(RuntimeError("The server stopped while waiting for rollouts."))
+            self._completions.close(ServerStopped())
         self._polls = self._deadlines = self._completions = None
         self._routes.use(None, None)
 
@@ -173,67 +124,14 @@ class AttemptAwareServer(AgentLightningServer):
 
     def create_store(self) -> AttemptAwareDataStore:
         """The store a fresh server run uses; override to customise it."""
-        options = self.options
-        return AttemptAwareDataStore(
-            task_timeout_seconds=self._task_timeout_seconds,
-            stale_policy=options.stale_policy,
-            require_attempt_id=options.require_attempt_id,
-            unresponsive_seconds=options.unresponsive_seconds,
-            max_claims=options.max_claims,
-            retry_failed=options.retry_failed,
-            max_remembered=options.max_remembered,
-            clock=options.clock,
-        )
+        return AttemptAwareDataStore(self.options)
 
     @property
     def store(self) -> AttemptAwareDataStore:
         """The running server's store."""
         if self._attempt_store is None:
-            raise RuntimeError("Store not initialized. The server may not be running.")
+            raise ServerNotRunning()
         return self._attempt_store
-
-    # -- options (read-only: ``options`` holds them) --------------------------
-
-    @property
-    def stale_policy(self) -> StalePolicy:
-        return self.options.stale_policy
-
-    @property
-    def require_attempt_id(self) -> bool:
-        return self.options.require_attempt_id
-
-    @property
-    def unresponsive_seconds(self) -> float | None:
-        return self.options.unresponsive_seconds
-
-    @property
-    def max_claims(self) -> int | None:
-        return self.options.max_claims
-
-    @property
-    def retry_failed(self) -> int:
-        return self.options.retry_failed
-
-    @property
-    def max_remembered(self) -> int:
-        return self.options.max_remembered
-
-    @property
-    def max_body_bytes(self) -> int | None:
-        return self.options.max_body_bytes
-
-    @property
-    def max_poll_wait(self) -> float:
-        return self.options.max_poll_wait
-
-    @property
-    def rewrite_loopback_endpoints(self) -> bool | None:
-        return self.options.rewrite_loopback_endpoints
-
-    @rewrite_loopback_endpoints.setter
-    def rewrite_loopback_endpoints(self, on: bool | None) -> None:
-        """The one option settable while serving: verl's daemon turns it on for the server it built."""
-        self.options = dataclasses.replace(self.options, rewrite_loopback_endpoints=on)
 
     # -- routes ---------------------------------------------------------------
 
@@ -325,8 +223,8 @@ class AttemptAwareServer(AgentLightningServer):
         task is finished when its result is stored or it is cancelled; an id the server
         neither holds nor remembers raises ``ValueError``. It returns as soon as the last
         result is stored (no polling), and does not take the results:
-        ``retrieve_completed_rollouts()`` still returns them. It raises ``RuntimeError``
-        when the server is not running or stops while it waits.
+        ``retrieve_completed_rollouts()`` still returns them. It raises ``ServerNotRunning``
+        (a ``RuntimeError``) when the server is not running or stops while it waits.
         """
         rollout_ids = list(rollout_ids)
         store, completions = self.store, self._completions
@@ -338,7 +236,8 @@ class AttemptAwareServer(AgentLightningServer):
         """Upstream's: take the rollout once it is stored, or None after ``timeout`` (falsy: no limit).
 
         It returns as soon as the result is stored, where upstream checks every second, and
-        raises ``RuntimeError`` when the server stops while it waits (upstream's does within a second).
+        raises ``ServerStopped`` (a ``RuntimeError``) when the server stops while it waits (upstream's does
+        within a second).
         """
         deadline = time.monotonic() + timeout if timeout else None
         while True:
@@ -351,5 +250,5 @@ class AttemptAwareServer(AgentLightningServer):
             # No await since the check: a result stored from here on ends the wait.
             completions = self._completions
             if completions is None:
-                raise RuntimeError("Store not initialized. The server may not be running.")
+                raise ServerNotRunning()
             await completions.wait((rollout_id,), remaining)

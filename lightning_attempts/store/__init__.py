@@ -1,9 +1,10 @@
 """The store: a synchronous state machine of tasks, claims (attempts) and results, with no ``await`` inside.
 
-- ``datastore``: ``AttemptAwareDataStore``, the coordinator upstream's server calls: claims, heartbeats, API;
-- ``submissions``: a submitted result carried to its outcome;
-- ``table``: README's outcome table as data: which outcome a submission gets;
-- ``expiry``: claims that end without a result (timeouts, silence, releases), and giving up after ``max_claims``;
+- ``datastore``: ``AttemptAwareDataStore``, what upstream's server calls: claims, heartbeats, upstream's API;
+- ``transitions``: every way an attempt ends: a submitted result by README's outcome table (its
+  situation, the rule, the rule's effect), and claims that end without one (timeouts, silence,
+  releases, cancellations, giving up after ``max_claims``);
+- ``table``: README's outcome table as data: which action a submission gets;
 - ``tasks``: where each task is (waiting, claimed, finished) and the moves between, with their invariants;
 - ``records``: the record of each attempt, of each task claimed and not finished, of each finished task;
 - ``queue``: the tasks waiting for a claim;
@@ -13,23 +14,17 @@
 - ``counters``: the counts by outcome and drop reason.
 """
 
-from .answers import Lease, Release, Submission
-from .datastore import AttemptAwareDataStore, Clock, check_options
-from .finished import DEFAULT_MAX_REMEMBERED
+from .answers import Lease, ReleaseAnswer, Submission
+from .datastore import AttemptAwareDataStore
 from .records import AttemptOutcome, excerpt
-from .table import STALE_POLICIES, DropReason, StalePolicy
+from .table import DropReason
 
 __all__ = [
-    "DEFAULT_MAX_REMEMBERED",
-    "STALE_POLICIES",
     "AttemptAwareDataStore",
     "AttemptOutcome",
-    "Clock",
     "DropReason",
     "Lease",
-    "Release",
-    "StalePolicy",
+    "ReleaseAnswer",
     "Submission",
-    "check_options",
     "excerpt",
 ]

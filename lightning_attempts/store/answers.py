@@ -101,7 +101,7 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
-class Release:
+class ReleaseAnswer:
     """The answer to ``POST /release``: whether the claim was given back, and what became of the task."""
 
     rollout_id: str

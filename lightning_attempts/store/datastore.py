@@ -7,54 +7,32 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from typing_extensions import Unpack
+
 from ..compat import LegacyRollout, ServerDataStore, Task
 from ..models import AttemptTask
-from .answers import Lease, Release, Submission
+from ..options import DEFAULTS, OptionArguments, Options, option_attributes
+from .answers import Lease, ReleaseAnswer, Submission
 from .counters import Counters
-from .expiry import Expiry
-from .finished import DEFAULT_MAX_REMEMBERED
 from .queue import Hook
-from .submissions import Submissions
-from .table import STALE_POLICIES, StalePolicy
 from .tasks import TaskBook
+from .transitions import Transitions
 
 logger = logging.getLogger("lightning_attempts.store")
 
-Clock = Callable[[], float]
 
-
-def check_options(
-    *,
-    stale_policy: StalePolicy,
-    unresponsive_seconds: float | None,
-    max_claims: int | None,
-    retry_failed: int,
-    max_remembered: int,
-) -> None:
-    """Raise ``ValueError``, naming the option, for a value the store cannot work with."""
-    if stale_policy not in STALE_POLICIES:
-        raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, not {stale_policy!r}")
-    if unresponsive_seconds is not None and not unresponsive_seconds > 0:
-        raise ValueError("unresponsive_seconds must be positive (or None for no leases)")
-    if max_claims is not None and max_claims < 1:
-        raise ValueError("max_claims must be at least 1 (or None for no limit)")
-    if retry_failed < 0:
-        raise ValueError("retry_failed must not be negative")
-    if max_remembered < 0:
-        raise ValueError("max_remembered must not be negative")
-
-
+@option_attributes(hidden=("api_key", "clock"))
 class AttemptAwareDataStore(ServerDataStore):
     """Upstream's ``ServerDataStore`` in which each claim is an attempt.
 
     A claim hands out the task with a fresh UUID4 ``attempt_id`` and the next
     ``claim_sequence_id``; a result is stored only if its attempt is valid under the
-    ``stale_policy`` (``Submissions``, by README's outcome table, ``table.RULES``), and
-    at most one result is stored per task. This class makes claims, takes their
-    heartbeats and answers upstream's API; ``Submissions`` carries out results,
-    ``Expiry`` ends claims that expire or are given back, and the ``TaskBook`` keeps
-    where each task is, with its invariants (each task in exactly one place; a finished
-    task never claimable again; the claim index holds exactly the live claims).
+    ``stale_policy`` (by README's outcome table, ``table.RULES``), and at most one
+    result is stored per task. This class makes claims, takes their heartbeats and
+    answers upstream's API; ``Transitions`` ends attempts, by their results or without
+    one (expired, released, cancelled, given up), and the ``TaskBook`` keeps where each
+    task is, with its invariants (each task in exactly one place; a finished task never
+    claimable again; the claim index holds exactly the live claims).
 
     Concurrency: every state change is a plain synchronous method with no ``await``
     inside, run on the server's event loop, so no two of them interleave and no
@@ -69,54 +47,18 @@ class AttemptAwareDataStore(ServerDataStore):
       was cancelled.
     """
 
-    def __init__(
-        self,
-        *,
-        task_timeout_seconds: float = 300.0,
-        stale_policy: StalePolicy = "reject",
-        require_attempt_id: bool = False,
-        unresponsive_seconds: float | None = None,
-        max_claims: int | None = None,
-        retry_failed: int = 0,
-        max_remembered: int = DEFAULT_MAX_REMEMBERED,
-        clock: Clock = time.monotonic,
-    ) -> None:
+    def __init__(self, options: Options | None = None, /, **overrides: Unpack[OptionArguments]) -> None:
+        """A store with ``options`` (default: every option at its default), changed by ``overrides``, e.g.
+        ``AttemptAwareDataStore(task_timeout_seconds=60, max_claims=3)``; ``OptionError`` for a bad value."""
         super().__init__()
-        check_options(
-            stale_policy=stale_policy,
-            unresponsive_seconds=unresponsive_seconds,
-            max_claims=max_claims,
-            retry_failed=retry_failed,
-            max_remembered=max_remembered,
-        )
-        self.task_timeout_seconds = task_timeout_seconds
-        self.unresponsive_seconds = unresponsive_seconds
-        self.max_claims = max_claims
-        self.retry_failed = retry_failed
-        self.stale_policy: StalePolicy = stale_policy
-        self.require_attempt_id = require_attempt_id
-        self.max_remembered = max_remembered
-        self._clock = clock
-        self._book = TaskBook(unresponsive_seconds, max_remembered)
+        options = options or DEFAULTS
+        self.options = options.replace(**overrides) if overrides else options
+        """The options this store works with (the server's own, when it built the store)."""
+        self._clock = self.options.clock
+        self._book = TaskBook(self.options.unresponsive_seconds, self.options.max_remembered)
         self._task_queue = self._book.queue  # pyright: ignore[reportAttributeAccessIssue] # where upstream's add_task puts
         self._counters = Counters()
-        self._submissions = Submissions(
-            self._book,
-            self._counters,
-            self._complete,
-            stale_policy=stale_policy,
-            require_attempt_id=require_attempt_id,
-            retry_failed=retry_failed,
-            max_claims=max_claims,
-        )
-        self._expiry = Expiry(
-            self._book,
-            self._counters,
-            self._complete,
-            task_timeout_seconds=task_timeout_seconds,
-            unresponsive_seconds=unresponsive_seconds,
-            max_claims=max_claims,
-        )
+        self._transitions = Transitions(self._book, self._counters, self._complete, self.options)
         self.on_deadline: Hook | None = None
         self.on_finished: Callable[[str], None] | None = None
 
@@ -141,7 +83,7 @@ class AttemptAwareDataStore(ServerDataStore):
         requeued for its silence.
         """
         now, before = self._clock(), self.next_deadline()
-        claimed = self._book.claim(now, now + self.task_timeout_seconds, leased=leased)
+        claimed = self._book.claim(now, now + self.options.task_timeout_seconds, leased=leased)
         if claimed is None:
             return None
         self._counters.add("claims")
@@ -149,7 +91,7 @@ class AttemptAwareDataStore(ServerDataStore):
         if sequence > 1:
             logger.info("Task %s re-claimed: attempt %s (claim %d)", claimed.rollout_id, claimed.latest, sequence)
         self._deadline_moved(before)
-        return claimed.handed_out(self.unresponsive_seconds)
+        return claimed.handed_out(self.options.unresponsive_seconds)
 
     def give_back(self, rollout_id: str, attempt_id: str) -> bool:
         """Undo a claim that never reached its poller (its connection closed first).
@@ -168,7 +110,10 @@ class AttemptAwareDataStore(ServerDataStore):
 
     def get_processing_tasks(self) -> dict[str, Task]:
         """Upstream's API: the live claims, as handed out."""
-        return {claimed.rollout_id: claimed.handed_out(self.unresponsive_seconds) for claimed in self._book.in_flight}
+        return {
+            claimed.rollout_id: claimed.handed_out(self.options.unresponsive_seconds)
+            for claimed in self._book.in_flight
+        }
 
     async def get_next_task(self) -> Task | None:
         """Upstream's API for ``claim``."""
@@ -190,7 +135,7 @@ class AttemptAwareDataStore(ServerDataStore):
         """Requeue every claim past its timeout or silent too long; return how many."""
         if not len(self._book.in_flight):
             return 0
-        return self._expiry.requeue_expired(self._clock())
+        return self._transitions.expire(self._clock())
 
     def _complete(self, rollout_id: str, rollout: LegacyRollout) -> None:
         """Store a task's one result (every stored result goes through here)."""
@@ -203,7 +148,7 @@ class AttemptAwareDataStore(ServerDataStore):
         claimed = self._book.claimed.get(task.rollout_id)
         attempt_id = getattr(task, "attempt_id", None)
         if claimed is not None and claimed.live and attempt_id in (None, claimed.current):
-            self._expiry.end(claimed, "timed_out")
+            self._transitions.end(claimed, "timed_out")
 
     # -- leases ---------------------------------------------------------------
 
@@ -217,7 +162,7 @@ class AttemptAwareDataStore(ServerDataStore):
         claimed = self._book.claimed.get(rollout_id)
         if claimed is None or claimed.current != attempt_id:
             self._counters.add("heartbeats_stale")
-            reason = self._submissions.reason_against(rollout_id, attempt_id)
+            reason = self._transitions.reason_against(rollout_id, attempt_id)
             return Lease(rollout_id, attempt_id, reason, outcome=self._book.outcome_of(rollout_id, attempt_id))
         now, before = self._clock(), self.next_deadline()
         attempt = claimed.attempts[-1]
@@ -226,10 +171,15 @@ class AttemptAwareDataStore(ServerDataStore):
         self._deadline_moved(before)
         self._counters.add("heartbeats")
         return Lease(
-            rollout_id, attempt_id, None, len(claimed.attempts), self.unresponsive_seconds, claimed.deadline - now
+            rollout_id,
+            attempt_id,
+            None,
+            len(claimed.attempts),
+            self.options.unresponsive_seconds,
+            claimed.deadline - now,
         )
 
-    def release(self, rollout_id: str, attempt_id: str) -> Release:
+    def release(self, rollout_id: str, attempt_id: str) -> ReleaseAnswer:
         """Give back the claim of ``attempt_id`` if it holds it: the task is requeued at once.
 
         The attempt ends ``released`` and a later result of it is dropped (reason
@@ -241,10 +191,10 @@ class AttemptAwareDataStore(ServerDataStore):
         claimed = self._book.claimed.get(rollout_id)
         if claimed is None or claimed.current != attempt_id:
             self._counters.add("releases_stale")
-            reason = self._submissions.reason_against(rollout_id, attempt_id)
-            return Release(rollout_id, attempt_id, reason, outcome=self._book.outcome_of(rollout_id, attempt_id))
-        requeued = self._expiry.end(claimed, "released")
-        return Release(rollout_id, attempt_id, None, len(claimed.attempts), gave_up=not requeued)
+            reason = self._transitions.reason_against(rollout_id, attempt_id)
+            return ReleaseAnswer(rollout_id, attempt_id, reason, outcome=self._book.outcome_of(rollout_id, attempt_id))
+        requeued = self._transitions.end(claimed, "released")
+        return ReleaseAnswer(rollout_id, attempt_id, None, len(claimed.attempts), gave_up=not requeued)
 
     # -- submissions ----------------------------------------------------------
 
@@ -263,7 +213,7 @@ class AttemptAwareDataStore(ServerDataStore):
         after that it is stored, marked failed in its metadata. With ``retry_failed=0``
         ``failed`` is ignored: the result is stored as upstream does.
         """
-        return self._submissions.submit(rollout, attempt_id, failed=failed)
+        return self._transitions.submit(rollout, attempt_id, failed=failed)
 
     async def store_rollout(self, rollout: LegacyRollout) -> Submission:  # pyright: ignore[reportIncompatibleMethodOverride]
         """Upstream's API for ``submit``, reading the attempt id from the rollout itself."""
@@ -278,7 +228,7 @@ class AttemptAwareDataStore(ServerDataStore):
         Finished and unknown ids are skipped.
         """
         chosen = self._book.pending() if rollout_ids is None else rollout_ids
-        cancelled = [rollout_id for rollout_id in chosen if self._book.cancel(rollout_id)]
+        cancelled = self._transitions.cancel(chosen)
         if cancelled:
             logger.info("Cancelled %d pending tasks", len(cancelled))
             if self.on_finished is not None:

@@ -6,14 +6,11 @@ from collections import OrderedDict
 
 from .records import FinishedTask
 
-DEFAULT_MAX_REMEMBERED = 100_000
-"""Finished tasks remembered to answer late results with ``duplicate`` / ``already_completed``."""
-
 
 class FinishedTasks:
     """Completed and cancelled tasks, the oldest forgotten first once more than ``limit`` are kept."""
 
-    def __init__(self, limit: int = DEFAULT_MAX_REMEMBERED) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self._tasks: OrderedDict[str, FinishedTask] = OrderedDict()
 

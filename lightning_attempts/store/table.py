@@ -24,10 +24,8 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
 
-StalePolicy = Literal["reject", "salvage"]
-STALE_POLICIES: tuple[StalePolicy, ...] = ("reject", "salvage")
+from ..options import StalePolicy
 
 
 class DropReason(str, Enum):

@@ -2,7 +2,7 @@
 
 ``TaskBook`` keeps the records and moves a task from place to place; it decides nothing:
 what to do (claim, requeue, store, drop, give up) is the store's (``datastore``,
-``submissions``). Every move is synchronous and keeps these invariants:
+``transitions``). Every move is synchronous and keeps these invariants:
 
 - a task queued here is in exactly one place: waiting in the queue (never claimed, or
   requeued), claimed by a live attempt, or finished (completed or cancelled); a claimed
@@ -16,27 +16,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from .claim_index import ClaimIndex
 from .finished import FinishedTasks
 from .queue import TaskQueue
-from .records import Attempt, AttemptOutcome, ClaimedTask, FinishedTask, sequence_of
-from .table import Carries, TaskState
-
-_ENDED_BY_WORKER: dict[AttemptOutcome, Carries] = {"failed": Carries.FAILED, "released": Carries.RELEASED}
-"""Attempts that ended by their own worker's word: their later results are dropped under either policy."""
-
-
-@dataclass(frozen=True, slots=True)
-class Situation:
-    """Where a task stands, what an attempt id is to it, and its record (claimed or finished) if any."""
-
-    state: TaskState
-    carries: Carries
-    claimed: ClaimedTask | None = None
-    finished: FinishedTask | None = None
+from .records import Attempt, AttemptOutcome, ClaimedTask, FinishedTask
 
 
 class TaskBook:
@@ -93,14 +79,13 @@ class TaskBook:
         self.finished.remember(rollout_id, FinishedTask(tuple(claimed.attempts), credited))
 
     def cancel(self, rollout_id: str) -> bool:
-        """Finish the task as cancelled if it waits or is claimed; False if it is finished or unknown."""
+        """Finish the task as cancelled if it waits or is claimed (its live claim ended first); False if it is finished
+        or unknown."""
         queued = self.queue.discard(rollout_id)
         claimed = self.claimed.pop(rollout_id, None)
         if queued is None and claimed is None:
             return False
         self.in_flight.discard(rollout_id)
-        if claimed is not None and claimed.live:
-            claimed.attempts[-1].end("cancelled")
         attempts = tuple(claimed.attempts) if claimed is not None else ()
         self.finished.remember(rollout_id, FinishedTask(attempts, None, cancelled=True))
         return True
@@ -110,27 +95,6 @@ class TaskBook:
     def pending(self) -> list[str]:
         """Every task waiting or claimed, queue order first."""
         return [*self.queue, *(rid for rid in self.claimed if rid not in self.queue)]
-
-    def situation(self, rollout_id: str, attempt_id: str | None) -> Situation:
-        """Where the task stands, and what ``attempt_id`` is to it."""
-        claimed = self.claimed.get(rollout_id)
-        if claimed is not None:
-            state = TaskState.CLAIMED if claimed.live else TaskState.REQUEUED
-            if attempt_id is None:
-                return Situation(state, Carries.NONE, claimed)
-            if attempt_id == claimed.current:
-                return Situation(state, Carries.LIVE, claimed)
-            return Situation(state, _carried(claimed.attempts, attempt_id), claimed)
-        finished = self.finished.get(rollout_id)
-        if finished is None:
-            state = TaskState.QUEUED if rollout_id in self.queue else TaskState.UNKNOWN
-            return Situation(state, Carries.NONE if attempt_id is None else Carries.UNISSUED)
-        state = TaskState.CANCELLED if finished.cancelled else TaskState.COMPLETED
-        if attempt_id is None:
-            return Situation(state, Carries.NONE, finished=finished)
-        if attempt_id == finished.stored:
-            return Situation(state, Carries.STORED, finished=finished)
-        return Situation(state, _carried(finished.attempts, attempt_id), finished=finished)
 
     def is_pending(self, rollout_id: str) -> bool:
         """Whether the task waits or is claimed (neither completed nor cancelled)."""
@@ -161,11 +125,3 @@ class TaskBook:
             del entry["seen"]  # monotonic, meaningless outside this process
             history.append(entry)
         return history
-
-
-def _carried(attempts: Sequence[Attempt], attempt_id: str) -> Carries:
-    """What an attempt id other than the live or stored one is to a task with these ``attempts``."""
-    sequence = sequence_of(attempts, attempt_id)
-    if sequence is None:
-        return Carries.UNISSUED
-    return _ENDED_BY_WORKER.get(attempts[sequence - 1].outcome, Carries.EARLIER)

@@ -15,7 +15,7 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
   ``rewrite_loopback_endpoints``, unless set to ``False``), so workers on other machines reach
   its proxy;
 - its server is attempt-aware even when the daemon is built directly, without
-  ``install()``, and takes its options as under ``install()`` (``environment.resolve``).
+  ``install()``, and takes its options as under ``install()`` (``switch.variables.resolve``).
 
 The server's store is not thread-safe: everything that reads or changes it runs on the
 server's event loop, as upstream's daemon runs its own calls.
@@ -30,9 +30,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..environment import resolve
+from ..errors import ServerNotRunning
 from ..server import AttemptAwareServer
-from . import compat, hook
+from ..switch.variables import resolve
+from . import compat
 from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,10 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
                 "task_timeout_seconds": upstream._task_timeout_seconds,
             }
             self.server = AttemptAwareServer(**resolve(explicit))
-        if compat.legacy_mode(self) and self.attempt_server.rewrite_loopback_endpoints is None:
+        server = self.attempt_server if compat.legacy_mode(self) else None
+        if server is not None and server.options.rewrite_loopback_endpoints is None:
             # Its LLM proxy listens on 0.0.0.0 but is published as 127.0.0.1: serve workers a host they can reach.
-            self.attempt_server.rewrite_loopback_endpoints = True
+            server.options = server.options.replace(rewrite_loopback_endpoints=True)
 
     @property
     def attempt_server(self) -> AttemptAwareServer:
@@ -195,13 +197,10 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         """``function()`` (a coroutine function's result is awaited) run on the server's event loop."""
         loop = self.attempt_server.loop
         if loop is None:
-            raise RuntimeError("Server is not running or ready.")
+            raise ServerNotRunning("Server is not running or ready.")
 
         async def call() -> Any:
             result = function()
             return await result if asyncio.iscoroutine(result) else result
 
         return asyncio.run_coroutine_threadsafe(call(), loop).result(READ_TIMEOUT)
-
-
-hook.defined(AttemptAwareDaemon)  # under install(): rebind now if upstream's daemon was imported by this module

@@ -15,7 +15,7 @@ from typing import Any
 TRAIN_PREFIX = "attempts/"
 VAL_PREFIX = "val/attempts/"
 
-COUNTERS: dict[str, str] = {
+FROM_COUNTERS: dict[str, str] = {
     "claims": "claims",
     "requeues": "requeues",
     "dropped": "dropped_total",
@@ -53,7 +53,7 @@ def step_metrics(
     the batch (None for one the server no longer remembers); ``cancelled``: tasks of earlier
     batches the daemon cancelled before queueing this one.
     """
-    metrics = {name: float(after[key] - window.before[key]) for name, key in COUNTERS.items()}
+    metrics = {name: float(after[key] - window.before[key]) for name, key in FROM_COUNTERS.items()}
     metrics["cancelled"] = float(cancelled)
     claims = [history for history in histories if history]
     metrics["max_claims_per_task"] = float(max((len(history) for history in claims), default=0))

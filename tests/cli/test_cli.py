@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from lightning_attempts.cli import main, serve
-from lightning_attempts.environment import option_types
+from lightning_attempts.switch.variables import SWITCH_DEFAULTS, option_variables
 
 
 @pytest.fixture
@@ -79,14 +79,14 @@ def test_serve_help_lists_the_options() -> None:
 
 def test_serve_has_a_flag_for_every_server_option_and_names_its_variable() -> None:
     flags = {param.name: param for param in serve.params}
-    assert {name for name, _ in option_types().values()} <= set(flags)
-    help_text = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output
-    for variable in option_types():
+    assert set(option_variables().values()) <= set(flags)
+    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output.split())
+    for variable in option_variables():
         assert f"[env var: {variable}]" in help_text
 
 
 def test_serve_leases_by_default_and_none_turns_them_off() -> None:
-    from lightning_attempts.environment import LEASE_SECONDS
+    lease_seconds = SWITCH_DEFAULTS["unresponsive_seconds"]
 
     def lease(*arguments: str, **variables: str) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_ATTEMPTS_")} | variables
@@ -95,12 +95,12 @@ def test_serve_leases_by_default_and_none_turns_them_off() -> None:
             assert match, line
             return match.group(1)
 
-    assert lease() == f"lease {LEASE_SECONDS:g} s"
+    assert lease() == f"lease {lease_seconds:g} s"
     assert lease("--unresponsive-seconds", "none") == "no leases"
     assert lease(LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS="none") == "no leases"
     assert lease("--unresponsive-seconds", "5", LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS="") == "lease 5 s"
     refused = CliRunner().invoke(main, ["serve", "--unresponsive-seconds", "-1"])
-    assert refused.exit_code == 2 and "neither a positive number of seconds nor 'none'" in refused.output
+    assert refused.exit_code == 2 and "unresponsive_seconds must be positive (or None" in refused.output
 
 
 def test_serve_reads_the_variables_and_explicit_flags_win() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import json
 import logging
 import socket
@@ -19,7 +18,8 @@ from agentlightning.types import PromptTemplate
 
 from lightning_attempts import AttemptAwareServer, ServerStartError
 from lightning_attempts.compat import AgentLightningClient, LegacyRollout
-from lightning_attempts.server import DirectRoute, ServerOptions
+from lightning_attempts.options import OptionArguments, Options, ServerArguments
+from lightning_attempts.server import DirectRoute
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
 Served = ServerThread[AttemptAwareServer]
@@ -244,18 +244,19 @@ def test_a_store_option_out_of_range_fails_when_the_server_is_built_not_when_it_
         AttemptAwareServer(port=0, **option)
 
 
-def test_the_keyword_only_parameters_are_the_server_options() -> None:
-    """Same names, types and defaults: environment.py derives its variables from the parameters."""
-    hints = typing.get_type_hints(AttemptAwareServer.__init__)
-    parameters = inspect.signature(AttemptAwareServer.__init__).parameters.values()
-    keyword_only = [(p.name, hints[p.name], p.default) for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    field_hints = typing.get_type_hints(ServerOptions)
-    assert keyword_only == [(f.name, field_hints[f.name], f.default) for f in dataclasses.fields(ServerOptions)]
-    server = AttemptAwareServer(port=0, stale_policy="salvage", max_claims=3, api_key="")
-    assert server.options == ServerOptions(stale_policy="salvage", max_claims=3)
-    assert (server.stale_policy, server.max_claims, server.requires_key) == ("salvage", 3, False)
+def test_the_keyword_options_are_the_fields_of_options() -> None:
+    """``ServerArguments`` types the server's keywords: the fields of ``Options`` but upstream's third argument."""
+    fields = {f.name: f.type for f in dataclasses.fields(Options)}
+    assert list(OptionArguments.__annotations__) == [*ServerArguments.__annotations__, "task_timeout_seconds"]
+    assert set(OptionArguments.__annotations__) == set(fields)
+    hints, option_hints = typing.get_type_hints(OptionArguments), typing.get_type_hints(Options)
+    assert all(hints[name] == option_hints[name] for name in fields)
+    server = AttemptAwareServer(port=0, task_timeout_seconds=9, stale_policy="salvage", max_claims=3, api_key="")
+    assert server.options == Options(task_timeout_seconds=9, stale_policy="salvage", max_claims=3)
+    readable: Any = server  # each option is also an attribute, generated from the fields
+    assert (readable.stale_policy, readable.max_claims, server.requires_key) == ("salvage", 3, False)
     with pytest.raises(AttributeError):  # options are fixed once the server is built
-        server.max_claims = 4  # pyright: ignore[reportAttributeAccessIssue]
+        readable.max_claims = 4
 
 
 def test_openapi_documents_the_hot_routes(http: httpx.Client) -> None:

@@ -15,7 +15,8 @@ import respx
 from lightning_attempts import AttemptAwareClient, AttemptAwareDataStore, AttemptAwareServer, AttemptRollout, Claim
 from lightning_attempts.compat import AgentLightningServer, LegacyRollout
 from lightning_attempts.models import MAX_FAILURE_LENGTH
-from lightning_attempts.store import DropReason, StalePolicy
+from lightning_attempts.options import StalePolicy
+from lightning_attempts.store import DropReason
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
 Served = ServerThread[AttemptAwareServer]

@@ -18,20 +18,16 @@ from typing import Any
 
 import pytest
 
+from _lightning_attempts_switch import SWITCH, switched_on
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.compat import AGENTLIGHTNING_VERSION
-from lightning_attempts.environment import (
-    LEASE_SECONDS,
-    SWITCH,
-    install_from_environment,
-    option_types,
-    resolve,
-    server_options,
-    switched_on,
-    unrecognised,
-)
+from lightning_attempts.options import ServerArguments, settable
+from lightning_attempts.switch.activation import activate
+from lightning_attempts.switch.variables import SWITCH_DEFAULTS, from_variables, option_variables, resolve, unrecognised
 
 from ..paths import ROOT
+
+LEASE_SECONDS = SWITCH_DEFAULTS["unresponsive_seconds"]
 
 REPORT = """
 import json, sys
@@ -142,12 +138,10 @@ def test_the_report_never_breaks_a_process_that_did_not_ask_for_the_switch(tmp_p
 
 @pytest.mark.parametrize("value", ["0", "false", "no", "off", ""])
 def test_switched_off_values(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import _lightning_attempts_startup as startup  # pyright: ignore[reportMissingImports]
-
     monkeypatch.setenv(SWITCH, value)
-    assert not startup.enabled() and not switched_on()
+    assert not switched_on()
     monkeypatch.setenv(SWITCH, "1")
-    assert startup.enabled() and switched_on()
+    assert switched_on()
 
 
 def test_set_it_imports_nothing_into_a_process_that_never_uses_agentlightning() -> None:
@@ -219,7 +213,7 @@ def test_install_keeps_the_options_the_switch_applied() -> None:
 
 
 def test_options_parse_from_strings() -> None:
-    parsed = server_options(
+    parsed = from_variables(
         {
             "LIGHTNING_ATTEMPTS_STALE_POLICY": "salvage",
             "LIGHTNING_ATTEMPTS_REQUIRE_ATTEMPT_ID": "true",
@@ -237,15 +231,15 @@ def test_options_parse_from_strings() -> None:
         "max_body_bytes": None,
     }
     with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_STALE_POLICY is not a valid value"):
-        server_options({"LIGHTNING_ATTEMPTS_STALE_POLICY": "keep"})
+        from_variables({"LIGHTNING_ATTEMPTS_STALE_POLICY": "keep"})
     with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_REMEMBERED is not a valid value"):
-        server_options({"LIGHTNING_ATTEMPTS_MAX_REMEMBERED": "none"})  # not optional
+        from_variables({"LIGHTNING_ATTEMPTS_MAX_REMEMBERED": "none"})  # not optional
     with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value"):
-        server_options({"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "three"})
+        from_variables({"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "three"})
     with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value: max_claims must be"):
-        server_options({"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "0"})  # out of range: found on import, not at start
+        from_variables({"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "0"})  # out of range: found on import, not at start
     with pytest.raises(ValueError, match="LIGHTNING_ATTEMPTS_API_KEY is not a valid value: api_key must be"):
-        server_options({"LIGHTNING_ATTEMPTS_API_KEY": "has space"})
+        from_variables({"LIGHTNING_ATTEMPTS_API_KEY": "has space"})
 
 
 def test_unrecognised_variables_come_with_the_likely_intended_name() -> None:
@@ -261,41 +255,35 @@ def test_unrecognised_variables_come_with_the_likely_intended_name() -> None:
 def test_precedence_explicit_then_variable_then_agl_key_then_default() -> None:
     environ = {"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "3", "LIGHTNING_ATTEMPTS_API_KEY": "variable", "AGL_KEY": "agl"}
     lease = {"unresponsive_seconds": LEASE_SECONDS}  # the switch's default: leases on
-    assert resolve({}, environ) == {"max_claims": 3, "api_key": "variable", **lease}
+    assert resolve(environ=environ) == {"max_claims": 3, "api_key": "variable", **lease}
     explicit = {"max_claims": 5, "api_key": "explicit"}
-    assert resolve(explicit, environ) == {**explicit, **lease}
-    assert resolve({}, {"AGL_KEY": "agl"}) == {"api_key": "agl", **lease}
-    assert resolve({}, {"AGL_KEY": ""}) == lease  # empty: no key, as agentlightning 1.0 reads it
-    assert resolve({"max_claims": None}, environ)["max_claims"] is None  # an explicit None is explicit
+    assert resolve(explicit, environ=environ) == {**explicit, **lease}
+    assert resolve(environ={"AGL_KEY": "agl"}) == {"api_key": "agl", **lease}
+    assert resolve(environ={"AGL_KEY": ""}) == lease  # empty: no key, as agentlightning 1.0 reads it
+    assert resolve({"max_claims": None}, environ=environ)["max_claims"] is None  # an explicit None is explicit
 
 
 def test_leases_are_on_where_the_switch_puts_the_server_and_can_be_turned_off() -> None:
     assert LEASE_SECONDS <= 60
-    assert resolve({}, {})["unresponsive_seconds"] == LEASE_SECONDS
-    assert resolve({}, {"LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "none"})["unresponsive_seconds"] is None
-    assert resolve({}, {"LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "20"})["unresponsive_seconds"] == 20.0
+    assert resolve(environ={})["unresponsive_seconds"] == LEASE_SECONDS
+    assert resolve(environ={"LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "none"})["unresponsive_seconds"] is None
+    assert resolve(environ={"LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "20"})["unresponsive_seconds"] == 20.0
     assert (
-        resolve({"unresponsive_seconds": None}, {})["unresponsive_seconds"] is None
+        resolve({"unresponsive_seconds": None}, environ={})["unresponsive_seconds"] is None
     )  # install(unresponsive_seconds=None)
-    assert AttemptAwareServer(port=0).unresponsive_seconds is None  # built directly: its own default
+    assert AttemptAwareServer(port=0).options.unresponsive_seconds is None  # built directly: its own default
 
 
 def test_every_keyword_option_of_the_server_has_a_variable() -> None:
-    import inspect
-
-    keyword_only = {
-        name
-        for name, p in inspect.signature(AttemptAwareServer.__init__).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "clock"
-    }
-    assert {name for name, _ in option_types().values()} == keyword_only
-    assert "LIGHTNING_ATTEMPTS_STALE_POLICY" in option_types()
+    keyword_only = set(ServerArguments.__annotations__) - {"clock"}
+    assert set(option_variables().values()) == keyword_only == {name for name, _ in settable()}
+    assert option_variables()["LIGHTNING_ATTEMPTS_STALE_POLICY"] == "stale_policy"
 
 
-def test_install_from_environment_is_a_no_op_when_off(caplog: pytest.LogCaptureFixture) -> None:
-    assert install_from_environment({}) is False
+def test_activate_is_a_no_op_when_off(caplog: pytest.LogCaptureFixture) -> None:
+    assert activate({}) is False
     assert not caplog.records
-    assert install_from_environment({SWITCH: "0", "LIGHTNING_ATTEMPTS_BOGUS": "x"}) is False
+    assert activate({SWITCH: "0", "LIGHTNING_ATTEMPTS_BOGUS": "x"}) is False
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "LIGHTNING_ATTEMPTS_BOGUS is not a lightning_attempts variable"
     ]

@@ -22,10 +22,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+from ..options import DEFAULTS
 
-DEFAULT_MAX_BODY_BYTES = 64 * 2**20
-"""Largest body the hot routes read (64 MiB); a rollout with long traces takes a few MB."""
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 def unprocessable(errors: Sequence[Any], *, prefix: tuple[str, ...] = ()) -> JSONResponse:
@@ -61,7 +60,7 @@ async def read_body(request: Request, limit: int | None) -> bytes:
 class DirectRoute(APIRoute):
     """An ``APIRoute`` for an endpoint taking nothing, the ``Request`` or one pydantic body, returning a Response."""
 
-    max_body_bytes: ClassVar[int | None] = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: ClassVar[int | None] = DEFAULTS.max_body_bytes
     """Bodies over this many bytes are answered 413, read no further than the limit; ``None``: no limit."""
 
     @classmethod
