@@ -1,0 +1,50 @@
+"""The step's ``attempts/*`` metrics, computed from two counter snapshots and the batch's histories, without verl."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lightning_attempts.verl.step_metrics import FROM_COUNTERS, TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
+
+
+def stats(**counts: int) -> dict[str, Any]:
+    return {counter: counts.get(counter, 0) for counter in FROM_COUNTERS.values()}
+
+
+def claim(at: float) -> dict[str, Any]:
+    return {"claimed_at": at, "outcome": "completed"}
+
+
+def test_counts_are_the_steps_own_differences() -> None:
+    before = stats(claims=10, requeues=1, dropped_total=2, failure_retries=0, releases=3, accepted_unverified=4)
+    after = stats(claims=14, requeues=2, dropped_total=5, failure_retries=1, releases=3, accepted_unverified=6)
+    window = StepWindow(before, queued_at=100.0, queued_monotonic=50.0, rollout_ids=["a", "b"])
+    metrics = step_metrics(window, after, [[claim(100.5)], [claim(101.0), claim(104.0)]], cancelled=2, prefix="p/")
+    assert metrics == {
+        "p/claims": 4.0,
+        "p/requeues": 1.0,
+        "p/dropped": 3.0,
+        "p/retries": 1.0,
+        "p/released": 0.0,
+        "p/accepted_unverified": 2.0,
+        "p/cancelled": 2.0,
+        "p/max_claims_per_task": 2.0,
+        "p/queue_to_first_claim_s": 0.5,
+    }
+
+
+def test_the_wait_is_measured_when_the_daemon_saw_the_last_result() -> None:
+    window = StepWindow(stats(), queued_at=0.0, queued_monotonic=50.0, last_result_monotonic=57.25)
+    metrics = step_metrics(window, stats(), [], cancelled=0, prefix=TRAIN_PREFIX)
+    assert metrics["attempts/queue_to_last_result_s"] == pytest.approx(7.25)
+    assert metrics["attempts/max_claims_per_task"] == 0.0  # no task of the batch was claimed
+    assert "attempts/queue_to_first_claim_s" not in metrics
+
+
+def test_forgotten_tasks_are_skipped_and_a_clock_step_back_reads_zero() -> None:
+    window = StepWindow(stats(), queued_at=200.0, queued_monotonic=0.0)
+    metrics = step_metrics(window, stats(claims=1), [None, [claim(199.0)]], cancelled=0, prefix=VAL_PREFIX)
+    assert metrics["val/attempts/claims"] == 1.0
+    assert metrics["val/attempts/queue_to_first_claim_s"] == 0.0  # wall clock stepped back: never negative
