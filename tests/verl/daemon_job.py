@@ -166,6 +166,7 @@ def later_steps(daemon: Any, tokenizer_: Any, signals: Signals, first: int) -> d
             outcome["returned"] = True
         except BaseException as error:
             outcome["error"] = f"{type(error).__module__}.{type(error).__qualname__}: {error}"
+            outcome["runtime_error"] = isinstance(error, RuntimeError)  # what upstream's wait raises
 
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
