@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 import click
 from click.core import ParameterSource
 
-from .errors import OptionError
+from .errors import OptionError, ServerStartError
 from .options import DEFAULTS, STALE_POLICIES, OptionSpec, StalePolicy, annotation, flagged, parse
 from .switch.variables import resolve, variable
 
@@ -81,10 +81,11 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, **options: A
     Each server option not given here is read from its LIGHTNING_ATTEMPTS_<OPTION> variable, as
     with LIGHTNING_ATTEMPTS_INSTALL=1 and install(); an option given here wins.
     """
-    from .server import AttemptAwareServer, ServerStartError
-
     explicit = {name: value for name, value in options.items() if ctx.get_parameter_source(name) != DEFAULT}
     try:
+        # Imports agentlightning, so the switch, if on, checks its variables here: a bad one is a usage error too.
+        from .server import AttemptAwareServer
+
         server = AttemptAwareServer(host=host, port=port, **resolve(explicit))
     except ValueError as error:
         raise click.UsageError(str(error)) from None

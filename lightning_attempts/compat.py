@@ -12,35 +12,10 @@ ship the legacy HTTP server this package patches; 1.0 removed it.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from typing import TYPE_CHECKING
 
-SUPPORTED_RANGE = ">=0.1,<1.0"
-SUPPORTED_RELEASES = ("0.1", "0.1.1", "0.1.2", "0.2.0", "0.2.1", "0.2.2", "0.3.0")
-
-_UNSUPPORTED = (
-    "lightning_attempts patches the legacy task server of agentlightning {range} "
-    "(releases {releases}); {found}. Install a supported release, e.g. "
-    "`pip install 'agentlightning{range}'`, or move to agentlightning's LightningStore, "
-    "which has its own attempt model."
-)
-
-
-def _unsupported(found: str) -> ImportError:
-    return ImportError(_UNSUPPORTED.format(range=SUPPORTED_RANGE, releases=", ".join(SUPPORTED_RELEASES), found=found))
-
-
-def _installed_version() -> str | None:
-    try:
-        return importlib.metadata.version("agentlightning")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-AGENTLIGHTNING_VERSION = _installed_version()
-if AGENTLIGHTNING_VERSION is not None and int(AGENTLIGHTNING_VERSION.split(".")[0]) >= 1:
-    raise _unsupported(f"agentlightning {AGENTLIGHTNING_VERSION} is installed, which has no legacy server")
+from .releases import AGENTLIGHTNING_VERSION, SUPPORTED_RANGE, SUPPORTED_RELEASES, unsupported
 
 # agentlightning 0.2+ imports litellm, which otherwise stalls for seconds fetching a
 # price map on machines without internet access; the local copy is equivalent.
@@ -52,10 +27,8 @@ try:
     from agentlightning.server import AgentLightningServer, ServerDataStore
     from agentlightning.types import GenericResponse, ResourcesUpdate, Task, TaskIfAny
 except ImportError as exc:
-    if AGENTLIGHTNING_VERSION is None and exc.name == "agentlightning":
-        raise _unsupported("agentlightning is not installed") from exc
-    found = f"agentlightning {AGENTLIGHTNING_VERSION}" if AGENTLIGHTNING_VERSION else "agentlightning"
-    raise _unsupported(f"{found} could not be imported with its legacy server ({exc})") from exc
+    found = f"agentlightning {AGENTLIGHTNING_VERSION} could not be imported with its legacy server ({exc})"
+    raise unsupported(found) from exc
 
 try:  # 0.2+
     from agentlightning.runner import LegacyAgentRunner as LegacyRunner

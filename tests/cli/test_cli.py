@@ -151,6 +151,15 @@ def test_serve_refuses_a_variable_out_of_range_before_it_starts(
     assert "Traceback" not in result.output and "startup" not in result.output
 
 
+def test_serve_with_the_switch_on_refuses_a_bad_variable_in_one_line_too() -> None:
+    env = {**os.environ, "LIGHTNING_ATTEMPTS_INSTALL": "1", "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "0"}
+    command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert finished.returncode == 2, finished.stderr
+    assert "Error: LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value: max_claims must be" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
 def test_bad_policy_is_refused() -> None:
     result = CliRunner().invoke(main, ["serve", "--stale-policy", "maybe"])
     assert result.exit_code == 2

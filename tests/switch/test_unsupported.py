@@ -72,7 +72,8 @@ def test_agentlightning_1_0_or_later_is_refused_with_the_supported_range(version
 
 
 def test_an_install_without_the_legacy_server_is_refused() -> None:
-    last = simulate(hide=("agentlightning.server",))
+    """The release is supported but broken: the first name that needs agentlightning says so."""
+    last = simulate(hide=("agentlightning.server",), then="from lightning_attempts import AttemptAwareServer")
     assert last.startswith(f"ImportError: lightning_attempts patches the legacy task server of agentlightning {RANGE}")
     installed = compat.AGENTLIGHTNING_VERSION
     assert f"agentlightning {installed} could not be imported with its legacy server" in last
