@@ -47,8 +47,8 @@ def any_variable(environ: Mapping[str, str] = os.environ) -> bool:
 
 _waiting: dict[str, list[Callable[[], None]]] = {}
 """Module name to the callbacks waiting for its import."""
-_deferred: list[Callable[[], None]] = []
-"""Callbacks whose module is imported, waiting for an import of lightning_attempts to end."""
+_deferred: list[tuple[str, Callable[[], None]]] = []
+"""Callbacks (with their module) whose module is imported, waiting for an import of lightning_attempts to end."""
 _depth: dict[int, int] = {}
 """Thread id to how many imports of lightning_attempts modules are in progress in it."""
 
@@ -58,16 +58,16 @@ def after_import(name: str, callback: Callable[[], None]) -> None:
 
     Never in the middle of an import of lightning_attempts, which may be what imports
     ``name`` and be unfinished: then as soon as that import is done. A callback already
-    waiting is not added again.
+    waiting is not added again. A callback that raises fails the import that ran it, and
+    waits again: ``name`` is imported afresh next time, and the callback with it, so that
+    every import fails the same way until what made it fail is fixed.
     """
-    if callback in _waiting.get(name, ()) or callback in _deferred:
+    if callback in _waiting.get(name, ()) or (name, callback) in _deferred:
         return
     if name in sys.modules:
-        _run_or_defer(callback)
+        _run_or_defer(name, callback)
         return
-    _waiting.setdefault(name, []).append(callback)
-    if _finder not in sys.meta_path:
-        sys.meta_path.insert(0, _finder)
+    _wait(name, callback)
 
 
 def forget(name: str, callback: Callable[[], None]) -> None:
@@ -77,9 +77,16 @@ def forget(name: str, callback: Callable[[], None]) -> None:
         callbacks.remove(callback)
         if not callbacks:
             del _waiting[name]
-    if callback in _deferred:
-        _deferred.remove(callback)
+    if (name, callback) in _deferred:
+        _deferred.remove((name, callback))
     _idle()
+
+
+def _wait(name: str, callback: Callable[[], None], *, first: bool = False) -> None:
+    callbacks = _waiting.setdefault(name, [])
+    callbacks.insert(0 if first else len(callbacks), callback)
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
 
 
 def _ours(name: str) -> bool:
@@ -96,13 +103,18 @@ def _thread_id() -> int:
     return _thread.get_ident()
 
 
-def _run_or_defer(callback: Callable[[], None]) -> None:
+def _run_or_defer(name: str, callback: Callable[[], None]) -> None:
     if _importing_ours():
-        _deferred.append(callback)
+        _deferred.append((name, callback))
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
-    else:
+        return
+    try:
         callback()
+    except BaseException:
+        sys.modules.pop(name, None)  # imported afresh next time, and the callback run again
+        _wait(name, callback, first=True)
+        raise
 
 
 def _idle() -> None:
@@ -133,11 +145,16 @@ class _AfterExec:
         finally:
             if ours:
                 _depth[thread] -= 1
-        for callback in _waiting.pop(self._name, ()):
-            _run_or_defer(callback)
-        while _deferred and not _importing_ours():
-            _deferred.pop(0)()
-        _idle()
+        callbacks = _waiting.pop(self._name, [])
+        try:
+            while callbacks:
+                _run_or_defer(self._name, callbacks.pop(0))
+            while _deferred and not _importing_ours():
+                _run_or_defer(*_deferred.pop(0))
+        finally:
+            for callback in reversed(callbacks):  # not run, as an earlier one failed: they wait again
+                _wait(self._name, callback, first=True)
+            _idle()
 
 
 class _Finder:

@@ -216,6 +216,26 @@ def test_options_parse_from_strings() -> None:
     parsed = from_variables(
         {
             "LIGHTNING_ATTEMPTS_STALE_POLICY": "salvage",
+REIMPORT = """
+import json
+failures = []
+for _ in range(3):  # a re-run notebook cell, a caught exception, pytest collecting the next module
+    try:
+        import agentlightning
+        failures.append(None)
+    except Exception as error:
+        failures.append(f"{type(error).__name__}: {error}")
+import lightning_attempts  # the package itself imports: it checks the release only
+print(json.dumps(failures))
+"""
+
+
+def test_with_the_switch_on_every_import_fails_the_same_way_until_the_value_is_fixed() -> None:
+    failures = run_python(REIMPORT, **{SWITCH: "1", "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "0"})
+    assert len(set(failures)) == 1 and failures[0] is not None, failures
+    assert failures[0].startswith("OptionError: LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value: max_claims")
+
+
             "LIGHTNING_ATTEMPTS_REQUIRE_ATTEMPT_ID": "true",
             "LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "60",
             "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "none",
