@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from ..compat import AgentLightningClient, LegacyRollout
+from ..errors import OptionError
 from ..keys import key_from_env, validate_key
 from ..models import AttemptTask
 from .claims import Claim, ClaimBook
@@ -54,9 +55,12 @@ class AttemptAwareClient(AgentLightningClient):
     ) -> None:
         super().__init__(endpoint=endpoint, poll_interval=poll_interval, timeout=timeout)
         if submit_attempts < 1:
-            raise ValueError("submit_attempts must be at least 1")
+            raise OptionError("submit_attempts must be at least 1")
         if poll_wait is not None and poll_wait < 0:
-            raise ValueError("poll_wait must not be negative")
+            raise OptionError("poll_wait must not be negative")
+        if heartbeat_fraction is not None and not 0 < heartbeat_fraction <= 1:
+            # above 1 a live worker would lose every lease; at 0 or below it would flood the server
+            raise OptionError("heartbeat_fraction must be in (0, 1] (or None for no heartbeats)")
         key = key_from_env() if api_key is None else validate_key(api_key)
         if key is not None:  # every request goes through the pooled clients built with these headers
             self._default_headers = {**self._default_headers, "Authorization": f"Bearer {key}"}

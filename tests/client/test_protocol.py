@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from lightning_attempts import AttemptRollout, AttemptTask
+from lightning_attempts import AttemptAwareClient, AttemptRollout, AttemptTask, OptionError
 from lightning_attempts.client.claims import Claim, ClaimBook
 from lightning_attempts.client.protocol import Send, Steps, Upstream, Watch, poll_pause
 from lightning_attempts.models import WAIT_HEADER
@@ -166,3 +166,19 @@ def test_a_heartbeat_that_fails_in_transport_does_not_lose_the_claim(steps: Step
     with pytest.raises(StopIteration) as done:
         step.throw(httpx.ConnectError("refused"))
     assert done.value.value is True and client.book.is_current("a1")
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5, 2.0])
+def test_a_heartbeat_fraction_outside_zero_to_one_is_refused_when_the_client_is_built(fraction: float) -> None:
+    """Above 1 a live worker would lose every lease; at 0 or below it would flood the server with heartbeats."""
+    with pytest.raises(OptionError, match=r"heartbeat_fraction must be in \(0, 1\]"):
+        AttemptAwareClient(ENDPOINT, heartbeat_fraction=fraction)
+
+
+@pytest.mark.parametrize("fraction", [None, 0.1, 1 / 3, 1.0])
+def test_a_heartbeat_fraction_in_range_or_none_is_taken(fraction: float | None) -> None:
+    client = AttemptAwareClient(ENDPOINT, heartbeat_fraction=fraction)
+    try:
+        assert client.heartbeat_fraction == fraction
+    finally:
+        client.close()
