@@ -70,8 +70,11 @@ class AttemptAwareClient(AgentLightningClient):
         self._reset_process_state()
         track(self)
 
+    _PROCESS_STATE = ("_book", "_transport", "_heartbeats", "_steps")
+    """Attributes that must not cross a fork or a pickle: claims, locks, pooled connections, the heartbeat thread."""
+
     def _reset_process_state(self) -> None:
-        """State that must not cross a fork: claims, locks, pooled connections, the heartbeat thread."""
+        """Build the ``_PROCESS_STATE`` of this process afresh."""
         self._book = ClaimBook(self)
         self._transport = Transport(self, self._default_headers)
         self._heartbeats = Heartbeats()
@@ -80,6 +83,16 @@ class AttemptAwareClient(AgentLightningClient):
 
     def _after_fork(self) -> None:
         self._reset_process_state()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickle carries (the trainer pickles itself and its client into spawned workers): the
+        configuration, not this process's claims, locks, connections or heartbeat thread."""
+        return {name: value for name, value in self.__dict__.items() if name not in self._PROCESS_STATE}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_process_state()
+        track(self)
 
     @property
     def poll_interval(self) -> float:  # pyright: ignore[reportIncompatibleVariableOverride]

@@ -50,6 +50,8 @@ _UPSTREAM: dict[str, type] = {
     "AgentLightningClient": compat.AgentLightningClient,
 }
 _installed: dict[str, type] = {}
+_server_options: dict[str, Any] = {}
+"""``install(...)``'s options, which servers built by agentlightning receive (``variables.resolve``)."""
 _daemon: dict[str, type] = {}
 """While verl's daemon is rebound: ``{"upstream": upstream's class, "ours": AttemptAwareDaemon}``."""
 
@@ -66,15 +68,26 @@ class _UpstreamIdentity(type):
         return issubclass(subclass, cls._upstream)
 
 
-def _installable(name: str, ours: type, options: dict[str, Any], server: bool) -> type:
-    """A subclass of ``ours`` named like upstream's; a server takes its options by ``resolve`` when built."""
+class InstalledServer(AttemptAwareServer, metaclass=_UpstreamIdentity):
+    """What agentlightning builds as ``AgentLightningServer`` under ``install()``: options by ``variables.resolve``."""
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        super(cls, self).__init__(*args, **(resolve(options, kwargs) if server else kwargs))
+    _upstream = compat.AgentLightningServer
 
-    namespace = {"__init__": __init__, "__module__": __name__, "__doc__": ours.__doc__, "_upstream": _UPSTREAM[name]}
-    cls = _UpstreamIdentity(name, (ours,), namespace)
-    return cls
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **resolve(_server_options, kwargs))
+
+
+class InstalledClient(AttemptAwareClient, metaclass=_UpstreamIdentity):
+    """What agentlightning builds as ``AgentLightningClient`` under ``install()``.
+
+    A module-level class, so that an instance pickles by reference: the trainer pickles itself,
+    its client with it, into each worker it spawns (the ``spawn`` and ``forkserver`` start methods).
+    """
+
+    _upstream = compat.AgentLightningClient
+
+
+_INSTALLED = {"AgentLightningServer": InstalledServer, "AgentLightningClient": InstalledClient}
 
 
 def install(**server_options: Unpack[ServerArguments]) -> None:
@@ -89,9 +102,8 @@ def install(**server_options: Unpack[ServerArguments]) -> None:
     ``uninstall()`` undoes it.
     """
     uninstall()
-    options = dict(server_options)
-    _installed["AgentLightningServer"] = _installable("AgentLightningServer", AttemptAwareServer, options, True)
-    _installed["AgentLightningClient"] = _installable("AgentLightningClient", AttemptAwareClient, {}, False)
+    _server_options.update(server_options)
+    _installed.update(_INSTALLED)
     _rebind({_UPSTREAM[name]: _installed[name] for name in _UPSTREAM})
     after_import(DAEMON_MODULE, _rebind_daemon)  # verl's AgentModeDaemon too, once (or now if) it is imported
 
@@ -104,6 +116,7 @@ def uninstall() -> None:
         _daemon.clear()
     _rebind({installed: _UPSTREAM[name] for name, installed in _installed.items()})
     _installed.clear()
+    _server_options.clear()
 
 
 def installed() -> bool:

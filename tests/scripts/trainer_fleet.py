@@ -2,6 +2,9 @@
 
 Usage: python trainer_fleet.py ENDPOINT N_WORKERS MAX_TASKS CLIENT   (CLIENT: shim | upstream | url)
 
+``FLEET_START_METHOD`` (spawn, forkserver) sets multiprocessing's start method first: the trainer
+then pickles itself, its client with it, into each worker (macOS's default; Linux's from 3.14).
+
 ``url`` hands the trainer the endpoint itself, so that it builds agentlightning's client (what
 ``LIGHTNING_ATTEMPTS_INSTALL=1`` turns into ``AttemptAwareClient``); this script then never
 imports lightning_attempts.
@@ -15,6 +18,7 @@ task timeout and rewards 0.0; later claims reward 1.0 at once.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
@@ -46,6 +50,8 @@ class StragglingAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
 
 def main() -> None:
     endpoint, n_workers, max_tasks, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    if start_method := os.environ.get("FLEET_START_METHOD"):
+        multiprocessing.set_start_method(start_method)
     backend: Any = endpoint
     if kind != "url":
         from lightning_attempts import AttemptAwareClient

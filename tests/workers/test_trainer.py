@@ -148,3 +148,17 @@ def test_the_environment_switch_alone_gives_forked_workers_the_shim(tmp_path: Pa
         assert stats["accepted_unverified"] == 0 and stats["accepted"] >= TASKS
     else:  # upstream's client: none did
         assert stats["accepted_unverified"] == stats["accepted"] >= TASKS
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_the_switch_reaches_spawned_workers_whose_trainer_was_pickled(tmp_path: Path, start_method: str) -> None:
+    """The trainer pickles itself, and the installed client, into each worker: both must survive it."""
+    server = AttemptAwareServer(port=0, task_timeout_seconds=1.0)
+    env = {"LIGHTNING_ATTEMPTS_INSTALL": "1", "FLEET_START_METHOD": start_method}
+    with serve_in_thread(server) as served:
+        stored, rids = drive(server, served, "url", env, tmp_path)
+        stats = served.run(server.attempt_stats)
+    assert sorted(stored) == sorted(rids)
+    assert {rid: stored[rid].final_reward for rid in rids} == dict.fromkeys(rids, 1.0)  # the current results
+    assert stats["accepted_unverified"] == 0 and stats["accepted"] >= TASKS  # each carried its attempt id
