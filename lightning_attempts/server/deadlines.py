@@ -15,6 +15,8 @@ from ..store import AttemptAwareDataStore
 
 TIMER_SLACK = 0.001
 """Seconds the deadline timer fires after a deadline, so that the claim has expired by then."""
+STALL_SECONDS = 0.5
+"""A timer firing later than this was held by a stalled event loop (a long GC pause, a paused VM)."""
 
 
 class DeadlineTimer:
@@ -25,6 +27,11 @@ class DeadlineTimer:
     heartbeat, a completed claim: the timer fires early, finds nothing expired and
     re-arms); when it moves earlier the store says so through ``on_deadline``. The delay
     is read from the store's clock and slept in real time.
+
+    A timer that fires late by more than ``STALL_SECONDS`` shows that the event loop itself
+    stalled: heartbeats sent meanwhile wait unread in their sockets, and the timer runs before
+    their requests do. So that no live worker loses its claim to the server's own stall, the
+    time the timer was late is forgiven to every leased claim's silence before anything expires.
     """
 
     def __init__(self, store: AttemptAwareDataStore, clock: Clock, loop: asyncio.AbstractEventLoop) -> None:
@@ -32,6 +39,7 @@ class DeadlineTimer:
         self._clock = clock
         self._loop = loop
         self._handle: asyncio.Handle | None = None
+        self._due = 0.0  # the loop time the timer is armed for
         self._rearming = False
         self._stopped = False
 
@@ -54,11 +62,15 @@ class DeadlineTimer:
         if deadline is None or self._stopped:
             return
         delay = max(deadline - self._clock(), 0.0) + TIMER_SLACK
+        self._due = self._loop.time() + delay
         self._handle = self._loop.call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self._handle = None
+        late = self._loop.time() - self._due
         try:
+            if late > STALL_SECONDS:
+                self._store.forgive_silence(late)
             self._store.requeue_expired()
         finally:
             self.arm()

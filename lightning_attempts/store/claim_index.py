@@ -43,6 +43,11 @@ class ClaimIndex:
             self._by_last_heard[claimed.rollout_id] = claimed
             self._by_last_heard.move_to_end(claimed.rollout_id)
 
+    def forgive(self, seconds: float) -> None:
+        """Count ``seconds`` of every leased claim's silence as heard: the server, not the worker, was silent."""
+        for claimed in self._by_last_heard.values():
+            claimed.attempts[-1].seen += seconds
+
     def discard(self, rollout_id: str) -> None:
         """The claim no longer holds its task (completed, requeued, released, cancelled); fine if absent."""
         if self._by_deadline.pop(rollout_id, None) is not None:

@@ -137,6 +137,12 @@ class AttemptAwareDataStore(ServerDataStore):
             return 0
         return self._transitions.expire(self._clock())
 
+    def forgive_silence(self, seconds: float) -> None:
+        """Count ``seconds`` of every leased claim's silence as heard: the server itself could not listen (a stalled
+        event loop), so heartbeats sent meanwhile wait unread, and a live worker must not lose its claim for that."""
+        if seconds > 0:
+            self._book.in_flight.forgive(seconds)
+
     def _complete(self, rollout_id: str, rollout: LegacyRollout) -> None:
         """Store a task's one result (every stored result goes through here)."""
         self._completed_rollouts[rollout_id] = rollout
