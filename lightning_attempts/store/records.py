@@ -44,6 +44,8 @@ class Attempt:
     leased: bool = False
     """Whether its worker said it heartbeats (on the claim or by a first heartbeat): only then does silence
     longer than ``unresponsive_seconds`` end the claim."""
+    note: str | None = None
+    """How it ended, where its ``outcome`` alone would not say (e.g. what completed the task instead)."""
 
     def end(self, outcome: AttemptOutcome) -> None:
         self.outcome, self.ended_at = outcome, time.time()

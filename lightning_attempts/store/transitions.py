@@ -136,8 +136,15 @@ class Transitions:
         return Result.FAILED_FINAL
 
     def accept(self, submitted: Submitted) -> Submission:
-        """Store the result, credited to the live claim's attempt."""
-        return self._store(submitted.rollout, submitted.claimed, submitted.attempt_id, submitted.claimed.current)
+        """Store the result, credited to the live claim's attempt.
+
+        A result without an attempt id (an old worker's) is credited to the live claim only when it
+        is the task's one claim; otherwise it may be any claim's, and is credited to none: the live
+        attempt is superseded, and its own result, should it come, is dropped as ``already_completed``.
+        """
+        claimed = submitted.claimed
+        verified = submitted.attempt_id is not None or len(claimed.attempts) == 1
+        return self._store(submitted.rollout, claimed, submitted.attempt_id, claimed.current if verified else None)
 
     def salvage(self, submitted: Submitted) -> Submission:
         """Store the result, credited to the earlier attempt that submitted it; the live claim is superseded."""
@@ -156,6 +163,8 @@ class Transitions:
                 attempt.ended_at = attempt.ended_at or time.time()
             elif attempt.attempt_id == live:
                 attempt.end("superseded")
+                if credited is None:
+                    attempt.note = "the task was completed by a result without an attempt id (an old worker's)"
         self._book.complete(claimed, credited)
         self._complete(rollout_id, rollout)
         self._counters.add("accepted")
@@ -170,7 +179,7 @@ class Transitions:
                     rollout_id,
                     len(attempts),
                 )
-        if credited != live:
+        if credited is not None and credited != live:
             self._counters.add("salvaged")
             logger.warning(
                 "Salvaged late result for %s from attempt %s (claim %s of %d)",

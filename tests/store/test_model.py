@@ -208,7 +208,9 @@ class StoreMachine(RuleBasedStateMachine):
         if model.status == "claimed" and attempt in (None, model.attempts[-1]):
             if retry and model.failures < self.retry_failed:
                 return "retrying", None, model.attempts[-1]
-            return "ok", None, model.attempts[-1]
+            if retry or attempt is not None or len(model.attempts) == 1:
+                return "ok", None, model.attempts[-1]
+            return "ok", None, None  # an old worker's result on a re-claimed task: maybe not the live claim's
         if attempt in model.ended:  # a failed or released attempt: dropped under either policy
             return "dropped", model.ended[attempt], None
         if self.policy == "salvage" and not retry:
