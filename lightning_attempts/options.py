@@ -108,7 +108,7 @@ def positive(none: str | None = None) -> Check:
 
 def at_least_one(none: str) -> Check:
     def check(name: str, value: Any) -> Any:
-        if value is not None and value < 1:
+        if value is not None and not value >= 1:
             raise OptionError(f"{name} must be at least 1 (or None for {none})")
         return value
 
@@ -165,8 +165,18 @@ class Options:
     )
     max_claims: int | None = option(
         None,
-        "Complete a task empty, marked, after this many claims, so that its batch can finish. None: no limit.",
+        "Complete a task empty, marked, when its claim of this number ends without a result, so that its batch "
+        "can finish (a worker killed on every claim of the task, say). None: no limit.",
         check=at_least_one(none="no limit"),
+        switch_default=8,
+    )
+    task_budget: float | None = option(
+        None,
+        "Task timeouts a task may take from its first claim: a claim whose worker heartbeats is kept past the task "
+        "timeout while the worker lives, up to this; then the task is completed empty, marked. None: every claim "
+        "ends at the task timeout, and a task is claimed again until max_claims.",
+        check=at_least_one(none="no budget"),
+        switch_default=8.0,
     )
     retry_failed: int = option(
         0,
@@ -220,6 +230,7 @@ class ServerArguments(TypedDict, total=False):
     require_attempt_id: bool
     unresponsive_seconds: float | None
     max_claims: int | None
+    task_budget: float | None
     retry_failed: int
     max_remembered: int
     max_body_bytes: int | None

@@ -1,11 +1,15 @@
-"""The claims in flight, in the two orders that expire them, so that requeueing looks only at their fronts."""
+"""The claims in flight, in the orders that expire them, so that requeueing looks only at their fronts."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Literal
 
-from .records import AttemptOutcome, ClaimedTask
+from .records import ClaimedTask
+
+Expiry = Literal["timed_out", "unresponsive"]
+"""Why a live claim expired: past ``task_timeout_seconds``, or silent longer than ``unresponsive_seconds``."""
 
 
 class ClaimIndex:
@@ -14,25 +18,32 @@ class ClaimIndex:
     Claims are added in claim order, which a fixed ``task_timeout_seconds`` makes deadline
     order. A leased claim (its worker heartbeats) is also kept in order of last word from
     its worker: it enters at the back when leased, and each heartbeat moves it back again.
-    So the next claim to expire is at the front of one of the two, and ``next_deadline``
-    and ``next_expired`` cost O(1) whatever the number of claims in flight.
+    With ``keep_leased`` (a task budget), a leased claim leaves the deadline order: its worker
+    keeps it past the task timeout while it heartbeats, and only silence (or the task's
+    budget, which the ``TaskBook`` watches) ends it. So the next claim to expire is at the
+    front of one of the two, and ``next_deadline`` and ``next_expired`` cost O(1) whatever
+    the number of claims in flight.
     """
 
-    def __init__(self, silence_limit: float | None) -> None:
+    def __init__(self, silence_limit: float | None, *, keep_leased: bool = False) -> None:
         self.silence_limit = silence_limit
         """Seconds without a word after which a claim expires (``unresponsive_seconds``); None: never."""
+        self.keep_leased = keep_leased and silence_limit is not None
+        """Whether a leased claim outlives the task timeout (it needs leases: a dead worker must still lose it)."""
+        self._live: dict[str, ClaimedTask] = {}
         self._by_deadline: OrderedDict[str, ClaimedTask] = OrderedDict()
         self._by_last_heard: OrderedDict[str, ClaimedTask] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._by_deadline)
+        return len(self._live)
 
     def __iter__(self) -> Iterator[ClaimedTask]:
         """The claims, oldest first."""
-        return iter(self._by_deadline.values())
+        return iter(self._live.values())
 
     def add(self, claimed: ClaimedTask) -> None:
         """A new live claim (its deadline is the latest of all); leased if its attempt is."""
+        self._live[claimed.rollout_id] = claimed
         self._by_deadline[claimed.rollout_id] = claimed
         if claimed.attempts[-1].leased:
             self.heard_from(claimed)
@@ -42,6 +53,12 @@ class ClaimIndex:
         if self.silence_limit is not None:
             self._by_last_heard[claimed.rollout_id] = claimed
             self._by_last_heard.move_to_end(claimed.rollout_id)
+            if self.keep_leased:
+                self._by_deadline.pop(claimed.rollout_id, None)
+
+    def kept(self, claimed: ClaimedTask) -> bool:
+        """Whether the live claim is kept past the task timeout (leased, with a task budget)."""
+        return self.keep_leased and claimed.rollout_id not in self._by_deadline
 
     def forgive(self, seconds: float) -> None:
         """Count ``seconds`` of every leased claim's silence as heard: the server, not the worker, was silent."""
@@ -50,11 +67,12 @@ class ClaimIndex:
 
     def discard(self, rollout_id: str) -> None:
         """The claim no longer holds its task (completed, requeued, released, cancelled); fine if absent."""
-        if self._by_deadline.pop(rollout_id, None) is not None:
+        if self._live.pop(rollout_id, None) is not None:
+            self._by_deadline.pop(rollout_id, None)
             self._by_last_heard.pop(rollout_id, None)
 
     def next_deadline(self) -> float | None:
-        """When the next claim expires (timeout or silence); None: no claim in flight."""
+        """When the next claim expires (timeout or silence); None: none will."""
         deadline: float | None = None
         if self._by_deadline:
             deadline = next(iter(self._by_deadline.values())).deadline
@@ -63,7 +81,7 @@ class ClaimIndex:
             deadline = silent if deadline is None else min(deadline, silent)
         return deadline
 
-    def next_expired(self, now: float) -> tuple[ClaimedTask, AttemptOutcome] | None:
+    def next_expired(self, now: float) -> tuple[ClaimedTask, Expiry] | None:
         """A claim past its deadline (``timed_out``) or silent too long (``unresponsive``) at ``now``; else None.
 
         Timeouts come first, in claim order, then silences, in order of last word.

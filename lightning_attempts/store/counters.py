@@ -12,6 +12,8 @@ COUNTERS: dict[str, str] = {
     "requeues": "Claims requeued after a timeout or silence.",
     "requeues_unresponsive": "Claims requeued because their worker went silent.",
     "max_claims_exceeded": "Tasks completed empty after max_claims claims.",
+    "task_budget_exceeded": "Tasks completed empty when unfinished task_budget task timeouts after their first claim.",
+    "given_up": "Tasks completed empty, marked, for either reason: max_claims or task_budget.",
     "accepted": "Results stored.",
     "accepted_unverified": "Results stored from old clients without an attempt id.",
     "accepted_unverified_reclaimed": "Results stored without an attempt id for a task claimed more than once.",

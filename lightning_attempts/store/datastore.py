@@ -55,7 +55,9 @@ class AttemptAwareDataStore(ServerDataStore):
         self.options = options.replace(**overrides) if overrides else options
         """The options this store works with (the server's own, when it built the store)."""
         self._clock = self.options.clock
-        self._book = TaskBook(self.options.unresponsive_seconds, self.options.max_remembered)
+        options = self.options
+        budget = None if options.task_budget is None else options.task_budget * options.task_timeout_seconds
+        self._book = TaskBook(options.unresponsive_seconds, options.max_remembered, budget)
         self._task_queue = self._book.queue  # pyright: ignore[reportAttributeAccessIssue] # where upstream's add_task puts
         self._counters = Counters()
         self._transitions = Transitions(self._book, self._counters, self._complete, self.options)
@@ -122,8 +124,10 @@ class AttemptAwareDataStore(ServerDataStore):
     # -- expiry ---------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When the next claim expires (timeout or silence), on the store's clock; None: no claim in flight. O(1)."""
-        return self._book.in_flight.next_deadline()
+        """When the next claim expires (timeout or silence) or task runs out of budget, on the store's clock;
+        None: nothing will. O(1)."""
+        claims, budget = self._book.in_flight.next_deadline(), self._book.budget_deadline()
+        return claims if budget is None else budget if claims is None else min(claims, budget)
 
     def _deadline_moved(self, before: float | None) -> None:
         """Call ``on_deadline`` if the next deadline is now earlier than ``before`` (a new claim or lease)."""
@@ -132,8 +136,8 @@ class AttemptAwareDataStore(ServerDataStore):
             self.on_deadline()
 
     def requeue_expired(self) -> int:
-        """Requeue every claim past its timeout or silent too long; return how many."""
-        if not len(self._book.in_flight):
+        """Requeue every claim past its timeout or silent too long, give up tasks past their budget; how many."""
+        if not self._book.claimed:
             return 0
         return self._transitions.expire(self._clock())
 
@@ -162,8 +166,9 @@ class AttemptAwareDataStore(ServerDataStore):
         """Extend the claim of ``attempt_id`` if it still holds it; say whether it does.
 
         A heartbeat leases the claim if it was not (its worker heartbeats, after all) and
-        restarts the ``unresponsive_seconds`` window; ``task_timeout_seconds`` stays the
-        hard limit on a claim's age. A stale heartbeat changes nothing.
+        restarts the ``unresponsive_seconds`` window. ``task_timeout_seconds`` stays the hard
+        limit on a claim's age, but with a ``task_budget`` a leased claim is kept past it while
+        its worker heartbeats, until the task's budget runs out. A stale heartbeat changes nothing.
         """
         claimed = self._book.claimed.get(rollout_id)
         if claimed is None or claimed.current != attempt_id:
@@ -176,13 +181,10 @@ class AttemptAwareDataStore(ServerDataStore):
         self._book.in_flight.heard_from(claimed)
         self._deadline_moved(before)
         self._counters.add("heartbeats")
+        budget = self._book.budget
+        deadline = claimed.first_claimed + budget if budget and self._book.in_flight.kept(claimed) else claimed.deadline
         return Lease(
-            rollout_id,
-            attempt_id,
-            None,
-            len(claimed.attempts),
-            self.options.unresponsive_seconds,
-            claimed.deadline - now,
+            rollout_id, attempt_id, None, len(claimed.attempts), self.options.unresponsive_seconds, deadline - now
         )
 
     def release(self, rollout_id: str, attempt_id: str) -> ReleaseAnswer:

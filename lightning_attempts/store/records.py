@@ -15,6 +15,9 @@ AttemptOutcome = Literal[
 ]
 """How an attempt ended (``in_flight`` while it holds its claim), as ``GET /attempts/{rollout_id}`` shows it."""
 
+GiveUp = Literal["max_claims_exceeded", "task_budget_exceeded"]
+"""Why a task was given up: completed empty, marked so in ``metadata["lightning_attempts"]["outcome"]``."""
+
 Complete = Callable[[str, LegacyRollout], None]
 """Stores a task's one result (the store's ``_complete``, which also tells whoever waits for it)."""
 
@@ -65,6 +68,8 @@ class ClaimedTask:
     """A task claimed at least once and not finished: live (a claim holds it) or requeued."""
 
     task: Task
+    first_claimed: float
+    """Monotonic time of the task's first claim, from which its ``task_budget`` runs."""
     attempts: list[Attempt] = field(default_factory=list[Attempt])
     """Every attempt issued for the task; claim sequence id = index + 1."""
     live: bool = False

@@ -28,11 +28,13 @@ from .records import Attempt, AttemptOutcome, ClaimedTask, FinishedTask
 class TaskBook:
     """The queue, the records of claimed tasks, the index of live claims and the memory of finished tasks."""
 
-    def __init__(self, silence_limit: float | None, max_remembered: int) -> None:
+    def __init__(self, silence_limit: float | None, max_remembered: int, budget: float | None = None) -> None:
         self.queue = TaskQueue()
         self.claimed: dict[str, ClaimedTask] = {}
-        """Tasks claimed at least once and not finished (live or requeued)."""
-        self.in_flight = ClaimIndex(silence_limit)
+        """Tasks claimed at least once and not finished (live or requeued), in order of first claim."""
+        self.budget = budget
+        """Seconds a task may take from its first claim (``task_budget`` task timeouts); None: no limit."""
+        self.in_flight = ClaimIndex(silence_limit, keep_leased=budget is not None)
         self.finished = FinishedTasks(max_remembered)
 
     # -- moves ----------------------------------------------------------------
@@ -44,7 +46,7 @@ class TaskBook:
         task = self.queue.get_nowait()
         claimed = self.claimed.get(task.rollout_id)
         if claimed is None:
-            claimed = self.claimed[task.rollout_id] = ClaimedTask(task)
+            claimed = self.claimed[task.rollout_id] = ClaimedTask(task, now)
         claimed.attempts.append(Attempt(str(uuid.uuid4()), time.time(), now, leased=leased))
         claimed.live = True
         claimed.deadline = deadline
@@ -95,6 +97,17 @@ class TaskBook:
     def pending(self) -> list[str]:
         """Every task waiting or claimed, queue order first."""
         return [*self.queue, *(rid for rid in self.claimed if rid not in self.queue)]
+
+    def budget_deadline(self) -> float | None:
+        """When the oldest claimed task's budget runs out; None: no budget, or no task claimed. O(1)."""
+        if self.budget is None or not self.claimed:
+            return None
+        return next(iter(self.claimed.values())).first_claimed + self.budget
+
+    def next_over_budget(self, now: float) -> ClaimedTask | None:
+        """A claimed, unfinished task (live or requeued) whose budget ran out before ``now``; else None. O(1)."""
+        deadline = self.budget_deadline()
+        return next(iter(self.claimed.values())) if deadline is not None and deadline < now else None
 
     def is_pending(self, rollout_id: str) -> bool:
         """Whether the task waits or is claimed (neither completed nor cancelled)."""

@@ -25,7 +25,7 @@ from ..models import AttemptRollout
 from ..options import Options
 from .answers import Submission
 from .counters import Counters
-from .records import Attempt, AttemptOutcome, ClaimedTask, Complete, FinishedTask, excerpt, sequence_of
+from .records import Attempt, AttemptOutcome, ClaimedTask, Complete, FinishedTask, GiveUp, excerpt, sequence_of
 from .table import Action, Carries, DropReason, Key, Outcome, Result, TaskState, outcomes
 from .tasks import TaskBook
 
@@ -273,12 +273,17 @@ class Transitions:
     # -- claims that end without a result -------------------------------------
 
     def expire(self, now: float) -> int:
-        """End every claim past its timeout or silent too long at ``now``; return how many."""
+        """End every claim past its timeout or silent too long at ``now``, and give up every task past its
+        budget; return how many."""
         expired = 0
-        while (found := self._book.in_flight.next_expired(now)) is not None:
-            self.end(*found)
+        while True:
+            if (found := self._book.in_flight.next_expired(now)) is not None:
+                self.end(*found)
+            elif (over := self._book.next_over_budget(now)) is not None:
+                self._over_budget(over, now)
+            else:
+                return expired
             expired += 1
-        return expired
 
     def end(self, claimed: ClaimedTask, outcome: AttemptOutcome) -> bool:
         """End the live claim with ``outcome``; requeue the task (True), or give it up after ``max_claims`` claims."""
@@ -294,9 +299,10 @@ class Transitions:
             why = f"passed its {self._options.task_timeout_seconds}s timeout"
         rollout_id, max_claims = claimed.rollout_id, self._options.max_claims
         if max_claims is not None and claims >= max_claims:
-            self._give_up(claimed)
+            self._give_up(claimed, "max_claims_exceeded")
             logger.warning(
-                "Giving up on task %s: attempt %s (claim %d of at most %d) %s",
+                "Giving up on task %s: attempt %s (claim %d of at most %d) %s; completed empty, marked "
+                "max_claims_exceeded",
                 rollout_id,
                 attempt_id,
                 claims,
@@ -312,12 +318,34 @@ class Transitions:
         logger.warning("Requeuing task %s: attempt %s (claim %d) %s", rollout_id, attempt_id, claims, why)
         return True
 
-    def _give_up(self, claimed: ClaimedTask) -> None:
-        """Complete a task with an empty result, so that a trainer waiting for it can go on."""
+    def _over_budget(self, claimed: ClaimedTask, now: float) -> None:
+        """The task is still unfinished ``task_budget`` task timeouts after its first claim: give it up.
+
+        A live claim ends ``timed_out``: its worker, alive or not, is told so at its next heartbeat,
+        and its result, if it ever comes, is dropped as ``already_completed``.
+        """
+        live = claimed.current
+        if live is not None:
+            self._book.end_claim(claimed, "timed_out")
+            claimed.attempts[-1].note = "the task ran out of its task_budget"
+        self._give_up(claimed, "task_budget_exceeded")
+        logger.warning(
+            "Giving up on task %s: unfinished %.0fs (task_budget=%g task timeouts) after its first claim, "
+            "claimed %d times%s; completed empty, marked task_budget_exceeded",
+            claimed.rollout_id,
+            now - claimed.first_claimed,
+            self._options.task_budget,
+            len(claimed.attempts),
+            f", attempt {live} still working" if live is not None else "",
+        )
+
+    def _give_up(self, claimed: ClaimedTask, why: GiveUp) -> None:
+        """Complete a task with an empty result marked ``why``, so that a trainer waiting for it can go on."""
         rollout_id = claimed.rollout_id
         self._book.complete(claimed, None)
-        outcome = {"outcome": "max_claims_exceeded", "claims": len(claimed.attempts)}
-        self._counters.add("max_claims_exceeded")
+        outcome = {"outcome": why, "claims": len(claimed.attempts)}
+        self._counters.add(why)
+        self._counters.add("given_up")
         empty: LegacyRollout = AttemptRollout(
             rollout_id=rollout_id, task=claimed.task, final_reward=None, metadata={"lightning_attempts": outcome}
         )

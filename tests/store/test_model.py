@@ -4,7 +4,9 @@ After every step: each outcome is what the README's table says, at most one roll
 stored per task, no task is lost, and the counters agree with what happened. Submissions may
 be failed results (retried under ``retry_failed``), and workers may release their claims.
 Claims may be leased (their worker says it heartbeats, on the claim or by a heartbeat) or not:
-only a leased claim is requeued for silence, after ``unresponsive_seconds``; any claim at its timeout.
+only a leased claim is requeued for silence, after ``unresponsive_seconds``; any claim at its timeout,
+but, with a ``task_budget``, a leased one, which its worker keeps while it heartbeats. A task is
+given up (completed empty) when its ``max_claims``-th claim ends or its budget runs out.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ModelTask:
     heard: float = 0.0  # when the live claim's worker last said so
     word: int = 0  # the order of that word among all words: the store requeues equal silences in that order
     stored: str | None = None  # attempt credited with the stored result
+    first: tuple[float, int] | None = None  # when it was first claimed, and that claim's order
     failures: int = 0  # failed results of live attempts that were retried
     ended: dict[str, str] = field(default_factory=dict[str, str])  # attempt -> "failed" | "released"
 
@@ -43,6 +46,8 @@ class StoreMachine(RuleBasedStateMachine):
     policy: StalePolicy = "reject"
     require_attempt_id = False
     retry_failed = 0
+    task_budget: float | None = None
+    max_claims: int | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,6 +59,8 @@ class StoreMachine(RuleBasedStateMachine):
             require_attempt_id=self.require_attempt_id,
             retry_failed=self.retry_failed,
             unresponsive_seconds=WINDOW,
+            task_budget=self.task_budget,
+            max_claims=self.max_claims,
             clock=self.clock,
         )
         self.tasks: dict[str, ModelTask] = {}
@@ -91,6 +98,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert task.claim_sequence_id == task.num_claims == len(model.attempts)
         model.status, model.deadline = "claimed", self.clock() + TIMEOUT
         model.leased, model.heard, model.word = leased, self.clock(), self._word()
+        model.first = model.first or (self.clock(), self.counts["claims"])
         self.in_flight.append(rid)
         self.counts["claims"] += 1
 
@@ -111,20 +119,57 @@ class StoreMachine(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         self.clock.advance(seconds)
         now = self.clock()
-        timed_out = [rid for rid in self.in_flight if self.tasks[rid].deadline < now]
+        kept = self.task_budget is not None  # a leased claim outlives the timeout while its worker heartbeats
+        timed_out = [
+            rid for rid in self.in_flight if self.tasks[rid].deadline < now and not (kept and self.tasks[rid].leased)
+        ]
         # Then the leased claims silent too long, in the order of their last word (claim or heartbeat), which
         # orders equal silences too; never a claim that is not leased.
         silent = [rid for rid in self.in_flight if rid not in timed_out and self.tasks[rid].leased]
         silent = sorted(
             (rid for rid in silent if self.tasks[rid].heard < now - WINDOW), key=lambda r: self.tasks[r].word
         )
-        assert self.store.requeue_expired() == len(timed_out) + len(silent)
         for rid in timed_out + silent:
             self.in_flight.remove(rid)
-            self.tasks[rid].status = "requeued"
-            self.queue.append(rid)
-        self.counts["requeues"] += len(timed_out) + len(silent)
-        self.counts["requeues_unresponsive"] += len(silent)
+            if self.end_claim(rid):
+                self.counts["requeues"] += 1
+                self.counts["requeues_unresponsive"] += rid in silent
+            else:
+                self.counts["requeues_unresponsive"] += rid in silent
+        # Then the tasks past their budget, claimed or waiting, in the order of their first claims.
+        over = []
+        if self.task_budget is not None:
+            budget = self.task_budget * TIMEOUT
+            unfinished = [rid for rid, m in self.tasks.items() if m.status in ("claimed", "requeued")]
+            over = sorted((r for r in unfinished if self.first(r)[0] + budget < now), key=self.first)
+        for rid in over:
+            if rid in self.in_flight:
+                self.in_flight.remove(rid)
+            if rid in self.queue:
+                self.queue.remove(rid)
+            self.give_up(rid, "task_budget_exceeded")
+        assert self.store.requeue_expired() == len(timed_out) + len(silent) + len(over)
+
+    def first(self, rid: str) -> tuple[float, int]:
+        first = self.tasks[rid].first
+        assert first is not None
+        return first
+
+    def end_claim(self, rid: str) -> bool:
+        """The live claim ended without a result: the task is requeued (True), or given up at ``max_claims``."""
+        model = self.tasks[rid]
+        if self.max_claims is not None and len(model.attempts) >= self.max_claims:
+            self.give_up(rid, "max_claims_exceeded")
+            return False
+        model.status = "requeued"
+        self.queue.append(rid)
+        return True
+
+    def give_up(self, rid: str, why: str) -> None:
+        self.accept(rid, None)
+        self.counts["accepted"] -= 1  # completed empty: not a result anyone posted
+        self.counts["given_up"] += 1
+        self.counts[why] += 1
 
     @precondition(lambda self: bool(self.tasks))
     @rule(
@@ -206,7 +251,8 @@ class StoreMachine(RuleBasedStateMachine):
             return "dropped", "unknown_attempt", None
         retry = failed and self.retry_failed > 0
         if model.status == "claimed" and attempt in (None, model.attempts[-1]):
-            if retry and model.failures < self.retry_failed:
+            claims_left = self.max_claims is None or len(model.attempts) < self.max_claims
+            if retry and model.failures < self.retry_failed and claims_left:
                 return "retrying", None, model.attempts[-1]
             if retry or attempt is not None or len(model.attempts) == 1:
                 return "ok", None, model.attempts[-1]
@@ -233,9 +279,8 @@ class StoreMachine(RuleBasedStateMachine):
         if model.status == "claimed" and attempt == model.attempts[-1]:
             assert answer.released
             model.ended[attempt] = "released"
-            model.status = "requeued"
             self.in_flight.remove(rid)
-            self.queue.append(rid)
+            assert answer.gave_up is not self.end_claim(rid)
             self.counts["releases"] += 1
             return
         assert not answer.released
@@ -308,24 +353,29 @@ class StoreMachine(RuleBasedStateMachine):
             "failed_stored",
             "releases",
             "releases_stale",
+            "given_up",
+            "max_claims_exceeded",
+            "task_budget_exceeded",
         ):
             assert stats[name] == self.counts[name], name
         for reason, count in stats["dropped"].items():
             assert count == self.counts[f"dropped:{reason}"], reason
 
 
-def machine(policy: StalePolicy, require: bool, retry_failed: int) -> type[StoreMachine]:
+def machine(policy: StalePolicy, require: bool, retry_failed: int, limited: bool) -> type[StoreMachine]:
+    limits = {"task_budget": 3.0, "max_claims": 3} if limited else {}
     return type(
-        f"StoreMachine_{policy}_{require}_{retry_failed}",
+        f"StoreMachine_{policy}_{require}_{retry_failed}_{limited}",
         (StoreMachine,),
-        {"policy": policy, "require_attempt_id": require, "retry_failed": retry_failed},
+        {"policy": policy, "require_attempt_id": require, "retry_failed": retry_failed, **limits},
     )
 
 
 @pytest.mark.parametrize("policy", ["reject", "salvage"])
 @pytest.mark.parametrize("require", [False, True], ids=["old-clients-allowed", "attempt-required"])
 @pytest.mark.parametrize("retry_failed", [0, 2], ids=["no-retries", "retry-failed-2"])
-def test_store_against_the_model(policy: StalePolicy, require: bool, retry_failed: int) -> None:
-    test_case = machine(policy, require, retry_failed).TestCase
+@pytest.mark.parametrize("limited", [False, True], ids=["no-limits", "budget-and-max-claims"])
+def test_store_against_the_model(policy: StalePolicy, require: bool, retry_failed: int, limited: bool) -> None:
+    test_case = machine(policy, require, retry_failed, limited).TestCase
     test_case.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
     test_case().runTest()

@@ -174,7 +174,11 @@ def test_set_it_installs_when_agentlightning_is_imported_with_the_options() -> N
 def test_set_it_installs_when_lightning_attempts_imports_agentlightning_first() -> None:
     report = run_python("import lightning_attempts\n" + REPORT, **{SWITCH: "1"})
     assert report["server"] and report["client"] and report["heavy"] == []
-    assert report["options"] == {"stale_policy": "reject", "max_claims": None, "unresponsive_seconds": 60.0}
+    assert report["options"] == {
+        "stale_policy": "reject",
+        "max_claims": SWITCH_DEFAULTS["max_claims"],
+        "unresponsive_seconds": LEASE_SECONDS,
+    }
 
 
 def test_with_the_switch_on_a_misspelt_option_fails_the_import_loudly() -> None:
@@ -212,10 +216,6 @@ def test_install_keeps_the_options_the_switch_applied() -> None:
     assert report == [3, 3, 5, 7, None]
 
 
-def test_options_parse_from_strings() -> None:
-    parsed = from_variables(
-        {
-            "LIGHTNING_ATTEMPTS_STALE_POLICY": "salvage",
 REIMPORT = """
 import json
 failures = []
@@ -236,6 +236,10 @@ def test_with_the_switch_on_every_import_fails_the_same_way_until_the_value_is_f
     assert failures[0].startswith("OptionError: LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value: max_claims")
 
 
+def test_options_parse_from_strings() -> None:
+    parsed = from_variables(
+        {
+            "LIGHTNING_ATTEMPTS_STALE_POLICY": "salvage",
             "LIGHTNING_ATTEMPTS_REQUIRE_ATTEMPT_ID": "true",
             "LIGHTNING_ATTEMPTS_UNRESPONSIVE_SECONDS": "60",
             "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "none",
@@ -274,12 +278,12 @@ def test_unrecognised_variables_come_with_the_likely_intended_name() -> None:
 
 def test_precedence_explicit_then_variable_then_agl_key_then_default() -> None:
     environ = {"LIGHTNING_ATTEMPTS_MAX_CLAIMS": "3", "LIGHTNING_ATTEMPTS_API_KEY": "variable", "AGL_KEY": "agl"}
-    lease = {"unresponsive_seconds": LEASE_SECONDS}  # the switch's default: leases on
-    assert resolve(environ=environ) == {"max_claims": 3, "api_key": "variable", **lease}
+    defaults = dict(SWITCH_DEFAULTS)  # the switch's: leases on, a task budget, max claims
+    assert resolve(environ=environ) == {**defaults, "max_claims": 3, "api_key": "variable"}
     explicit = {"max_claims": 5, "api_key": "explicit"}
-    assert resolve(explicit, environ=environ) == {**explicit, **lease}
-    assert resolve(environ={"AGL_KEY": "agl"}) == {"api_key": "agl", **lease}
-    assert resolve(environ={"AGL_KEY": ""}) == lease  # empty: no key, as agentlightning 1.0 reads it
+    assert resolve(explicit, environ=environ) == {**defaults, **explicit}
+    assert resolve(environ={"AGL_KEY": "agl"}) == {**defaults, "api_key": "agl"}
+    assert resolve(environ={"AGL_KEY": ""}) == defaults  # empty: no key, as agentlightning 1.0 reads it
     assert resolve({"max_claims": None}, environ=environ)["max_claims"] is None  # an explicit None is explicit
 
 
