@@ -7,7 +7,9 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
   prints upstream's progress line when the count changed, at most every
   ``progress_interval`` seconds, and upstream's final line;
 - ``get_train_data_batch`` and ``get_test_metrics`` add the step's ``attempts/*`` and
-  ``val/attempts/*`` metrics (``step_metrics``);
+  ``val/attempts/*`` metrics (``step_metrics``); a training step in which no rollout carries
+  triplets (every task given up, failed or traced nothing) raises ``NoTrainingData`` saying so,
+  where upstream fails inside tensor code;
 - ``clear_data_and_server`` also cancels whatever the server still holds of earlier
   batches, so that none of it is claimed in the next;
 - the LLM endpoint it publishes (``http://127.0.0.1:<proxy port>/v1``) is served to each
@@ -35,6 +37,7 @@ from ..server import AttemptAwareServer
 from ..switch.variables import resolve
 from . import compat
 from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
+from .training_data import no_training_data
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +163,8 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
 
     @functools.wraps(_UPSTREAM.get_train_data_batch)  # its arguments differ between releases
     def get_train_data_batch(self, *args: Any, **kwargs: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        if compat.legacy_mode(self):
+            no_training_data(compat.completed_rollouts(self).values())  # raises where upstream fails in torch
         parent: Any = super()
         batch, metrics = parent.get_train_data_batch(*args, **kwargs)
         if compat.legacy_mode(self):

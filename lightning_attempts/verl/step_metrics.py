@@ -17,6 +17,7 @@ VAL_PREFIX = "val/attempts/"
 
 FROM_COUNTERS: dict[str, str] = {
     "claims": "claims",
+    "given_up": "given_up",
     "requeues": "requeues",
     "dropped": "dropped_total",
     "retries": "failure_retries",

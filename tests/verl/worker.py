@@ -1,13 +1,13 @@
 """A rollout worker in its own process: the release's own legacy runner, polling the daemon's server.
 
-    python -m tests.verl.worker ENDPOINT SIGNAL_DIR WORKER_ID [batch|llm|work]
+    python -m tests.verl.worker ENDPOINT SIGNAL_DIR WORKER_ID [batch|llm|work|empty]
 
 It builds its client as a user's worker script does, ``agentlightning.AgentLightningClient``:
 with ``LIGHTNING_ATTEMPTS_INSTALL=1`` in its environment that name is the attempt-aware
 shim, without it upstream's. Nothing here calls ``install()``. It runs until it is killed.
 ``batch`` (default): ``BatchAgent``; ``llm``: ``LlmAgent``, which calls the LLM it is served;
-``work``: ``WorkAgent`` (the step-overhead benchmark). Each task handed to it is noted
-(``Signals.claimed_at``), and each reply to a post (``Signals.posted``).
+``work``: ``WorkAgent`` (the step-overhead benchmark); ``empty``: ``EmptyAgent``, no triplets.
+Each task handed to it is noted (``Signals.claimed_at``), and each reply to a post (``Signals.posted``).
 """
 
 from __future__ import annotations
@@ -125,7 +125,14 @@ class WorkAgent(BatchAgent):
         return [Triplet(prompt=prompt, response={"token_ids": self._encode(FRESH)}, reward=1.0)]
 
 
-AGENTS: dict[str, type[BatchAgent]] = {"batch": BatchAgent, "llm": LlmAgent, "work": WorkAgent}
+class EmptyAgent(BatchAgent):
+    """Rewards 1.0 and returns no triplets: what the daemon gets when the agent's tracer misses its LLM calls."""
+
+    def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
+        return 1.0
+
+
+AGENTS: dict[str, type[BatchAgent]] = {"batch": BatchAgent, "llm": LlmAgent, "work": WorkAgent, "empty": EmptyAgent}
 
 
 def main(endpoint: str, signal_dir: str, worker_id: int, kind: str = "batch") -> None:

@@ -19,11 +19,14 @@ def claim(at: float) -> dict[str, Any]:
 
 def test_counts_are_the_steps_own_differences() -> None:
     before = stats(claims=10, requeues=1, dropped_total=2, failure_retries=0, releases=3, accepted_unverified=4)
-    after = stats(claims=14, requeues=2, dropped_total=5, failure_retries=1, releases=3, accepted_unverified=6)
+    after = stats(
+        claims=14, requeues=2, dropped_total=5, failure_retries=1, releases=3, accepted_unverified=6, given_up=1
+    )
     window = StepWindow(before, queued_at=100.0, queued_monotonic=50.0, rollout_ids=["a", "b"])
     metrics = step_metrics(window, after, [[claim(100.5)], [claim(101.0), claim(104.0)]], cancelled=2, prefix="p/")
     assert metrics == {
         "p/claims": 4.0,
+        "p/given_up": 1.0,
         "p/requeues": 1.0,
         "p/dropped": 3.0,
         "p/retries": 1.0,
