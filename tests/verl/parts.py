@@ -38,9 +38,12 @@ PLAN: list[tuple[str, list[str | None]]] = [
 re-claim posts after it, and, if the stale result was accepted, only after the batch finished.
 ``hold`` (not in the plan; the daemon job's later steps): every claim waits for ``released``.
 ``doomed`` (not in the plan; ``dead_worker_job.py``): the first claim works until the test kills
-its worker with SIGKILL; a re-claim answers at once.
+its worker with SIGKILL; a re-claim answers at once. ``overtime`` (``slow_task_job.py``): every
+claim needs ``OVERTIME`` task timeouts.
 """
 
+OVERTIME = 1.5
+"""An ``overtime`` task's agent needs this many task timeouts, every time (``slow_task_job.py``)."""
 DOOMED_SECONDS = 600.0
 """How long a ``doomed`` first claim works if nobody kills its worker: the dead-worker job's task timeout."""
 

@@ -37,12 +37,17 @@ def run_job(
     """Run the daemon job and the workers; return its batch records, its output, the workers' outputs.
 
     ``switch``: ``LIGHTNING_ATTEMPTS_INSTALL=1`` in the daemon's environment, and in the workers'
-    unless ``workers_switch`` says otherwise.
+    unless ``workers_switch`` says otherwise. The plan's stragglers wait for their batch (or its
+    re-claim) before they answer: under the switch's task budget their workers, which heartbeat,
+    would keep their claims (what the budget is for: ``test_slow_task.py``) and the batch would wait
+    until the budget gave them up. ``LIGHTNING_ATTEMPTS_TASK_BUDGET=none`` ends every claim at the
+    timeout, so that the re-claims and stale results this test is about happen.
     """
     port = free_port()
     workers_env = environment(switch if workers_switch is None else workers_switch)
+    job_env = environment(switch, LIGHTNING_ATTEMPTS_TASK_BUDGET="none") if switch else environment(False)
     with fleet(tmp_path) as started:
-        job = started.start("daemon", "tests.verl.daemon_job", [str(port), str(tmp_path)], environment(switch))
+        job = started.start("daemon", "tests.verl.daemon_job", [str(port), str(tmp_path)], job_env)
         for worker in range(WORKERS):
             arguments = [f"http://127.0.0.1:{port}", str(tmp_path), str(worker)]
             started.start(f"worker-{worker}", "tests.verl.worker", arguments, workers_env)

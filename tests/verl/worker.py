@@ -27,7 +27,19 @@ from agentlightning.types import Triplet
 from lightning_attempts.compat import LegacyRunner
 from lightning_attempts.testing import NullTracer
 
-from .parts import DOOMED_SECONDS, FRESH, LLM_ANSWER, POLL_SECONDS, SENT_AT, STALE, WORK_SECONDS, Signals, tokenizer
+from .parts import (
+    DOOMED_SECONDS,
+    FRESH,
+    LLM_ANSWER,
+    OVERTIME,
+    POLL_SECONDS,
+    SENT_AT,
+    STALE,
+    TIMEOUT_SECONDS,
+    WORK_SECONDS,
+    Signals,
+    tokenizer,
+)
 
 
 class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
@@ -53,7 +65,9 @@ class BatchAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
     def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> list[Triplet]:  # type: ignore[override]
         slow, batch = task.get("slow"), task["batch"]
         answer = FRESH
-        if slow == "doomed":
+        if slow == "overtime":  # needs more than the task timeout, every time
+            time.sleep(OVERTIME * TIMEOUT_SECONDS)
+        elif slow == "doomed":
             if self._signals.claim_first(rollout_id):  # works until the test kills this process
                 self._signals.wait(Signals.released(rollout_id), timeout=DOOMED_SECONDS)
         elif slow == "hold":
