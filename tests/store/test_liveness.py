@@ -105,9 +105,9 @@ async def test_the_budget_counts_from_the_first_claim_and_ends_a_requeued_task_t
     store: AttemptAwareDataStore, clock: ManualClock
 ) -> None:
     """An old fleet: each claim times out, the task waits in the queue when its budget runs out."""
-    await store.add_task("hopeless")
+    rid = await store.add_task("hopeless")
     for _ in range(int(BUDGET)):
-        rid, _ = claim(store, leased=False)
+        claim(store, leased=False)
         clock.advance(T + 0.01)
         store.requeue_expired()
     assert store.stats()["given_up"] == 1 and store.queued() == 0
@@ -120,9 +120,9 @@ async def test_a_worker_killed_on_every_claim_counts_toward_max_claims(clock: Ma
     store = AttemptAwareDataStore(
         task_timeout_seconds=T, unresponsive_seconds=LEASE, task_budget=BUDGET, max_claims=2, clock=clock
     )
-    await store.add_task("oom")
+    rid = await store.add_task("oom")
     for _ in range(2):
-        rid, attempt = claim(store, leased=True)
+        _, attempt = claim(store, leased=True)
         store.heartbeat(rid, attempt)
         clock.advance(LEASE + 0.01)
         store.requeue_expired()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any
 
@@ -49,7 +49,7 @@ class SlowAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
 
 
 @contextmanager
-def serving(task_timeout: float) -> Iterator[Served]:
+def serving(task_timeout: float) -> Generator[Served]:
     """A server with the switch's defaults (leases, task budget, max claims), as verl's daemon builds it."""
     with serve_in_thread(AttemptAwareServer(port=0, task_timeout_seconds=task_timeout, **SWITCH_DEFAULTS)) as served:
         served.call(served.server.update_resources(RESOURCES))
