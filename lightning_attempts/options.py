@@ -121,6 +121,12 @@ def not_negative(name: str, value: Any) -> Any:
     return value
 
 
+def positive_seconds(name: str, value: Any) -> Any:
+    if not (math.isfinite(value) and value > 0):
+        raise OptionError(f"{name} must be a finite number of seconds above 0, not {value!r}")
+    return value
+
+
 def finite_seconds(name: str, value: Any) -> Any:
     if not (math.isfinite(value) and value >= 0):
         raise OptionError(f"{name} must be a finite number of seconds, 0 or more")
@@ -147,6 +153,7 @@ class Options:
     task_timeout_seconds: float = option(
         300.0,
         "Seconds a claim may live before its task is requeued (verl: llm_timeout_seconds).",
+        check=positive_seconds,
         variable=False,
         flag="--task-timeout",
     )
@@ -214,9 +221,11 @@ class Options:
 
     def __post_init__(self) -> None:
         for each in dataclasses.fields(self):
+            value = getattr(self, each.name)
+            if value is not each.default:  # a default is of its type: no need to load pydantic for it
+                value = _of_type(each.name, value)
             check = spec(each.name).check
-            if check is not None:
-                object.__setattr__(self, each.name, check(each.name, getattr(self, each.name)))
+            object.__setattr__(self, each.name, value if check is None else check(each.name, value))
 
     def replace(self, **changes: Unpack[OptionArguments]) -> Options:
         """A copy with ``changes``, checked."""
@@ -329,6 +338,17 @@ def parse(name: str, raw: str) -> Any:
                 raise OptionError("; ".join(str(e["msg"]) for e in error.errors())) from None
     check = spec(name).check
     return value if check is None else check(name, value)
+
+
+def _of_type(name: str, value: Any) -> Any:
+    """``value`` if it is of option ``name``'s type (an int for a float is taken as one); else ``OptionError``."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(annotation(name)).validate_python(value, strict=True)
+    except ValidationError as error:
+        wanted = " or ".join(sorted({str(e["msg"]).removeprefix("Input should be ") for e in error.errors()}))
+        raise OptionError(f"{name} must be {wanted}, not {value!r}") from None
 
 
 def _accepts_none(adapter: Any) -> bool:

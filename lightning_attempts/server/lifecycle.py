@@ -68,6 +68,9 @@ class Serving:
         except OSError as error:
             sock.close()
             raise ServerStartError(f"Could not serve on {host}:{port}: {_reason(error)}") from None
+        except OverflowError:  # what socket raises for a port outside 0-65535
+            sock.close()
+            raise ServerStartError(f"Could not serve on {host}:{port}: a port is a number from 0 to 65535") from None
         self._socket = sock
         return int(sock.getsockname()[1])
 

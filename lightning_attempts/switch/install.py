@@ -37,7 +37,7 @@ from _lightning_attempts_switch import after_import, forget
 
 from .. import compat
 from ..client import AttemptAwareClient
-from ..options import ServerArguments
+from ..options import Options, ServerArguments
 from ..server import AttemptAwareServer
 from .variables import resolve
 
@@ -101,6 +101,7 @@ def install(**server_options: Unpack[ServerArguments]) -> None:
     in a process the switch already installed keeps the variables' options.
     ``uninstall()`` undoes it.
     """
+    Options(**server_options)  # checked now (OptionError), as the variables are, not when agentlightning builds one
     uninstall()
     _server_options.update(server_options)
     _installed.update(_INSTALLED)

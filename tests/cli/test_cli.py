@@ -190,3 +190,20 @@ def test_serve_on_a_busy_port_says_so_in_one_line(log_level: str) -> None:
     reason = f"{os.strerror(errno.EADDRINUSE)} (errno {errno.EADDRINUSE})"
     # One line, whatever the log level: none of uvicorn's start-up lines, upstream's lifespan or ours.
     assert finished.stderr.splitlines() == [f"lightning-attempts: Could not serve on 127.0.0.1:{port}: {reason}"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--port", "99999"], "99999 is not in the range 0<=x<=65535"),
+        (["--port", "-1"], "-1 is not in the range 0<=x<=65535"),
+        (["--task-timeout", "-1"], "task_timeout_seconds must be a finite number of seconds above 0"),
+        (["--task-timeout", "nan"], "task_timeout_seconds must be a finite number of seconds above 0"),
+        (["--max-remembered", "-5"], "max_remembered must not be negative"),
+        (["--max-poll-wait", "inf"], "max_poll_wait must be a finite number of seconds"),
+    ],
+)
+def test_serve_refuses_a_flag_out_of_range_in_one_usage_line(arguments: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve", *arguments])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
