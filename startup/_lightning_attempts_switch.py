@@ -28,13 +28,18 @@ SWITCH = "LIGHTNING_ATTEMPTS_INSTALL"
 """The switch: every process that sees it on behaves as if ``install()`` had been called."""
 PREFIX = "LIGHTNING_ATTEMPTS_"
 """Of the switch and of every option's variable."""
+ON = ("1", "true", "yes", "on")
+"""The switch's values that mean on (case and surrounding spaces aside)."""
 OFF = ("", "0", "false", "no", "off")
-"""The switch's values that mean off (case and surrounding spaces aside)."""
+"""The switch's values that mean off; any other value is refused (``lightning_attempts.switch.activation``)."""
 PACKAGE = "lightning_attempts"
 
 
 def switched_on(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether ``LIGHTNING_ATTEMPTS_INSTALL`` asks for the attempt-aware classes."""
+    """Whether ``LIGHTNING_ATTEMPTS_INSTALL`` asks for the attempt-aware classes: set, and not to an off value.
+
+    A value that is neither on nor off counts as asked, so that it fails loudly rather than leaves the switch off.
+    """
     return environ.get(SWITCH, "").strip().lower() not in OFF
 
 

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-from _lightning_attempts_switch import SWITCH, switched_on
+from _lightning_attempts_switch import OFF, ON, SWITCH, switched_on
 
 from ..errors import OptionError
 from .install import install, installed
@@ -44,6 +44,12 @@ def activate(environ: Mapping[str, str] = os.environ, *, report_ignored: bool = 
 
 
 def _check(environ: Mapping[str, str]) -> None:
+    value = environ.get(SWITCH, "")
+    if value.strip().lower() not in (*ON, *OFF):
+        raise OptionError(
+            f"{SWITCH} is not a valid value: {value!r}. {', '.join(ON)} turn the switch on; "
+            f"{', '.join(repr(v) for v in OFF)} turn it off."
+        )
     unknown = unrecognised(environ)
     if not switched_on(environ):
         for name, suggestion in unknown.items():

@@ -207,3 +207,13 @@ def test_serve_refuses_a_flag_out_of_range_in_one_usage_line(arguments: list[str
     result = CliRunner().invoke(main, ["serve", *arguments])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+def test_serve_refuses_a_switch_that_is_neither_on_nor_off(value: str) -> None:
+    env = {**os.environ, "LIGHTNING_ATTEMPTS_INSTALL": value}
+    command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert finished.returncode == 2, finished.stderr
+    assert f"LIGHTNING_ATTEMPTS_INSTALL is not a valid value: {value!r}" in finished.stderr
+    assert "Traceback" not in finished.stderr

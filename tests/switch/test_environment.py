@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+import lightning_attempts
 from _lightning_attempts_switch import SWITCH, switched_on
-from lightning_attempts import AttemptAwareServer
+from lightning_attempts import AttemptAwareServer, OptionError
 from lightning_attempts.compat import AGENTLIGHTNING_VERSION
 from lightning_attempts.options import ServerArguments, settable
 from lightning_attempts.switch.activation import activate
@@ -385,3 +386,15 @@ def test_wheel_install_carries_the_hook(tmp_path: Path) -> None:
         python=python,
     )
     assert unset is False
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "enabled"])
+def test_a_switch_that_is_neither_on_nor_off_is_refused_naming_it(value: str) -> None:
+    with pytest.raises(OptionError, match=f"LIGHTNING_ATTEMPTS_INSTALL is not a valid value: {value!r}"):
+        activate({SWITCH: value})
+
+
+@pytest.mark.parametrize("value", ["1", "true", "Yes", " on ", "0", "false", "NO", "off", ""])
+def test_the_switchs_documented_spellings_are_taken(value: str) -> None:
+    assert activate({SWITCH: value}) is (value.strip().lower() in ("1", "true", "yes", "on"))
+    lightning_attempts.uninstall()
