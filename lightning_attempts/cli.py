@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from .errors import OptionError, ServerStartError
 from .options import DEFAULTS, STALE_POLICIES, OptionSpec, StalePolicy, annotation, flagged, parse
+from .releases import AGENTLIGHTNING_VERSION
 from .switch.variables import resolve, variable
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -85,10 +86,25 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, **options: A
     """
     explicit = {name: value for name, value in options.items() if ctx.get_parameter_source(name) != DEFAULT}
     try:
+        resolved = resolve(explicit)  # every variable checked before anything slow
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    try:
+        click.echo(
+            f"lightning-attempts: starting on {host}:{port} (loading agentlightning {AGENTLIGHTNING_VERSION})", err=True
+        )
+        _serve(host, port, log_level, resolved)
+    except KeyboardInterrupt:  # Ctrl+C before it served (it takes agentlightning seconds to load)
+        click.echo("lightning-attempts: interrupted before it served", err=True)
+        raise SystemExit(130) from None
+
+
+def _serve(host: str, port: int, log_level: str, options: dict[str, Any]) -> None:
+    try:
         # Imports agentlightning, so the switch, if on, checks its variables here: a bad one is a usage error too.
         from .server import AttemptAwareServer
 
-        server = AttemptAwareServer(host=host, port=port, **resolve(explicit))
+        server = AttemptAwareServer(host=host, port=port, **options)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -98,10 +114,11 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, **options: A
     async def run() -> None:
         await server.start()
         keyed = "API key required" if server.requires_key else "no API key"
-        options = server.options
-        lease = "no leases" if options.unresponsive_seconds is None else f"lease {options.unresponsive_seconds:g} s"
+        settings = server.options
+        lease = "no leases" if settings.unresponsive_seconds is None else f"lease {settings.unresponsive_seconds:g} s"
         click.echo(
-            f"lightning-attempts: serving on {server.endpoint} (stale_policy={options.stale_policy}, {lease}, {keyed})",
+            f"lightning-attempts: serving on {server.endpoint} (stale_policy={settings.stale_policy}, {lease}, "
+            f"{keyed})",
             err=True,
         )
         await server.wait_stopped()

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 
@@ -48,6 +49,8 @@ def serving(*arguments: str, env: dict[str, str]) -> Generator[tuple[subprocess.
     process = subprocess.Popen([*command, *arguments], stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stderr is not None
+        starting = process.stderr.readline()
+        assert starting.startswith("lightning-attempts: starting on 127.0.0.1:0"), starting  # at once
         line = process.stderr.readline()
         assert "serving on" in line, line + process.stderr.read()
         yield process, line
@@ -188,8 +191,28 @@ def test_serve_on_a_busy_port_says_so_in_one_line(log_level: str) -> None:
         finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert finished.returncode == 1
     reason = f"{os.strerror(errno.EADDRINUSE)} (errno {errno.EADDRINUSE})"
-    # One line, whatever the log level: none of uvicorn's start-up lines, upstream's lifespan or ours.
-    assert finished.stderr.splitlines() == [f"lightning-attempts: Could not serve on 127.0.0.1:{port}: {reason}"]
+    # One line, whatever the log level, after the one saying it starts: none of uvicorn's start-up lines,
+    # upstream's lifespan or ours.
+    starting, *rest = finished.stderr.splitlines()
+    assert starting.startswith(f"lightning-attempts: starting on 127.0.0.1:{port}")
+    assert rest == [f"lightning-attempts: Could not serve on 127.0.0.1:{port}: {reason}"]
+
+
+def test_version_and_help_answer_without_importing_agentlightning() -> None:
+    """They used to import agentlightning (12.5 s on 0.3.0, most of it litellm)."""
+    script = (
+        "import sys\n"
+        "from lightning_attempts.cli import main\n"
+        "for arguments in (['--version'], ['--help'], ['serve', '--help']):\n"
+        "    try:\n"
+        "        main(arguments)\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0, done.code\n"
+        "print('agentlightning' in sys.modules, 'lightning_attempts.server' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False False"
 
 
 @pytest.mark.parametrize(
@@ -217,3 +240,17 @@ def test_serve_refuses_a_switch_that_is_neither_on_nor_off(value: str) -> None:
     assert finished.returncode == 2, finished.stderr
     assert f"LIGHTNING_ATTEMPTS_INSTALL is not a valid value: {value!r}" in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+@pytest.mark.parametrize("after", [0.0, 1.0], ids=["at-once", "while-agentlightning-loads"])
+def test_ctrl_c_while_serve_starts_is_one_line_and_status_130(after: float) -> None:
+    command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    starting = process.stderr.readline()  # printed before agentlightning loads, which takes seconds
+    assert "starting on" in starting, starting
+    time.sleep(after)  # the moment of the Ctrl+C, not a wait for something to happen
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130
+    assert rest.splitlines() == ["lightning-attempts: interrupted before it served"], rest
