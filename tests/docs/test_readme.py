@@ -2,11 +2,11 @@
 
 Each ```` ```bash ```` block of README.md is preceded, in the Markdown source, by a marker:
 
-- ``<!-- readme-test: run -->``: run. All of them run in order in one bash session
+- ``<!-- docs-test: run -->``: run. All of them run in order in one bash session
   (``set -euo pipefail``), so that a variable set in one block reaches the next, as in a terminal.
-- ``<!-- readme-test: serve: why -->``: runs until interrupted. Run afterwards, on its own: it must
+- ``<!-- docs-test: serve: why -->``: runs until interrupted. Run afterwards, on its own: it must
   print ``serving on``, and once it does it gets Ctrl+C (SIGINT) and must exit with status 0.
-- ``<!-- readme-test: skip: why -->``: not run here (the 40-minute matrix, verl, minutes of benchmark).
+- ``<!-- docs-test: skip: why -->``: not run here (the 40-minute matrix, verl, minutes of benchmark).
 
 A block without a marker fails the test, so that no new block goes untested by oversight. The
 blocks install their own environments (uv's cache makes that a minute or two), whatever this
@@ -30,7 +30,7 @@ from lightning_attempts.compat import AGENTLIGHTNING_VERSION
 
 from ..paths import ROOT
 
-MARKER = re.compile(r"<!-- readme-test: (run|serve|skip)(?::\s*(.*?))? -->")
+MARKER = re.compile(r"<!-- docs-test: (run|serve|skip)(?::\s*(.*?))? -->")
 FENCE = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -59,13 +59,13 @@ def test_every_shell_block_is_marked_and_skips_say_why() -> None:
     blocks = shell_blocks((ROOT / "README.md").read_text())
     assert blocks, "README.md has no bash block"
     unmarked = [b.line for b in blocks if not b.kind]
-    assert not unmarked, f"README.md: bash blocks at lines {unmarked} need a <!-- readme-test: ... --> marker"
+    assert not unmarked, f"README.md: bash blocks at lines {unmarked} need a <!-- docs-test: ... --> marker"
     assert all(b.reason for b in blocks if b.kind in ("skip", "serve")), "a skip or serve marker must say why"
     assert any(b.kind == "run" for b in blocks)
 
 
 def test_shell_blocks_parse_with_their_markers() -> None:
-    markdown = "a\n<!-- readme-test: skip: slow -->\n```bash\nsleep 1\n```\n\n```bash\necho hi\n```\n"
+    markdown = "a\n<!-- docs-test: skip: slow -->\n```bash\nsleep 1\n```\n\n```bash\necho hi\n```\n"
     assert shell_blocks(markdown) == [Block(3, "skip", "slow", "sleep 1\n"), Block(7, "", "", "echo hi\n")]
 
 
@@ -102,7 +102,7 @@ def run_in_order(blocks: list[Block], checkout: Path, log: Path) -> None:
     """Run the blocks in one bash session; on failure, say which block and show the end of its output."""
     script = ["set -euo pipefail"]
     for number, block in enumerate(blocks, 1):
-        script += [f"echo '### readme-test: block {number} (README.md line {block.line})'", block.code]
+        script += [f"echo '### docs-test: block {number} (README.md line {block.line})'", block.code]
     with log.open("w") as out:
         done = subprocess.run(
             ["bash", "-c", "\n".join(script)],
@@ -114,7 +114,7 @@ def run_in_order(blocks: list[Block], checkout: Path, log: Path) -> None:
         )
     output = log.read_text()
     if done.returncode != 0:
-        started = re.findall(r"### readme-test: (block \d+ \(README\.md line \d+\))", output)
+        started = re.findall(r"### docs-test: (block \d+ \(README\.md line \d+\))", output)
         where = started[-1] if started else "before the first block"
         pytest.fail(f"README.md's shell blocks failed (exit {done.returncode}) in {where}:\n{output[-4000:]}")
 
