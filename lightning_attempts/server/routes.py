@@ -313,8 +313,9 @@ class Routes:
     @staticmethod
     async def _metrics_missing() -> JSONResponse:
         detail = (
-            "Prometheus metrics are off: prometheus-client is not installed. Install the metrics extra, "
-            "lightning-attempts[metrics] (see README.md, Install), and restart the server."
+            "Prometheus metrics are off: prometheus-client is not installed. Install it into the server's "
+            "environment, pip install 'lightning-attempts[metrics]' (or pip install prometheus-client), and "
+            "restart the server."
         )
         return JSONResponse({"detail": detail}, status_code=404)
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +369,9 @@ def test_wheel_install_carries_the_hook(tmp_path: Path) -> None:
     )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:  # README: installed beside 1.0, it downgrades agentlightning to 0.3.0
+        metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Requires-Dist: agentlightning<1.0,>=0.1" in metadata.splitlines()
     venv = tmp_path / "venv"
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([*uv, "venv", "--quiet", "--python", base, str(venv)], check=True, timeout=120)
