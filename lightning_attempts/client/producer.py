@@ -176,19 +176,14 @@ class RemoteServer:
         another caller took its result), where upstream's would wait for the timeout. Raises
         ``RequestRefused`` for a rollout id the server neither holds nor remembers.
         """
-        deadline = time.monotonic() + timeout if timeout else None
+        deadline = _deadline(timeout or None)
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            answer = await self._wait([rollout_id], remaining)
-            if answer.rollouts:
-                taken = await self.get_completed_rollout(rollout_id)
-                if taken is not None:
-                    return taken
-                continue  # another caller took it: the next wait says so
-            if rollout_id not in answer.pending or remaining == 0:
+            answer = await self._until_finished([rollout_id], deadline)
+            if not answer.rollouts:  # still pending at the deadline, or finished without a result to take
                 return None
-            if answer.held == 0:
-                await asyncio.sleep(min(NO_HOLD_PAUSE, remaining or NO_HOLD_PAUSE))
+            taken = await self.get_completed_rollout(rollout_id)
+            if taken is not None:
+                return taken  # else another caller took it first: the next wait says so
 
     async def wait_for_rollouts(self, rollout_ids: Iterable[str], timeout: float | None = None) -> list[AttemptRollout]:
         """The stored results among ``rollout_ids``, once every one is finished or ``timeout`` passes (None: no limit).
@@ -197,15 +192,7 @@ class RemoteServer:
         cancelled task counts as finished, and an id the server neither holds nor remembers raises
         ``RequestRefused`` (a ``ValueError``). It returns as soon as the last result is stored.
         """
-        ids = list(rollout_ids)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            answer = await self._wait(ids, remaining)
-            if not answer.pending or remaining == 0:
-                return answer.rollouts
-            if answer.held == 0:
-                await asyncio.sleep(min(NO_HOLD_PAUSE, remaining or NO_HOLD_PAUSE))
+        return (await self._until_finished(list(rollout_ids), _deadline(timeout))).rollouts
 
     async def attempt_stats(self) -> dict[str, Any]:
         """The server's counters (``GET /attempts/stats``)."""
@@ -217,6 +204,16 @@ class RemoteServer:
     async def _take(self, rollout_ids: list[str] | None) -> list[AttemptRollout]:
         response = await self._post("/rollouts/take", {"rollout_ids": rollout_ids, "request_id": _request_id()})
         return Rollouts.model_validate_json(response.content).rollouts
+
+    async def _until_finished(self, rollout_ids: list[str], deadline: float | None) -> Waited:
+        """Held waits, one after another, until none of ``rollout_ids`` is pending or ``deadline`` passes."""
+        while True:
+            remaining = _remaining(deadline)
+            answer = await self._wait(rollout_ids, remaining)
+            if not answer.pending or remaining == 0:
+                return answer
+            if answer.held == 0:  # the server holds no wait (max_poll_wait=0, or it is stopping): ask in a while
+                await asyncio.sleep(NO_HOLD_PAUSE if remaining is None else min(NO_HOLD_PAUSE, remaining))
 
     async def _wait(self, rollout_ids: list[str], timeout: float | None) -> Waited:
         """One held ``POST /rollouts/wait``: at most ``timeout`` seconds (None: ``max_wait``), as the server caps it."""
@@ -266,6 +263,18 @@ def _detail(response: httpx.Response) -> object:
         answer = cast("dict[str, object]", body)
         return answer["detail"] if list(answer) == ["detail"] else answer
     return body
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (None: none); 0 within a millisecond of it, as timers may fire that early."""
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    return remaining if remaining > 0.001 else 0.0
 
 
 def _request_id() -> str:
