@@ -303,10 +303,14 @@ class ProducerRoutes:
         cap = self._server.options.max_poll_wait
         held = 0.0 if self._waits.closing(store) else min(cap if body.timeout is None else body.timeout, cap)
         if held > 0 and store.unfinished(rollout_ids):
-            try:  # the wait registers before it yields: a result stored from here on ends it
+            # wait_for_rollouts reads what is unfinished when it starts, and registers before it yields:
+            # no result stored in between or later is missed.
+            try:
                 await self._waits.hold(self._server.wait_for_rollouts(rollout_ids, held))
             except ServerNotRunning:  # stopped while held
                 return JSONResponse(_NOT_RUNNING, status_code=503)
+            except ValueError:  # a finished task forgotten meanwhile (max_remembered): nothing to wait for
+                pass
         # No await from here: what is stored and what is pending are read together.
         pending = [rid for rid in rollout_ids if status_of(store, rid) == "pending"]
         return _object(rollouts=_rollouts_json(store.stored(rollout_ids)), pending=_dumps(pending), held=_dumps(held))

@@ -276,6 +276,18 @@ def test_a_wait_for_unknown_ids_is_refused_naming_them(served: Served, http: htt
     assert errors(http.post("/rollouts/wait", json={"rollout_ids": [known], "timeout": -1})) == [("body", "timeout")]
 
 
+def test_a_wait_whose_finished_task_is_forgotten_meanwhile_still_answers(served: Served, http: httpx.Client) -> None:
+    """Between the route's check and the wait's start, a finished task may be forgotten (``max_remembered``)."""
+    (rollout_id,) = queue(http, 1)
+
+    async def forgotten(rollout_ids: Iterable[str], timeout: float | None = None) -> Any:
+        raise ValueError("Rollout ID is neither live, stored nor remembered.")
+
+    served.server.wait_for_rollouts = forgotten  # type: ignore[method-assign]
+    answer = wait(http, [rollout_id])
+    assert (answer.status_code, answer.json()["pending"]) == (200, [rollout_id])
+
+
 def test_stopping_the_server_answers_a_held_wait_at_once(pool: ThreadPoolExecutor) -> None:
     """Shutdown waits for open requests: a held wait must not hold it for ``max_poll_wait``."""
     with serving(max_poll_wait=600.0) as served, httpx.Client(base_url=served.endpoint, timeout=LONG) as http:
