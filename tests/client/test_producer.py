@@ -6,8 +6,7 @@ import asyncio
 import json
 import socket
 import threading
-from collections.abc import Generator, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -18,20 +17,12 @@ from agentlightning.types import PromptTemplate
 from lightning_attempts import AttemptAwareServer, AttemptRollout, ServerNotRunning
 from lightning_attempts.client import RemoteServer
 from lightning_attempts.errors import RequestRefused, Unauthorized
-from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
+from lightning_attempts.testing import serve_in_thread
 
-Served = ServerThread[AttemptAwareServer]
-LONG = 30.0
-"""A wait no test sits through: a call that returns before it passes returned on an event."""
+from ..producing import LONG, Served, entered_waits, serving
+
 KEY = "producer-client-key"
 RESOURCES = {"prompt": PromptTemplate(template="Say hi to {name}.", engine="f-string")}
-
-
-@contextmanager
-def serving(**options: Any) -> Generator[Served]:
-    server = AttemptAwareServer(port=0, task_timeout_seconds=60, clock=ManualClock(), **options)
-    with serve_in_thread(server) as served:
-        yield served
 
 
 @pytest.fixture
@@ -53,19 +44,6 @@ def complete(served: Served, reward: float = 1.0, headers: dict[str, str] | None
         body = {"rollout_id": task["rollout_id"], "attempt_id": task["attempt_id"], "final_reward": reward}
         assert http.post("/rollout", json=body).json()["status"] == "ok"
         return task["rollout_id"]
-
-
-def entered_waits(served: Served) -> threading.Semaphore:
-    """Released each time a held wait begins to wait on the server."""
-    server, entered = served.server, threading.Semaphore(0)
-    wait = server.wait_for_rollouts
-
-    async def recorded(rollout_ids: Iterable[str], timeout: float | None = None) -> Any:
-        entered.release()
-        return await wait(rollout_ids, timeout)
-
-    server.wait_for_rollouts = recorded  # type: ignore[method-assign]
-    return entered
 
 
 async def entered(semaphore: threading.Semaphore) -> None:

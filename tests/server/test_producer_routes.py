@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
 from lightning_attempts import AttemptAwareServer
-from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
-Served = ServerThread[AttemptAwareServer]
-LONG = 30.0
-"""A wait no test sits through: a request answered before it passes was answered by an event."""
+from ..producing import LONG, Served, entered_waits, serving
+
 PROMPT = {"resource_type": "prompt_template", "template": "Say hi to {name}.", "engine": "f-string"}
 KEY = "producer-key-0123"
-
-
-@contextmanager
-def serving(**options: Any) -> Generator[Served]:
-    server = AttemptAwareServer(port=0, task_timeout_seconds=60, clock=ManualClock(), **options)
-    with serve_in_thread(server) as served:
-        yield served
 
 
 @pytest.fixture
@@ -219,19 +208,6 @@ def test_a_repeated_take_gets_the_same_results_and_takes_no_more(served: Served,
 # -- wait -----------------------------------------------------------------------
 
 
-def entered_waits(served: Served) -> threading.Event:
-    """Set once a held wait is waiting on the server (its results stored from then on end it)."""
-    server, entered = served.server, threading.Event()
-    wait = server.wait_for_rollouts
-
-    async def recorded(rollout_ids: Iterable[str], timeout: float | None = None) -> Any:
-        entered.set()
-        return await wait(rollout_ids, timeout)
-
-    server.wait_for_rollouts = recorded  # type: ignore[method-assign]
-    return entered
-
-
 def wait(http: httpx.Client, rollout_ids: list[str], timeout: float | None = LONG) -> httpx.Response:
     return http.post("/rollouts/wait", json={"rollout_ids": rollout_ids, "timeout": timeout})
 
@@ -243,7 +219,7 @@ def test_a_wait_is_held_until_the_last_result_is_stored(
     entered = entered_waits(served)
     waiting: Future[httpx.Response] = pool.submit(wait, http, [first, second])
     complete(http, reward=0.25)
-    assert entered.wait(10)
+    assert entered.acquire(timeout=10)
     complete(http, reward=0.75)
     answer = waiting.result(timeout=10).json()  # long before LONG
     assert ([r["final_reward"] for r in answer["rollouts"]], answer["pending"]) == ([0.25, 0.75], [])
@@ -294,7 +270,7 @@ def test_stopping_the_server_answers_a_held_wait_at_once(pool: ThreadPoolExecuto
         (rollout_id,) = queue(http, "never done")
         entered = entered_waits(served)
         waiting = pool.submit(wait, http, [rollout_id], 600.0)
-        assert entered.wait(10)
+        assert entered.acquire(timeout=10)
         begun = time.monotonic()
         served.call(served.server.stop(), timeout=LONG)
         assert time.monotonic() - begun < LONG / 2
