@@ -32,3 +32,19 @@ class ServerStopped(ServerNotRunning):
 
 class ServerStartError(LightningAttemptsError, RuntimeError):
     """The server could not start, e.g. because its port is in use."""
+
+
+class Unauthorized(LightningAttemptsError, PermissionError):
+    """The server refused a request for lack of its API key (401): ``AGL_KEY``, or ``api_key=...``."""
+
+
+class RequestRefused(LightningAttemptsError, ValueError):
+    """The server refused a request (a 4xx but 401): malformed, or naming what it does not hold.
+
+    ``status`` is the HTTP status, ``detail`` the server's answer (what was wrong).
+    """
+
+    def __init__(self, status: int, detail: object) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail

@@ -13,7 +13,9 @@ parts, one concern each:
 - ``claims.py``: the claim book, and which claim a submission belongs to (in order);
 - ``transport.py``: pooled httpx connections per process and per event loop, the retry policy;
 - ``heartbeats.py``: the background heartbeats of claims under a lease;
-- ``lifecycle.py``: releases at exit and when a multiprocessing worker ends, resets after a fork.
+- ``lifecycle.py``: releases at exit and when a multiprocessing worker ends, resets after a fork;
+- ``producer.py``: ``RemoteServer``, the trainer's side (queue, publish, wait, take) of a server in
+  another process, over HTTP.
 
 Every part logs on the ``lightning_attempts.client`` logger.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from .claims import MAX_OPEN_CLAIMS, Claim
 from .client import DEFAULT_POLL_WAIT, AttemptAwareClient
+from .producer import RemoteServer
 from .protocol import RELEASE_TIMEOUT
 
-__all__ = ["DEFAULT_POLL_WAIT", "MAX_OPEN_CLAIMS", "RELEASE_TIMEOUT", "AttemptAwareClient", "Claim"]
+__all__ = ["DEFAULT_POLL_WAIT", "MAX_OPEN_CLAIMS", "RELEASE_TIMEOUT", "AttemptAwareClient", "Claim", "RemoteServer"]

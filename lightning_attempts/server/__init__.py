@@ -4,6 +4,8 @@
   below, swaps in the attempt-aware store at each start and keeps the public operations.
 - ``routes``: the HTTP API (``/task``, ``/rollout``, ``/heartbeat``, ``/release``,
   ``/attempts``, ``/metrics``), answering from the store of the current run.
+- ``producer_routes``: the producer API (``/tasks``, ``/resources``, ``/rollouts``), for a trainer
+  in another process (``lightning_attempts.client.RemoteServer``).
 - ``direct_route``: ``DirectRoute``, the route class serving the hot routes without FastAPI's
   per-request machinery.
 - ``lifecycle``: ``Serving``, uvicorn started in the background, its bind errors

@@ -27,6 +27,7 @@ from .completions import Completions
 from .deadlines import DeadlineTimer
 from .lifecycle import Serving, warn_if_open
 from .polls import ParkedPolls
+from .producer_routes import ProducerRoutes
 from .routes import Routes
 
 logger = logging.getLogger(__package__)  # "lightning_attempts.server"
@@ -77,6 +78,7 @@ class AttemptAwareServer(AgentLightningServer):
             history=self.attempt_history,
             rewrite_endpoints=lambda: self.options.rewrite_loopback_endpoints is True,
         )
+        self._producer_routes = ProducerRoutes(self)  # a trainer in another process: queue, publish, take, wait
         super().__init__(host=host, port=port, task_timeout_seconds=task_timeout_seconds)
         self._serving = Serving(self._uvicorn_config, self._answer_parked_polls)
         self._uvicorn_server = self._serving.uvicorn
@@ -118,9 +120,10 @@ class AttemptAwareServer(AgentLightningServer):
         self._routes.use(None, None)
 
     def _answer_parked_polls(self) -> None:
-        """Shutdown begins: answer parked long polls now rather than when their wait ends."""
+        """Shutdown begins: answer parked long polls and held waits now rather than when their wait ends."""
         if self._polls is not None:
             self._polls.close()
+        self._producer_routes.close()
 
     def create_store(self) -> AttemptAwareDataStore:
         """The store a fresh server run uses; override to customise it."""
@@ -138,6 +141,7 @@ class AttemptAwareServer(AgentLightningServer):
     def _setup_routes(self) -> None:
         super()._setup_routes()
         self._routes.install(self._app)
+        self._producer_routes.install(self._app)
 
     @property
     def requires_key(self) -> bool:

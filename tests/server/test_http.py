@@ -227,7 +227,8 @@ def test_a_body_over_the_limit_is_refused(limited: Served, chunked: bool) -> Non
 def test_the_body_limit_reaches_the_routes_that_read_bodies(option: dict[str, Any], limit: int | None) -> None:
     app = AttemptAwareServer(port=0, **option)._app  # pyright: ignore[reportPrivateUsage]
     limits = {route.path: route.max_body_bytes for route in app.routes if isinstance(route, DirectRoute)}
-    assert limits == {"/task": limit, "/rollout": limit, "/heartbeat": limit, "/release": limit}
+    producer = ["/tasks", "/tasks/cancel", "/resources", "/rollouts/take", "/rollouts/wait"]
+    assert limits == dict.fromkeys(["/task", "/rollout", "/heartbeat", "/release", *producer], limit)
 
 
 def test_the_body_limit_must_be_positive() -> None:

@@ -58,6 +58,7 @@ def state(server: AttemptAwareServer) -> dict[str, Any]:
         "stats": stats,
         "queue": list(store._book.queue),  # pyright: ignore[reportPrivateUsage]
         "stored": sorted(store._completed_rollouts),  # pyright: ignore[reportPrivateUsage]
+        "resources": sorted(store._resource_versions),  # pyright: ignore[reportPrivateUsage]
     }
 
 
@@ -68,6 +69,7 @@ def test_no_server_errors_and_refusals_change_nothing(live: Served) -> None:
     api = schemathesis.openapi.from_dict(httpx.get(f"{live.endpoint}/openapi.json", headers=headers).json())
     operations: list[Any] = [result.ok() for result in api.get_all_operations()]  # pyright: ignore
     assert {op.path for op in operations} >= {"/task", "/rollout", "/heartbeat", "/attempts/stats"}
+    assert {op.path for op in operations} >= {"/tasks", "/tasks/cancel", "/resources", "/rollouts/wait"}  # producers
     calls: list[tuple[str, int]] = []
 
     positive: Any = schemathesis.GenerationMode.POSITIVE
