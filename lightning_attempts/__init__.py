@@ -19,7 +19,7 @@ from _lightning_attempts_switch import after_import, any_variable
 from .releases import AGENTLIGHTNING_VERSION, SUPPORTED_RELEASES
 
 if TYPE_CHECKING:
-    from .client import AttemptAwareClient, Claim
+    from .client import AttemptAwareClient, Claim, RemoteServer
     from .errors import LightningAttemptsError, OptionError, ServerNotRunning, ServerStartError, ServerStopped
     from .models import AttemptRollout, AttemptTask, AttemptTaskIfAny
     from .options import Options, StalePolicy
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _HOMES = {
-    ".client": ("AttemptAwareClient", "Claim"),
+    ".client": ("AttemptAwareClient", "Claim", "RemoteServer"),
     ".errors": ("LightningAttemptsError", "OptionError", "ServerNotRunning", "ServerStartError", "ServerStopped"),
     ".models": ("AttemptRollout", "AttemptTask", "AttemptTaskIfAny"),
     ".options": ("Options", "StalePolicy"),
@@ -54,6 +54,7 @@ __all__ = [
     "LightningAttemptsError",
     "OptionError",
     "Options",
+    "RemoteServer",
     "ServerNotRunning",
     "ServerStartError",
     "ServerStopped",

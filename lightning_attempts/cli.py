@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from .errors import OptionError, ServerStartError
 from .options import DEFAULTS, STALE_POLICIES, OptionSpec, StalePolicy, annotation, flagged, parse
 from .releases import AGENTLIGHTNING_VERSION
-from .switch.variables import resolve, variable
+from .switch.variables import SERVE_DEFAULTS, resolve, variable
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT = ParameterSource.DEFAULT
@@ -45,7 +45,7 @@ def _parsed(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 def _option_flag(name: str, each: OptionSpec) -> Callable[[FC], FC]:
     """``serve``'s flag for option ``name``: its help says its default there and the variable read in its absence."""
     flag = each.flag or "--" + name.replace("_", "-")
-    default = each.switch_default if each.has_switch_default else getattr(DEFAULTS, name)
+    default = SERVE_DEFAULTS.get(name, getattr(DEFAULTS, name))
     help = f"{each.help} [default: {_shown(default)}]"
     if each.variable:
         help += f" [env var: {variable(name)}]"
@@ -79,14 +79,17 @@ def _option_flags(command: FC) -> FC:
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, log_level: str, **options: Any) -> None:
-    """Run a standalone AttemptAwareServer until interrupted.
+    """Run an AttemptAwareServer in a process of its own until interrupted.
 
-    Each server option not given here is read from its LIGHTNING_ATTEMPTS_<OPTION> variable, as
-    with LIGHTNING_ATTEMPTS_INSTALL=1 and install(); an option given here wins.
+    Workers poll it as they would a trainer's server; a trainer in another process drives it over
+    its producer routes (lightning_attempts.client.RemoteServer: queue tasks, publish resources,
+    wait for and take results). Each server option not given here is read from its
+    LIGHTNING_ATTEMPTS_<OPTION> variable, as with LIGHTNING_ATTEMPTS_INSTALL=1 and install(); an
+    option given here wins.
     """
     explicit = {name: value for name, value in options.items() if ctx.get_parameter_source(name) != DEFAULT}
     try:
-        resolved = resolve(explicit)  # every variable checked before anything slow
+        resolved = resolve(explicit, defaults=SERVE_DEFAULTS)  # every variable checked before anything slow
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     try:

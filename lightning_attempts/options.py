@@ -69,10 +69,16 @@ class OptionSpec:
     """The ``serve`` flag when not derived from the name (``--task-timeout``)."""
     switch_default: Any = _UNSET
     """The default where the switch, ``install()``, verl's daemon or ``serve`` build the server, if it differs."""
+    serve_default: Any = _UNSET
+    """The default of ``lightning-attempts serve`` alone, if it differs from the switch's."""
 
     @property
     def has_switch_default(self) -> bool:
         return self.switch_default is not _UNSET
+
+    @property
+    def has_serve_default(self) -> bool:
+        return self.serve_default is not _UNSET
 
 
 def option(default: Any, help: str, **spec: Any) -> Any:
@@ -217,6 +223,13 @@ class Options:
         "Serve a loopback LLM endpoint in the resources as the host each worker reached this server by, so that "
         "workers on other machines reach it (verl's daemon turns it on). None: off.",
     )
+    producer_api: bool = option(
+        False,
+        "Serve the producer routes (POST /tasks, /resources, /rollouts/take, /rollouts/wait, /tasks/cancel; GET "
+        "/rollouts/ID), so that a trainer in another process can drive this server (RemoteServer). Off where the "
+        "trainer owns its server (verl's daemon), on for lightning-attempts serve.",
+        serve_default=True,
+    )
     clock: Clock = option(time.monotonic, "Monotonic clock of claim deadlines (tests inject one).", variable=False)
 
     def __post_init__(self) -> None:
@@ -246,6 +259,7 @@ class ServerArguments(TypedDict, total=False):
     max_poll_wait: float
     api_key: str | None
     rewrite_loopback_endpoints: bool | None
+    producer_api: bool
     clock: Clock
 
 

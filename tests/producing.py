@@ -17,8 +17,9 @@ LONG = 30.0
 
 @contextmanager
 def serving(**options: Any) -> Generator[Served]:
-    """An AttemptAwareServer (60 s task timeout, manual clock) with ``options``, serving on a free loopback port."""
-    server = AttemptAwareServer(port=0, task_timeout_seconds=60, clock=ManualClock(), **options)
+    """An AttemptAwareServer (60 s task timeout, manual clock, the producer routes) with ``options``, serving on a
+    free loopback port."""
+    server = AttemptAwareServer(port=0, task_timeout_seconds=60, clock=ManualClock(), producer_api=True, **options)
     with serve_in_thread(server) as served:
         yield served
 

@@ -141,7 +141,8 @@ class AttemptAwareServer(AgentLightningServer):
     def _setup_routes(self) -> None:
         super()._setup_routes()
         self._routes.install(self._app)
-        self._producer_routes.install(self._app)
+        if self.options.producer_api:  # a trainer in another process (serve): not on a server a trainer owns
+            self._producer_routes.install(self._app)
 
     @property
     def requires_key(self) -> bool:

@@ -39,6 +39,12 @@ heartbeat, keep their claims until the timeout, as before.
 """
 
 
+SERVE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {**SWITCH_DEFAULTS, **{name: each.serve_default for name, each in settable() if each.has_serve_default}}
+)
+"""The defaults of ``lightning-attempts serve``: the switch's, and the producer routes on (a trainer elsewhere)."""
+
+
 def variable(option: str) -> str:
     """The variable of ``option``: ``LIGHTNING_ATTEMPTS_<OPTION>``."""
     return PREFIX + option.upper()
@@ -89,19 +95,21 @@ def from_variables(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     return options
 
 
-def resolve(*explicit: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+def resolve(
+    *explicit: Mapping[str, Any], environ: Mapping[str, str] = os.environ, defaults: Mapping[str, Any] = SWITCH_DEFAULTS
+) -> dict[str, Any]:
     """A server's keyword arguments, each option from the first of these that gives it:
 
     1. ``explicit``: what the code building the server passes, ``install(...)``'s options, ``serve``'s
        flags (where several mappings are given, a later one wins over an earlier one);
     2. its ``LIGHTNING_ATTEMPTS_<OPTION>`` variable;
     3. for ``api_key``, ``AGL_KEY``;
-    4. ``SWITCH_DEFAULTS``;
+    4. ``defaults``: the switch's (``SWITCH_DEFAULTS``), or ``serve``'s (``SERVE_DEFAULTS``);
     5. ``AttemptAwareServer``'s own default: an option none of the above gives is left out.
 
     Built from the last step up, so that each step overrides the ones below it.
     """
-    resolved: dict[str, Any] = dict(SWITCH_DEFAULTS)  # 4
+    resolved: dict[str, Any] = dict(defaults)  # 4
     key = validate_key(environ.get(KEY_ENV))
     if key is not None:
         resolved["api_key"] = key  # 3

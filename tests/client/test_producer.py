@@ -205,7 +205,7 @@ async def test_start_returns_once_a_server_starting_later_answers() -> None:
     starting = asyncio.ensure_future(remote.start(timeout=LONG))
     await asyncio.wait_for(refused.wait(), 10)  # its first try found nothing
     assert not starting.done()
-    server = AttemptAwareServer(port=port)
+    server = AttemptAwareServer(port=port, producer_api=True)
     with serve_in_thread(server):
         await asyncio.wait_for(starting, 10)
 

@@ -55,9 +55,10 @@ def serve() -> Iterator[str]:
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
     try:
         assert process.stderr is not None
+        starting = process.stderr.readline()  # it says it starts, then where it serves
         line = process.stderr.readline()
         match = re.search(r"serving on (http://\S+)", line)
-        assert match, line + process.stderr.read()
+        assert match, starting + line + process.stderr.read()
         threading.Thread(target=process.stderr.read, daemon=True).start()  # nothing blocks on a full pipe
         yield match.group(1)
         process.send_signal(signal.SIGINT)

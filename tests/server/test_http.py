@@ -225,7 +225,7 @@ def test_a_body_over_the_limit_is_refused(limited: Served, chunked: bool) -> Non
 
 @pytest.mark.parametrize(("option", "limit"), [({}, 64 * 2**20), ({"max_body_bytes": None}, None)])
 def test_the_body_limit_reaches_the_routes_that_read_bodies(option: dict[str, Any], limit: int | None) -> None:
-    app = AttemptAwareServer(port=0, **option)._app  # pyright: ignore[reportPrivateUsage]
+    app = AttemptAwareServer(port=0, producer_api=True, **option)._app  # pyright: ignore[reportPrivateUsage]
     limits = {route.path: route.max_body_bytes for route in app.routes if isinstance(route, DirectRoute)}
     producer = ["/tasks", "/tasks/cancel", "/resources", "/rollouts/take", "/rollouts/wait"]
     assert limits == dict.fromkeys(["/task", "/rollout", "/heartbeat", "/release", *producer], limit)

@@ -34,6 +34,7 @@ def live(request: pytest.FixtureRequest) -> Iterator[Served]:
         max_poll_wait=0.05,
         clock=ManualClock(),
         api_key=request.param,
+        producer_api=True,
     )
     with serve_in_thread(server) as served:
         served.call(server.update_resources(RESOURCES))

@@ -325,7 +325,7 @@ def test_every_producer_route_needs_the_key() -> None:
 
 
 async def test_between_runs_the_routes_answer_503() -> None:
-    server = AttemptAwareServer(port=0)  # not started: no store
+    server = AttemptAwareServer(port=0, producer_api=True)  # not started: no store
     transport = httpx.ASGITransport(app=server._app)  # pyright: ignore[reportPrivateUsage]
     async with httpx.AsyncClient(transport=transport, base_url="http://server") as http:
         for method, path, body in ROUTES:
@@ -339,3 +339,12 @@ def test_the_routes_are_in_the_openapi_schema(http: httpx.Client) -> None:
         operation = paths[path.replace("rollout-x", "{rollout_id}")][method.lower()]
         assert operation["summary"] and "200" in operation["responses"], path
     assert paths["/rollouts/wait"]["post"]["responses"]["404"]
+
+
+def test_a_server_the_trainer_owns_has_no_producer_routes() -> None:
+    """Off unless asked for (serve turns them on): on verl's daemon, open on 0.0.0.0 without a key by default,
+    anyone could otherwise take the trainer's results or publish resources that redirect its workers' LLM calls."""
+    app = AttemptAwareServer(port=0)._app  # pyright: ignore[reportPrivateUsage]
+    paths = {str(getattr(route, "path", "")) for route in app.routes}
+    assert not paths & {"/tasks", "/resources", "/rollouts/take", "/rollouts/wait", "/tasks/cancel"}
+    assert "/rollouts/{rollout_id}" not in paths
