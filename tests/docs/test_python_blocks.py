@@ -13,7 +13,6 @@ A block without a marker fails the test, so that no block goes untested by overs
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,60 +21,54 @@ from pathlib import Path
 import pytest
 
 from ..paths import GUIDE, README
+from .blocks import Block, blocks
 
-MARKER = re.compile(r"<!-- docs-test: (run|fragment)(?::\s*(.*?))? -->")
-FENCE = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 DOCUMENTS = (README, GUIDE)
+KINDS = ("run", "fragment")
 
 
 @dataclass(frozen=True)
-class Block:
+class PythonBlock:
     document: str
-    line: int
-    kind: str
-    """``run``, ``fragment``, or ``""`` when unmarked."""
-    reason: str
-    code: str
+    block: Block
 
     def __str__(self) -> str:
-        return f"{self.document} line {self.line}"
+        return f"{self.document} line {self.block.line}"
 
 
-def python_blocks(path: Path) -> list[Block]:
-    """The ``python`` blocks of ``path``, each with the marker on the line before its fence (if any)."""
-    markdown = path.read_text()
-    blocks: list[Block] = []
-    for fence in FENCE.finditer(markdown):
-        before = markdown[: fence.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        marker = MARKER.fullmatch(before.strip())
-        line = markdown.count("\n", 0, fence.start()) + 1
-        kind, reason = (marker.group(1), marker.group(2) or "") if marker else ("", "")
-        blocks.append(Block(path.name, line, kind, reason, fence.group(1)))
-    return blocks
+def python_blocks(path: Path) -> list[PythonBlock]:
+    """The ``python`` blocks of ``path``, each with its marker (a kind other than ``KINDS`` counts as none)."""
+    return [
+        PythonBlock(path.name, b if b.kind in KINDS else Block(b.line, "", "", b.code))
+        for b in blocks(path.read_text(), "python")
+    ]
 
 
 ALL = [block for path in DOCUMENTS for block in python_blocks(path)]
 
 
 def test_every_python_block_is_marked_and_fragments_say_why() -> None:
-    unmarked = [str(b) for b in ALL if not b.kind]
+    unmarked = [str(b) for b in ALL if not b.block.kind]
     assert not unmarked, f"Python blocks need a <!-- docs-test: run --> or fragment marker: {unmarked}"
-    assert all(b.reason for b in ALL if b.kind == "fragment"), "a fragment marker must say why"
-    assert sum(b.kind == "run" for b in ALL if b.document == README.name) >= 2
+    assert all(b.block.reason for b in ALL if b.block.kind == "fragment"), "a fragment marker must say why"
+    assert sum(b.block.kind == "run" for b in ALL if b.document == README.name) >= 2
 
 
 def test_blocks_parse_with_their_markers(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("<!-- docs-test: fragment: yours -->\n```python\nx\n```\n\n```python\ny\n```\n")
-    assert python_blocks(page) == [Block("page.md", 2, "fragment", "yours", "x\n"), Block("page.md", 6, "", "", "y\n")]
+    assert python_blocks(page) == [
+        PythonBlock("page.md", Block(2, "fragment", "yours", "x\n")),
+        PythonBlock("page.md", Block(6, "", "", "y\n")),
+    ]
 
 
 @pytest.mark.once
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("block", [b for b in ALL if b.kind == "run"], ids=str)
-def test_python_block_runs_as_written(block: Block, tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [b for b in ALL if b.block.kind == "run"], ids=str)
+def test_python_block_runs_as_written(block: PythonBlock, tmp_path: Path) -> None:
     program = tmp_path / "example.py"
-    program.write_text(block.code)
+    program.write_text(block.block.code)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_ATTEMPTS_") and k != "AGL_KEY"}
     done = subprocess.run(
         [sys.executable, str(program)],

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,30 +28,14 @@ import pytest
 from lightning_attempts.compat import AGENTLIGHTNING_VERSION
 
 from ..paths import ROOT
+from .blocks import Block, blocks
 
-MARKER = re.compile(r"<!-- docs-test: (run|serve|skip)(?::\s*(.*?))? -->")
-FENCE = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
-
-
-@dataclass(frozen=True)
-class Block:
-    line: int
-    kind: str
-    """``run``, ``serve``, ``skip``, or ``""`` when unmarked."""
-    reason: str
-    code: str
+KINDS = ("run", "serve", "skip")
 
 
 def shell_blocks(markdown: str) -> list[Block]:
-    """The ``bash`` blocks of ``markdown``, each with the marker on the line before its fence (if any)."""
-    blocks: list[Block] = []
-    for fence in FENCE.finditer(markdown):
-        before = markdown[: fence.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        marker = MARKER.fullmatch(before.strip())
-        line = markdown.count("\n", 0, fence.start()) + 1
-        kind, reason = (marker.group(1), marker.group(2) or "") if marker else ("", "")
-        blocks.append(Block(line, kind, reason, fence.group(1)))
-    return blocks
+    """The ``bash`` blocks of ``markdown``, each with its marker (a kind other than ``KINDS`` counts as none)."""
+    return [b if b.kind in KINDS else Block(b.line, "", "", b.code) for b in blocks(markdown, "bash")]
 
 
 def test_every_shell_block_is_marked_and_skips_say_why() -> None:
