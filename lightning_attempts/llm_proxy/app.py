@@ -1,0 +1,353 @@
+"""``LlmProxy``: the ASGI application that forwards LLM calls to the backends, attempt by attempt.
+
+``/v1/{path}`` is forwarded as upstream's proxy forwards it (old workers), with the key when
+one is set. ``/rollout/{rollout_id}/attempt/{attempt_id}/v1/{path}`` needs no key (the
+attempt id is an unguessable UUID4, and the URL works only while its attempt is live):
+``liveness(rollout_id, attempt_id)`` is asked once the request's body is in, right before a
+backend is chosen and the call sent, with no await in between on the proxy's side. The
+store answering it runs on the same event loop, so an attempt can turn stale while the call
+is in flight (or while aiohttp takes a connection); that call is not taken back, but
+liveness never comes back, so nothing refused could have been stored.
+
+Answers pass through as they come: a body with a length is read and sent whole, anything
+else (server-sent events) chunk by chunk. A client that hangs up cancels its backend call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from starlette.types import Message, Receive, Scope, Send
+from yarl import URL
+
+from .errors import send_error
+from .headers import request_headers, response_headers
+from .records import CallRecord, CallRecords
+from .routing import BackendRouter, Backends
+from .stats import LatencyHistogram, RefusalSummary, latency_summary
+from .targets import Attempt, Target, parse_target
+from .tokens import StreamTokens, Tokens, tokens_of_answer
+
+logger = logging.getLogger(__name__)
+
+Liveness = Callable[[str, str], "str | None"]
+"""``liveness(rollout_id, attempt_id)``: None while the attempt is live, else why it is not (e.g. ``superseded``)."""
+
+MAX_BODY_BYTES = 64 * 2**20
+TIMEOUT_SECONDS = 1200.0
+"""Longest wait for the backend's next bytes (verl's ``llm_timeout_seconds`` on 0.2 and 0.3)."""
+CONNECT_TIMEOUT_SECONDS = 30.0
+BACKEND_KEEPALIVE_SECONDS = 4.0
+"""Below uvicorn's (vLLM's) 5 s, so that the proxy never reuses a connection the backend is closing."""
+_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")  # only what the client sent
+_NOT_LIVE = (("x-should-retry", "false"),)  # the openai client retries a 409 unless told not to
+
+
+@dataclass(slots=True)
+class _Call:
+    """One forwarded call's state, shared with its disconnect watcher."""
+
+    answered: bool = False
+    client_gone: bool = False
+    waited: float = 0.0
+
+
+class LlmProxy:
+    """Forwards ``/v1`` and attempt-scoped LLM calls to ``backends()``; refuses the calls of attempts not live."""
+
+    def __init__(
+        self,
+        backends: Backends,
+        liveness: Liveness,
+        *,
+        api_key: str | None = None,
+        timeout_seconds: float | None = TIMEOUT_SECONDS,
+        connect_timeout_seconds: float | None = CONNECT_TIMEOUT_SECONDS,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_connections_per_backend: int = 0,
+        records: CallRecords | None = None,
+        router: BackendRouter | None = None,
+        refusals: RefusalSummary | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.liveness = liveness
+        self.router = router if router is not None else BackendRouter(backends)
+        self.records = records if records is not None else CallRecords()
+        """Token ids of each live attempt's calls (``calls_of``, ``discard``, ``clear``)."""
+        self.refusals = refusals if refusals is not None else RefusalSummary()
+        self.max_body_bytes = max_body_bytes
+        self._key = api_key.encode() if api_key else None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_seconds, sock_read=timeout_seconds
+        )
+        self._max_per_backend = max_connections_per_backend
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self.latency = LatencyHistogram()
+        """Time each forwarded call spent in the proxy: its whole time less its waits on the backend."""
+        self.counts: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+
+    @property
+    def requires_key(self) -> bool:
+        """Whether plain ``/v1`` calls need the key."""
+        return self._key is not None
+
+    # -- what the daemon calls ---------------------------------------------------------
+
+    def forget(self, rollout_id: str, attempt_id: str) -> None:
+        """Forget the backend of an attempt (over): its next call, if any, is routed afresh."""
+        self.router.forget(Attempt(rollout_id, attempt_id))
+
+    def calls_of(self, rollout_id: str, attempt_id: str) -> list[CallRecord]:
+        """The recorded calls of an attempt (see ``CallRecords``)."""
+        return self.records.calls_of(rollout_id, attempt_id)
+
+    def discard(self, rollout_id: str, attempt_id: str) -> None:
+        self.records.discard(rollout_id, attempt_id)
+
+    def clear(self) -> None:
+        """Forget every attempt's recorded calls."""
+        self.records.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the start, as a plain dict (``stats.latency_between`` takes a window's latency)."""
+        summary = latency_summary(self.latency.counts, self.latency.sum)
+        return {
+            "forwarded": self.counts["forwarded_plain"] + self.counts["forwarded_attempt"],
+            **{name: self.counts[name] for name in _COUNTERS},
+            "refused": sum(self.refused.values()),
+            "refused_by_reason": dict(self.refused),
+            "in_flight": sum(self.router.in_flight().values()),
+            "routed_attempts": self.router.routes(),
+            "added_latency_p50_ms": summary["p50_ms"],
+            "added_latency_p99_ms": summary["p99_ms"],
+            "added_latency_sum_s": self.latency.sum,
+            "added_latency_count": self.latency.count,
+            "added_latency_buckets": list(self.latency.counts),
+            **self.records.stats(),
+        }
+
+    async def aclose(self) -> None:
+        """Close the connections to the backends (after the server stopped)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # -- serving -----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # served with lifespan="off"; no websockets
+        started = self._clock()
+        target = parse_target(scope.get("raw_path") or scope["path"].encode())
+        attempt = target.attempt if target is not None else None
+        if attempt is None and self._key is not None and not self._authorized(scope["headers"]):
+            await self._refuse(send, 401, "unauthorized", "invalid_request_error", "Invalid or missing API key")
+            return
+        if target is None:
+            await send_error(send, 404, "Not found: use /v1/...", type_="invalid_request_error", code="not_found")
+            return
+        body = await _read_body(receive, self.max_body_bytes)
+        if body is None:
+            await send_error(send, 413, "Request body too large", type_="invalid_request_error", code="too_large")
+            return
+        if attempt is not None:
+            reason = self._why_not_live(attempt)
+            if reason is not None:
+                self.router.forget(attempt)
+                message = f"Attempt {attempt.attempt_id} of rollout {attempt.rollout_id} is no longer live: {reason}"
+                await self._refuse(send, 409, reason, "attempt_not_live", message, _NOT_LIVE)
+                return
+        backend = self.router.acquire(attempt)
+        if backend is None:
+            self.counts["no_backend"] += 1
+            await send_error(send, 503, "No backend LLM server available", type_="server_error", code="no_backend")
+            return
+        self.counts["forwarded_attempt" if attempt is not None else "forwarded_plain"] += 1
+        call = _Call()
+        try:
+            await self._forward(scope, receive, send, target, body, backend, call)
+        finally:
+            self.router.release(backend)
+            self.latency.add(self._clock() - started - call.waited)
+
+    def _why_not_live(self, attempt: Attempt) -> str | None:
+        try:
+            return self.liveness(attempt.rollout_id, attempt.attempt_id)
+        except Exception:
+            logger.exception("Liveness check failed for attempt %s of %s", attempt.attempt_id, attempt.rollout_id)
+            return "liveness_error"
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        key = self._key
+        assert key is not None
+        for name, value in headers:
+            if name == b"authorization":
+                if value[:7].lower() == b"bearer " and hmac.compare_digest(value[7:], key):
+                    return True
+            elif name == b"x-api-key" and hmac.compare_digest(value, key):
+                return True
+        return False
+
+    async def _refuse(
+        self, send: Send, status: int, reason: str, type_: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self.refused[reason] += 1
+        self.refusals.refused(reason)
+        encoded = tuple((name.encode(), value.encode()) for name, value in headers)
+        await send_error(send, status, message, type_=type_, code=reason, headers=encoded)
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, target: Target, body: bytes, backend: str, call: _Call
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(lambda done: _on_disconnect(done, task, call))
+        try:
+            await self._exchange(scope, send, target, body, backend, call)
+        except asyncio.CancelledError:
+            if not call.client_gone:
+                raise
+            self.counts["client_disconnected"] += 1
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+        finally:
+            call.answered = True
+            watcher.cancel()
+
+    async def _exchange(self, scope: Scope, send: Send, target: Target, body: bytes, backend: str, call: _Call) -> None:
+        attempt = target.attempt
+        query = scope["query_string"]
+        url = f"http://{backend}{target.upstream_path}" + (f"?{query.decode('latin-1')}" if query else "")
+        headers = request_headers(scope["headers"], strip_keys=self._key is not None, identity=attempt is not None)
+        waiting = self._clock()
+        try:
+            response = await self._client().request(
+                scope["method"],
+                URL(url, encoded=True),
+                data=body or None,
+                headers=headers,
+                allow_redirects=False,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+            )
+        except Exception as error:
+            call.waited += self._clock() - waiting
+            await self._failed(send, backend, attempt, error, answered=False)
+            return
+        call.waited += self._clock() - waiting
+        started = False
+        try:
+            answer_headers = response_headers(response.raw_headers)
+            streamed = response.content_length is None or response.content_type == "text/event-stream"
+            start: Message = {"type": "http.response.start", "status": response.status, "headers": answer_headers}
+            if not streamed:
+                waiting = self._clock()
+                data = await response.read()
+                call.waited += self._clock() - waiting
+                call.answered = started = True
+                await send(start)
+                await send({"type": "http.response.body", "body": data})
+                tokens = tokens_of_answer(data) if attempt is not None else Tokens()
+            else:
+                started = True
+                await send(start)
+                collector = StreamTokens() if attempt is not None else None
+                while True:
+                    waiting = self._clock()
+                    chunk = await response.content.readany()
+                    call.waited += self._clock() - waiting
+                    if not chunk:
+                        break
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if collector is not None:
+                        collector.feed(chunk)
+                call.answered = True
+                await send({"type": "http.response.body", "body": b""})
+                tokens = collector.tokens if collector is not None else Tokens()
+        except _UPSTREAM_ERRORS as error:
+            await self._failed(send, backend, attempt, error, answered=started)
+            return
+        finally:
+            response.release()
+        if attempt is not None:
+            path = target.upstream_path
+            self.records.add(attempt, CallRecord.of(scope["method"], path, response.status, streamed, backend, tokens))
+
+    async def _failed(
+        self, send: Send, backend: str, attempt: Attempt | None, error: BaseException, *, answered: bool
+    ) -> None:
+        """The backend could not be reached, or broke off: 502 (504 on a timeout), or end the answer begun."""
+        if not isinstance(error, _UPSTREAM_ERRORS):
+            raise error
+        timed_out = isinstance(error, asyncio.TimeoutError)
+        self.counts["timed_out_upstream" if timed_out else "failed_upstream"] += 1
+        if not timed_out:
+            self.router.failed(backend, attempt)
+        logger.warning("LLM backend %s %s: %s", backend, "timed out" if timed_out else "failed", type(error).__name__)
+        if answered:
+            raise error  # the answer began: only dropping the connection tells the client it is cut short
+        status, code = (504, "backend_timeout") if timed_out else (502, "backend_unreachable")
+        await send_error(send, status, f"LLM backend {backend} {code}", type_="server_error", code=code)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=self._max_per_backend, keepalive_timeout=BACKEND_KEEPALIVE_SECONDS
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._session
+
+
+_COUNTERS = (
+    "forwarded_plain",
+    "forwarded_attempt",
+    "failed_upstream",
+    "timed_out_upstream",
+    "client_disconnected",
+    "no_backend",
+)
+
+
+def _on_disconnect(watcher: asyncio.Future[Message], task: asyncio.Task[Any], call: _Call) -> None:
+    """The client hung up before its answer was complete: cancel the call (and so the backend's work)."""
+    if watcher.cancelled() or call.answered or watcher.exception() is not None:
+        return
+    if watcher.result()["type"] == "http.disconnect":
+        call.client_gone = True
+        task.cancel()
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request's whole body, or None past ``limit`` bytes."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body if len(body) <= limit else None
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
