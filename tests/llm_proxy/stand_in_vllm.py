@@ -170,7 +170,7 @@ class StandInVllm:
 async def _send_json(
     send: Send, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = json.dumps(payload).encode()
+    body = json.dumps(payload, separators=(",", ":")).encode()  # compact: a JSON round trip would change it
     start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": start_headers + (headers or [])})
     await send({"type": "http.response.body", "body": body})

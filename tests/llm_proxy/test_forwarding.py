@@ -40,8 +40,16 @@ async def test_a_call_reaches_a_backend_as_sent_minus_hop_by_hop_headers_and_hos
     assert received.headers["host"] == next(b.address for b in backends if b.received)
     for hop in ("x-hop", "keep-alive", "te"):
         assert hop not in received.headers
-    assert "user-agent" in received.headers  # the client's own, not aiohttp's
-    assert received.headers["user-agent"].startswith("python-httpx")
+    assert received.headers["user-agent"].startswith("python-httpx")  # the client's own, not aiohttp's
+
+
+async def test_the_proxy_adds_no_header_of_its_own(
+    start_proxy: StartProxy, backends: list[StandInVllm], http: httpx.AsyncClient
+) -> None:
+    server = await start_proxy()
+    await http.post(f"{server.endpoint}/v1/chat/completions", content=json.dumps(CHAT).encode())
+    (received,) = [r for backend in backends for r in backend.received]
+    assert "content-type" not in received.headers  # aiohttp would add application/octet-stream
 
 
 async def test_the_answer_passes_through_unchanged(

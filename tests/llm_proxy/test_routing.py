@@ -11,6 +11,9 @@ from lightning_attempts.llm_proxy import Attempt, BackendRouter
 from .conftest import CHAT, Attempts, StartProxy, attempt_url
 from .stand_in_vllm import StandInVllm
 
+WAIT_SECONDS = 10.0
+"""Bound on waiting for calls to reach a backend: they do at once, unless routed elsewhere."""
+
 
 async def test_all_calls_of_an_attempt_go_to_one_backend(
     start_proxy: StartProxy, attempts: Attempts, http: httpx.AsyncClient
@@ -34,13 +37,13 @@ async def test_a_new_attempt_goes_to_the_backend_with_the_fewest_calls_in_flight
         backend.gate = gate
     busy = attempts.live()
     held = [asyncio.ensure_future(http.post(attempt_url(server, busy), json=CHAT)) for _ in range(3)]
-    loaded = await _first_to_receive(backends)
-    await loaded.wait_received(3)  # all three on the busy attempt's backend
+    loaded = await asyncio.wait_for(_first_to_receive(backends), WAIT_SECONDS)
+    await asyncio.wait_for(loaded.wait_received(3), WAIT_SECONDS)  # all three on the busy attempt's backend
     fresh = [asyncio.ensure_future(http.post(attempt_url(server, attempts.live()), json=CHAT)) for _ in range(2)]
     plain = asyncio.ensure_future(http.post(f"{server.endpoint}/v1/chat/completions", json=CHAT))
     idle = next(backend for backend in backends if backend is not loaded)
-    await idle.wait_received(2)  # both new attempts: 0 and then 1 in flight there, against 3
-    await idle.wait_received(3)  # and the plain call (2 against 3)
+    await asyncio.wait_for(idle.wait_received(2), WAIT_SECONDS)  # both new attempts: 0, then 1 in flight, against 3
+    await asyncio.wait_for(idle.wait_received(3), WAIT_SECONDS)  # and the plain call (2 against 3)
     gate.set()
     answers = await asyncio.gather(*held, *fresh, plain)
     assert [a.headers["x-backend"] for a in answers] == [loaded.name] * 3 + [idle.name] * 3
