@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from lightning_attempts.server.lifecycle import Serving
+from lightning_attempts.llm_proxy.serving import NoDelayServing
 
 RESPONSE_TOKENS = 3
 
@@ -59,7 +59,7 @@ class StandInVllm:
         self.hung_up = asyncio.Event()
         """Set when a client hung up while an answer was held."""
         self._arrived = asyncio.Condition()
-        self._serving = Serving(
+        self._serving = NoDelayServing(
             uvicorn.Config(self, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False),
             on_shutdown=lambda: None,
         )
