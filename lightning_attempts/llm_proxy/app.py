@@ -9,8 +9,7 @@ store answering it runs on the same event loop, so an attempt can turn stale whi
 is in flight (or while aiohttp takes a connection); that call is not taken back, but
 liveness never comes back, so nothing refused could have been stored.
 
-Answers pass through as they come: a body with a length is read and sent whole, anything
-else (server-sent events) chunk by chunk. A client that hangs up cancels its backend call.
+The backend leg is ``forwarding.Forwarder``'s: answers pass through as they come.
 """
 
 from __future__ import annotations
@@ -21,20 +20,17 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from starlette.types import Message, Receive, Scope, Send
-from yarl import URL
+from starlette.types import Receive, Scope, Send
 
-from .errors import send_error
-from .headers import request_headers, response_headers
+from .asgi import read_body, send_error
+from .forwarding import Call, Forwarder
 from .records import CallRecord, CallRecords
 from .routing import BackendRouter, Backends
 from .stats import LatencyHistogram, RefusalSummary, latency_summary
-from .targets import Attempt, Target, parse_target
-from .tokens import StreamTokens, Tokens, tokens_of_answer
+from .targets import Attempt, parse_target
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +41,7 @@ MAX_BODY_BYTES = 64 * 2**20
 TIMEOUT_SECONDS = 1200.0
 """Longest wait for the backend's next bytes (verl's ``llm_timeout_seconds`` on 0.2 and 0.3)."""
 CONNECT_TIMEOUT_SECONDS = 30.0
-BACKEND_KEEPALIVE_SECONDS = 4.0
-"""Below uvicorn's (vLLM's) 5 s, so that the proxy never reuses a connection the backend is closing."""
-_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
-_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")  # only what the client sent
 _NOT_LIVE = (("x-should-retry", "false"),)  # the openai client retries a 409 unless told not to
-
-
-@dataclass(slots=True)
-class _Call:
-    """One forwarded call's state, shared with its disconnect watcher."""
-
-    answered: bool = False
-    client_gone: bool = False
-    waited: float = 0.0
 
 
 class LlmProxy:
@@ -86,12 +69,9 @@ class LlmProxy:
         self.refusals = refusals if refusals is not None else RefusalSummary()
         self.max_body_bytes = max_body_bytes
         self._key = api_key.encode() if api_key else None
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout_seconds, sock_read=timeout_seconds
-        )
-        self._max_per_backend = max_connections_per_backend
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds, sock_read=timeout_seconds)
+        self._forwarder = Forwarder(timeout, max_connections_per_backend, clock)
         self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
         self.latency = LatencyHistogram()
         """Time each forwarded call spent in the proxy: its whole time less its waits on the backend."""
         self.counts: Counter[str] = Counter()
@@ -139,9 +119,7 @@ class LlmProxy:
 
     async def aclose(self) -> None:
         """Close the connections to the backends (after the server stopped)."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._forwarder.aclose()
 
     # -- serving -----------------------------------------------------------------------
 
@@ -157,7 +135,7 @@ class LlmProxy:
         if target is None:
             await send_error(send, 404, "Not found: use /v1/...", type_="invalid_request_error", code="not_found")
             return
-        body = await _read_body(receive, self.max_body_bytes)
+        body = await read_body(receive, self.max_body_bytes)
         if body is None:
             await send_error(send, 413, "Request body too large", type_="invalid_request_error", code="too_large")
             return
@@ -174,12 +152,35 @@ class LlmProxy:
             await send_error(send, 503, "No backend LLM server available", type_="server_error", code="no_backend")
             return
         self.counts["forwarded_attempt" if attempt is not None else "forwarded_plain"] += 1
-        call = _Call()
+        query = scope["query_string"]
+        url = f"http://{backend}{target.upstream_path}" + (f"?{query.decode('latin-1')}" if query else "")
         try:
-            await self._forward(scope, receive, send, target, body, backend, call)
+            call = await self._forwarder.forward(
+                scope, receive, send, url, body, strip_keys=self._key is not None, record=attempt is not None
+            )
         finally:
             self.router.release(backend)
-            self.latency.add(self._clock() - started - call.waited)
+        self.latency.add(self._clock() - started - call.waited)
+        if call.client_gone:
+            self.counts["client_disconnected"] += 1
+        elif call.error is not None:
+            self._failed(backend, attempt, call)
+        elif attempt is not None:
+            record = CallRecord.of(
+                scope["method"], target.upstream_path, call.status, call.streamed, backend, call.tokens
+            )
+            self.records.add(attempt, record)
+
+    def _failed(self, backend: str, attempt: Attempt | None, call: Call) -> None:
+        """Count and log a backend that could not be reached or broke off; cut an answer that began short."""
+        timed_out = isinstance(call.error, asyncio.TimeoutError)
+        self.counts["timed_out_upstream" if timed_out else "failed_upstream"] += 1
+        if not timed_out:
+            self.router.failed(backend, attempt)
+        name = type(call.error).__name__
+        logger.warning("LLM backend %s %s: %s", backend, "timed out" if timed_out else "failed", name)
+        if call.started and call.error is not None:
+            raise call.error  # only dropping the connection tells the client that its answer is cut short
 
     def _why_not_live(self, attempt: Attempt) -> str | None:
         try:
@@ -207,114 +208,6 @@ class LlmProxy:
         encoded = tuple((name.encode(), value.encode()) for name, value in headers)
         await send_error(send, status, message, type_=type_, code=reason, headers=encoded)
 
-    async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, target: Target, body: bytes, backend: str, call: _Call
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(lambda done: _on_disconnect(done, task, call))
-        try:
-            await self._exchange(scope, send, target, body, backend, call)
-        except asyncio.CancelledError:
-            if not call.client_gone:
-                raise
-            self.counts["client_disconnected"] += 1
-            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-        finally:
-            call.answered = True
-            watcher.cancel()
-
-    async def _exchange(self, scope: Scope, send: Send, target: Target, body: bytes, backend: str, call: _Call) -> None:
-        attempt = target.attempt
-        query = scope["query_string"]
-        url = f"http://{backend}{target.upstream_path}" + (f"?{query.decode('latin-1')}" if query else "")
-        headers = request_headers(scope["headers"], strip_keys=self._key is not None, identity=attempt is not None)
-        waiting = self._clock()
-        try:
-            response = await self._client().request(
-                scope["method"],
-                URL(url, encoded=True),
-                data=body or None,
-                headers=headers,
-                allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
-            )
-        except Exception as error:
-            call.waited += self._clock() - waiting
-            await self._failed(send, backend, attempt, error, answered=False)
-            return
-        call.waited += self._clock() - waiting
-        started = False
-        try:
-            answer_headers = response_headers(response.raw_headers)
-            streamed = response.content_length is None or response.content_type == "text/event-stream"
-            start: Message = {"type": "http.response.start", "status": response.status, "headers": answer_headers}
-            if not streamed:
-                waiting = self._clock()
-                data = await response.read()
-                call.waited += self._clock() - waiting
-                call.answered = started = True
-                await send(start)
-                await send({"type": "http.response.body", "body": data})
-                tokens = tokens_of_answer(data) if attempt is not None else Tokens()
-            else:
-                started = True
-                await send(start)
-                collector = StreamTokens() if attempt is not None else None
-                while True:
-                    waiting = self._clock()
-                    chunk = await response.content.readany()
-                    call.waited += self._clock() - waiting
-                    if not chunk:
-                        break
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if collector is not None:
-                        collector.feed(chunk)
-                call.answered = True
-                await send({"type": "http.response.body", "body": b""})
-                tokens = collector.tokens if collector is not None else Tokens()
-        except _UPSTREAM_ERRORS as error:
-            await self._failed(send, backend, attempt, error, answered=started)
-            return
-        finally:
-            response.release()
-        if attempt is not None:
-            path = target.upstream_path
-            self.records.add(attempt, CallRecord.of(scope["method"], path, response.status, streamed, backend, tokens))
-
-    async def _failed(
-        self, send: Send, backend: str, attempt: Attempt | None, error: BaseException, *, answered: bool
-    ) -> None:
-        """The backend could not be reached, or broke off: 502 (504 on a timeout), or end the answer begun."""
-        if not isinstance(error, _UPSTREAM_ERRORS):
-            raise error
-        timed_out = isinstance(error, asyncio.TimeoutError)
-        self.counts["timed_out_upstream" if timed_out else "failed_upstream"] += 1
-        if not timed_out:
-            self.router.failed(backend, attempt)
-        logger.warning("LLM backend %s %s: %s", backend, "timed out" if timed_out else "failed", type(error).__name__)
-        if answered:
-            raise error  # the answer began: only dropping the connection tells the client it is cut short
-        status, code = (504, "backend_timeout") if timed_out else (502, "backend_unreachable")
-        await send_error(send, status, f"LLM backend {backend} {code}", type_="server_error", code=code)
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=self._max_per_backend, keepalive_timeout=BACKEND_KEEPALIVE_SECONDS
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-            )
-        return self._session
-
 
 _COUNTERS = (
     "forwarded_plain",
@@ -324,30 +217,3 @@ _COUNTERS = (
     "client_disconnected",
     "no_backend",
 )
-
-
-def _on_disconnect(watcher: asyncio.Future[Message], task: asyncio.Task[Any], call: _Call) -> None:
-    """The client hung up before its answer was complete: cancel the call (and so the backend's work)."""
-    if watcher.cancelled() or call.answered or watcher.exception() is not None:
-        return
-    if watcher.result()["type"] == "http.disconnect":
-        call.client_gone = True
-        task.cancel()
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request's whole body, or None past ``limit`` bytes."""
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body if len(body) <= limit else None
-    parts = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
-    return b"".join(parts)

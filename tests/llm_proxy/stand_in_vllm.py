@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from lightning_attempts.llm_proxy.asgi import read_body
 from lightning_attempts.llm_proxy.serving import NoDelayServing
 
 RESPONSE_TOKENS = 3
@@ -84,12 +85,7 @@ class StandInVllm:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive, 2**30) or b""
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         request = Received(scope["method"], scope["raw_path"].decode(), scope["query_string"], headers, body)
         async with self._arrived:

@@ -1,10 +1,10 @@
-"""OpenAI-style error answers: ``{"error": {"message", "type", "param", "code"}}``, which the openai client raises."""
+"""ASGI helpers: a request's whole body, and OpenAI-style error answers (``{"error": {"message", "type", "code"}}``)."""
 
 from __future__ import annotations
 
 import json
 
-from starlette.types import Send
+from starlette.types import Receive, Send
 
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 
@@ -28,3 +28,21 @@ async def send_error(
     start_headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request's whole body, or None past ``limit`` bytes (the rest is left unread)."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body if len(body) <= limit else None
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
