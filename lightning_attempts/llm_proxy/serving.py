@@ -16,7 +16,7 @@ import socket
 import uvicorn
 from starlette.types import ASGIApp
 
-from ..auth import is_loopback
+from ..hosts import is_loopback_host
 from ..server.lifecycle import Serving
 from .app import LlmProxy
 
@@ -79,7 +79,7 @@ class ProxyServer:
         address = f"{self.host}:{self.port}"
         if not await self._serving.start(timeout, endpoint=self.endpoint, address=address):
             raise TimeoutError(f"LLM proxy on {address} did not start within {timeout} s")
-        if not self.proxy.requires_key and not is_loopback(self.host):
+        if not self.proxy.requires_key and not is_loopback_host(self.host):
             logger.warning(
                 "LLM proxy on %s has no API key: anyone who reaches it can use the LLM backends through /v1. "
                 "Set AGL_KEY (or the server's api_key) for the daemon to pass it.",
