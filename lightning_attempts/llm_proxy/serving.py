@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import socket
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -24,23 +23,6 @@ logger = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 30.0
 """How long a worker's idle connection to the proxy is kept (uvicorn's default is 5 s)."""
-
-
-class NoDelayServing(Serving):
-    """``Serving`` whose connections send each write at once (``TCP_NODELAY``).
-
-    asyncio sets ``TCP_NODELAY`` only on sockets whose ``proto`` is ``IPPROTO_TCP``; the one
-    ``Serving.bind`` makes has ``proto`` 0, so its connections kept Nagle's algorithm, and an
-    answer written in two parts (uvicorn writes the headers, then the body) waited for the
-    client's delayed ACK: 40 ms added per call. Accepted connections inherit the option on
-    Linux and macOS.
-    """
-
-    def bind(self, host: str, port: int) -> int:
-        bound = super().bind(host, port)
-        if self._socket is not None:
-            self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return bound
 
 
 class ProxyServer:
@@ -65,7 +47,7 @@ class ProxyServer:
             date_header=False,
             timeout_keep_alive=int(KEEPALIVE_SECONDS),
         )
-        self._serving = NoDelayServing(config, on_shutdown=lambda: None)
+        self._serving = Serving(config, on_shutdown=lambda: None)
 
     @property
     def endpoint(self) -> str:

@@ -20,7 +20,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from lightning_attempts.llm_proxy.asgi import read_body
-from lightning_attempts.llm_proxy.serving import NoDelayServing
+from lightning_attempts.server.lifecycle import Serving
 
 RESPONSE_TOKENS = 3
 
@@ -60,7 +60,7 @@ class StandInVllm:
         self.hung_up = asyncio.Event()
         """Set when a client hung up while an answer was held."""
         self._arrived = asyncio.Condition()
-        self._serving = NoDelayServing(
+        self._serving = Serving(
             uvicorn.Config(self, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False),
             on_shutdown=lambda: None,
         )
