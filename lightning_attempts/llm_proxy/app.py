@@ -15,7 +15,6 @@ The backend leg is ``forwarding.Forwarder``'s: answers pass through as they come
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from typing import Any
 import aiohttp
 from starlette.types import Receive, Scope, Send
 
+from ..keys import KeyCheck, validate_key
 from .asgi import read_body, send_error
 from .forwarding import Call, Forwarder
 from .records import CallRecord, CallRecords
@@ -68,7 +68,8 @@ class LlmProxy:
         """Token ids of each live attempt's calls (``calls_of``, ``discard``, ``clear``)."""
         self.refusals = refusals if refusals is not None else RefusalSummary()
         self.max_body_bytes = max_body_bytes
-        self._key = api_key.encode() if api_key else None
+        key = validate_key(api_key)
+        self._key = KeyCheck(key) if key is not None else None
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds, sock_read=timeout_seconds)
         self._forwarder = Forwarder(timeout, max_connections_per_backend, clock)
         self._clock = clock
@@ -129,7 +130,7 @@ class LlmProxy:
         started = self._clock()
         target = parse_target(scope.get("raw_path") or scope["path"].encode())
         attempt = target.attempt if target is not None else None
-        if attempt is None and self._key is not None and not self._authorized(scope["headers"]):
+        if attempt is None and self._key is not None and not self._key.presented(scope["headers"]):
             await self._refuse(send, 401, "unauthorized", "invalid_request_error", "Invalid or missing API key")
             return
         if target is None:
@@ -188,17 +189,6 @@ class LlmProxy:
         except Exception:
             logger.exception("Liveness check failed for attempt %s of %s", attempt.attempt_id, attempt.rollout_id)
             return "liveness_error"
-
-    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        key = self._key
-        assert key is not None
-        for name, value in headers:
-            if name == b"authorization":
-                if value[:7].lower() == b"bearer " and hmac.compare_digest(value[7:], key):
-                    return True
-            elif name == b"x-api-key" and hmac.compare_digest(value, key):
-                return True
-        return False
 
     async def _refuse(
         self, send: Send, status: int, reason: str, type_: str, message: str, headers: tuple[tuple[str, str], ...] = ()
