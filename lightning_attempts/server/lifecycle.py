@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 
@@ -28,15 +28,24 @@ logger = logging.getLogger(__package__)  # "lightning_attempts.server"
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn's server, telling ours when shutdown begins: before it waits for open requests to end."""
+    """uvicorn's server, telling ours when shutdown begins (before it waits for open requests to end), and
+    stopping what runs beside it once shut down."""
 
     def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_shutdown = on_shutdown
+        self.after_shutdown: list[Callable[[], Awaitable[object]]] = []
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._on_shutdown()
-        await super().shutdown(sockets)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            for stop in self.after_shutdown:
+                try:
+                    await stop()
+                except Exception:
+                    logger.exception("Stopping %r with the server failed", stop)
 
 
 def _reason(error: OSError) -> str:
@@ -54,6 +63,11 @@ class Serving:
         """What upstream calls ``_uvicorn_server``; ``on_shutdown()`` runs as its shutdown begins."""
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
+
+    def stop_with(self, stop: Callable[[], Awaitable[object]]) -> None:
+        """Await ``stop()`` on the server's loop each time uvicorn has shut down (``stop()``, a signal)."""
+        assert isinstance(self.uvicorn, _Uvicorn)
+        self.uvicorn.after_shutdown.append(stop)
 
     def bind(self, host: str, port: int) -> int:
         """Bind ``host:port`` as uvicorn would, for ``start()``; return the bound port.
