@@ -71,8 +71,12 @@ class ClaimBook:
         _CURRENT_CLAIM.set((self._owner, claim))
         return claim
 
-    def skipped(self) -> Claim | None:
-        """The last claim made in this thread or asyncio task, if it is still open (never submitted)."""
+    def current(self) -> Claim | None:
+        """The last claim made in this thread or asyncio task, if it is still open (not submitted or released).
+
+        The runner fetches a task's resources right after claiming it, in the same thread or task;
+        when it polls again from there without having submitted, that claim was skipped.
+        """
         current = _CURRENT_CLAIM.get()
         if current is None or current[0] != self._owner:
             return None

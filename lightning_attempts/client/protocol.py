@@ -187,7 +187,7 @@ class Steps:
         First, release this thread's or task's previous claim if it was never submitted
         (the runner skipped it). Heartbeat the new claim if the server announced a lease.
         """
-        skipped = self._book.skipped()
+        skipped = self._book.current()
         if skipped is not None:
             yield from self.release(skipped)
         task: Task | None = yield _POLL
