@@ -42,6 +42,7 @@ TIMEOUT_SECONDS = 1200.0
 """Longest wait for the backend's next bytes (verl's ``llm_timeout_seconds`` on 0.2 and 0.3)."""
 CONNECT_TIMEOUT_SECONDS = 30.0
 _NOT_LIVE = (("x-should-retry", "false"),)  # the openai client retries a 409 unless told not to
+_UNAUTHORIZED = (("www-authenticate", "Bearer"),)
 
 
 class LlmProxy:
@@ -131,7 +132,9 @@ class LlmProxy:
         target = parse_target(scope.get("raw_path") or scope["path"].encode())
         attempt = target.attempt if target is not None else None
         if attempt is None and self._key is not None and not self._key.presented(scope["headers"]):
-            await self._refuse(send, 401, "unauthorized", "invalid_request_error", "Invalid or missing API key")
+            await self._refuse(
+                send, 401, "unauthorized", "invalid_request_error", "Invalid or missing API key", _UNAUTHORIZED
+            )
             return
         if target is None:
             await send_error(send, 404, "Not found: use /v1/...", type_="invalid_request_error", code="not_found")
@@ -144,6 +147,7 @@ class LlmProxy:
             reason = self._why_not_live(attempt)
             if reason is not None:
                 self.router.forget(attempt)
+                self.counts["refused_not_live"] += 1
                 message = f"Attempt {attempt.attempt_id} of rollout {attempt.rollout_id} is no longer live: {reason}"
                 await self._refuse(send, 409, reason, "attempt_not_live", message, _NOT_LIVE)
                 return
@@ -206,4 +210,5 @@ _COUNTERS = (
     "timed_out_upstream",
     "client_disconnected",
     "no_backend",
+    "refused_not_live",
 )

@@ -27,13 +27,15 @@ async def test_plain_calls_need_the_key_as_bearer_or_x_api_key(
         answer = await http.post(url, json=CHAT, headers=headers)
         assert answer.status_code == 401, headers
         assert answer.json()["error"]["code"] == "unauthorized"
+        assert answer.headers["www-authenticate"] == "Bearer"
     assert not any(backend.received for backend in backends)
     for headers in ({"authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {KEY}"}, {"x-api-key": KEY}):
         assert (await http.post(url, json=CHAT, headers=headers)).status_code == 200, headers
     received = [r for backend in backends for r in backend.received]
     assert len(received) == 3
     assert not any("authorization" in r.headers or "x-api-key" in r.headers for r in received)  # the key stays here
-    assert server.proxy.stats()["refused_by_reason"] == {"unauthorized": 4}
+    stats = server.proxy.stats()
+    assert (stats["refused_by_reason"], stats["refused_not_live"]) == ({"unauthorized": 4}, 0)  # not a stale call
 
 
 async def test_unknown_paths_need_the_key_too(start_proxy: StartProxy, http: httpx.AsyncClient) -> None:

@@ -45,7 +45,7 @@ async def test_a_call_of_an_attempt_no_longer_live_is_refused_before_any_backend
     assert attempt[1] in error["message"] and reason in error["message"]
     assert sum(len(backend.received) for backend in backends) == 1  # only the call made while live
     stats = server.proxy.stats()
-    assert (stats["refused_by_reason"], stats["forwarded_attempt"]) == ({reason: 1}, 1)
+    assert (stats["refused_by_reason"], stats["forwarded_attempt"], stats["refused_not_live"]) == ({reason: 1}, 1, 1)
     assert server.proxy.router.backend_of(Attempt(*attempt)) is None  # its route is forgotten
 
 
