@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from agentlightning import LLM
@@ -19,6 +20,7 @@ from lightning_attempts.client.claims import Claim
 from lightning_attempts.client.resources import scoped
 from lightning_attempts.compat import ResourcesUpdate
 from lightning_attempts.endpoints import attempt_endpoint
+from lightning_attempts.llm_proxy.targets import Attempt, parse_target
 from lightning_attempts.testing import ServerThread
 
 PORT = 41234
@@ -135,3 +137,10 @@ def test_without_a_proxy_port_the_endpoint_is_what_the_server_served(served: Ser
         assert endpoint_of(client.get_resources_by_id(resources_id)) == PROXY
     finally:
         client.close()
+
+
+def test_the_proxy_reads_the_attempt_back_from_the_endpoint_the_agent_is_handed() -> None:
+    endpoint = attempt_endpoint(PROXY, PORT, "rollout-1/x", "a-1")
+    target = parse_target(urlsplit(endpoint).path.encode() + b"/chat/completions")
+    assert target is not None and target.attempt == Attempt("rollout-1/x", "a-1")
+    assert target.upstream_path == "/v1/chat/completions"
