@@ -107,7 +107,9 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         self._start_attempt_proxy()
 
     def _start_attempt_proxy(self) -> None:
-        backends: Callable[[], list[str]] = lambda: self.backend_llm_server_addresses  # noqa: E731 (read per call)
+        def backends() -> list[str]:
+            return self.backend_llm_server_addresses  # read per call: verl sets them at each step
+
         proxy = DaemonProxy(self.attempt_server, backends, self.proxy_port, self.llm_timeout_seconds)
         self._on_loop(proxy.start)
         self.attempt_proxy = proxy
