@@ -24,8 +24,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Generator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -36,7 +34,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before agentlig
 import httpx
 import psutil
 
-from benchmarks.__main__ import RESULTS, free_port
+from benchmarks.__main__ import RESULTS, background, free_port
 from benchmarks.llm_proxy_roles import CHUNKS
 from lightning_attempts.llm_proxy import latency_between
 
@@ -58,29 +56,15 @@ class Skipped(RuntimeError):
 def role(python: str, name: str, port: int, *args: str) -> Generator[psutil.Process]:
     """Run ``benchmarks.llm_proxy_roles NAME PORT ...`` until it answers on ``/v1/models``; end it afterwards."""
     command = [python, "-m", "benchmarks.llm_proxy_roles", name, str(port), *args]
-    environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    with tempfile.TemporaryFile("w+") as errors:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=errors)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
-                    break
-                except httpx.HTTPError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        errors.seek(0)
-                        said = "".join(errors.readlines()[-5:]).strip()
-                        raise Skipped(f"{name} did not start: {said}") from None
-                    time.sleep(0.2)
-            yield psutil.Process(process.pid)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
+
+    def ready() -> None:
+        httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+
+    def failed(said: str) -> Exception:
+        return Skipped(f"{name} did not start: {said.strip()}")
+
+    with background(command, ready, failed, seconds=180, lines=5) as process:
+        yield psutil.Process(process.pid)
 
 
 def load(url: str, concurrency: int, seconds: float, stream: bool, delay_ms: float) -> dict[str, Any]:
