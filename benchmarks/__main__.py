@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,30 +48,28 @@ def free_port() -> int:
 
 
 @contextmanager
-def server_process(kind: str, loop: str = "asyncio", http: str = "auto") -> Generator[str]:
-    """Start one server under test in its own process; yield its endpoint; end it."""
-    port = free_port()
-    command = [sys.executable, "-m", "benchmarks.server_process", kind, str(port), "--loop", loop, "--http", http]
+def background(
+    command: list[str], ready: Callable[[], object], failed: Callable[[str], Exception], *, seconds: float, lines: int
+) -> Generator[subprocess.Popen[bytes]]:
+    """Run ``command`` from the checkout (stdout dropped) until ``ready()`` stops raising ``httpx.HTTPError``; end it
+    afterwards. Raises ``failed(its last stderr lines)`` when it exits, or ``seconds`` pass, before it is ready."""
     environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    endpoint = f"http://127.0.0.1:{port}"
-    # uvicorn's access log goes to stdout; what goes to stderr says why a server did not start.
     with tempfile.TemporaryFile("w+") as errors:
         process = subprocess.Popen(
             command, cwd=Path(__file__).parent.parent, env=environment, stdout=subprocess.DEVNULL, stderr=errors
         )
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + seconds
             while True:
                 try:
-                    httpx.get(f"{endpoint}/bench/usage", timeout=2).raise_for_status()
+                    ready()
                     break
                 except httpx.HTTPError:
                     if process.poll() is not None or time.monotonic() > deadline:
                         errors.seek(0)
-                        said = "".join(errors.readlines()[-20:])
-                        raise RuntimeError(f"the {kind} server did not start; it said:\n{said}") from None
+                        raise failed("".join(errors.readlines()[-lines:])) from None
                     time.sleep(0.1)
-            yield endpoint
+            yield process
         finally:
             process.terminate()
             try:
@@ -79,6 +77,23 @@ def server_process(kind: str, loop: str = "asyncio", http: str = "auto") -> Gene
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=30)
+
+
+@contextmanager
+def server_process(kind: str, loop: str = "asyncio", http: str = "auto") -> Generator[str]:
+    """Start one server under test in its own process; yield its endpoint; end it."""
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.server_process", kind, str(port), "--loop", loop, "--http", http]
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def ready() -> None:
+        httpx.get(f"{endpoint}/bench/usage", timeout=2).raise_for_status()
+
+    def failed(said: str) -> Exception:  # uvicorn's access log goes to stdout; stderr says why it did not start
+        return RuntimeError(f"the {kind} server did not start; it said:\n{said}")
+
+    with background(command, ready, failed, seconds=120, lines=20):
+        yield endpoint
 
 
 def control(endpoint: str, path: str, **params: Any) -> dict[str, Any]:

@@ -9,13 +9,17 @@ request; the proxy listens on the same machine, so that address reaches the prox
 LLM resource whose host is a loopback name or address, keeping scheme, credentials, port, path
 and query. Nothing else changes: non-loopback endpoints, other resources, and everything when
 the worker itself came over loopback or sent no usable ``Host``.
+
+``attempt_endpoint`` names an attempt in an endpoint of the daemon's attempt-aware LLM proxy
+(``/v1`` becomes ``/rollout/{rollout_id}/attempt/{attempt_id}/v1``, agentlightning 0.2+'s shape),
+as the shim hands it to its agent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, cast
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from .hosts import is_loopback_host, request_host
 
@@ -35,6 +39,25 @@ def reachable_endpoint(endpoint: str, host_header: str | None) -> str:
     credentials = parts.netloc.rpartition("@")[0]
     netloc = (credentials + "@" if credentials else "") + host + ("" if port is None else f":{port}")
     return SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment).geturl()
+
+
+def attempt_path(rollout_id: str, attempt_id: str) -> str:
+    """The path prefix of an attempt's calls on the proxy (ids percent-encoded; ``/v1/...`` follows)."""
+    return f"/rollout/{quote(rollout_id, safe='')}/attempt/{quote(attempt_id, safe='')}"
+
+
+def attempt_endpoint(endpoint: str, port: int, rollout_id: str, attempt_id: str) -> str:
+    """``endpoint`` scoped to the attempt when it is the ``/v1`` of the attempt-aware proxy on ``port``; otherwise
+    unchanged. Scheme, host, port, query and a trailing slash are kept."""
+    try:
+        parts = urlsplit(endpoint)
+        endpoint_port = parts.port
+    except ValueError:
+        return endpoint
+    if parts.scheme not in ("http", "https") or endpoint_port != port or parts.path.rstrip("/") != "/v1":
+        return endpoint
+    path = attempt_path(rollout_id, attempt_id) + parts.path
+    return SplitResult(parts.scheme, parts.netloc, path, parts.query, parts.fragment).geturl()
 
 
 def reachable_resources(update: Mapping[str, Any], host_header: str | None) -> dict[str, Any]:

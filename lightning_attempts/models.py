@@ -31,6 +31,10 @@ class AttemptTask(Task):
     lease_seconds: float | None = None
     """Set when the server has leases: a leased claim (its worker heartbeats) silent this long is requeued;
     heartbeat more often than this."""
+    llm_proxy_port: int | None = None
+    """Set when the server's owner (verl's daemon) serves an attempt-aware LLM proxy on this port: an LLM
+    endpoint of the task's resources on it serves this attempt at ``.../rollout/{rollout_id}/attempt/{attempt_id}/v1``
+    (``AttemptAwareClient`` hands its agent that one). Old clients ignore it."""
 
     @model_validator(mode="after")
     def _mirror_num_claims(self) -> AttemptTask:

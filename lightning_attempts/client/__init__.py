@@ -11,6 +11,8 @@ parts, one concern each:
 - ``protocol.py``: each protocol step, written once for both paths: the long poll, the
   claim, the submission, the release, the heartbeat;
 - ``claims.py``: the claim book, and which claim a submission belongs to (in order);
+- ``resources.py``: the resources handed to a claim's agent, LLM endpoints on verl's daemon's
+  attempt-aware proxy naming the attempt;
 - ``transport.py``: pooled httpx connections per process and per event loop, the retry policy;
 - ``heartbeats.py``: the background heartbeats of claims under a lease;
 - ``lifecycle.py``: releases at exit and when a multiprocessing worker ends, resets after a fork;

@@ -39,6 +39,8 @@ class Claim:
     attempt_id: str
     claim_sequence_id: int | None = None
     lease_seconds: float | None = None
+    llm_proxy_port: int | None = None
+    """The port of the server's attempt-aware LLM proxy, if it named one (``AttemptTask.llm_proxy_port``)."""
 
 
 # The last claim made in this thread or asyncio task, by client (so two clients never mix).
@@ -63,7 +65,7 @@ class ClaimBook:
         """
         if task.attempt_id is None:
             return None
-        claim = Claim(task.rollout_id, task.attempt_id, task.claim_sequence_id, task.lease_seconds)
+        claim = Claim(task.rollout_id, task.attempt_id, task.claim_sequence_id, task.lease_seconds, task.llm_proxy_port)
         with self._lock:
             self._open[claim.attempt_id] = claim
             while len(self._open) > MAX_OPEN_CLAIMS:
@@ -71,8 +73,12 @@ class ClaimBook:
         _CURRENT_CLAIM.set((self._owner, claim))
         return claim
 
-    def skipped(self) -> Claim | None:
-        """The last claim made in this thread or asyncio task, if it is still open (never submitted)."""
+    def current(self) -> Claim | None:
+        """The last claim made in this thread or asyncio task, if it is still open (not submitted or released).
+
+        The runner fetches a task's resources right after claiming it, in the same thread or task;
+        when it polls again from there without having submitted, that claim was skipped.
+        """
         current = _CURRENT_CLAIM.get()
         if current is None or current[0] != self._owner:
             return None

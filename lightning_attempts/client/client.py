@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from ..compat import AgentLightningClient, LegacyRollout
+from ..compat import AgentLightningClient, LegacyRollout, ResourcesUpdate
 from ..errors import OptionError
 from ..keys import key_from_env, validate_key
 from ..models import AttemptTask
@@ -193,6 +193,26 @@ class AttemptAwareClient(AgentLightningClient):
         (the runner skipped it).
         """
         return await self._arun(self._steps.poll())
+
+    # -- resources ------------------------------------------------------------
+
+    def get_resources_by_id(self, resource_id: str) -> ResourcesUpdate | None:
+        """Upstream's (cached by id), its LLM endpoints on the daemon's attempt-aware proxy scoped to this thread's
+        claim: ``.../rollout/{rollout_id}/attempt/{attempt_id}/v1``."""
+        return self._run(self._steps.resources(resource_id))
+
+    async def get_resources_by_id_async(self, resource_id: str) -> ResourcesUpdate | None:
+        """Upstream's (cached by id), its LLM endpoints on the daemon's attempt-aware proxy scoped to this task's
+        claim."""
+        return await self._arun(self._steps.resources(resource_id))
+
+    def get_latest_resources(self) -> ResourcesUpdate | None:
+        """Upstream's, its LLM endpoints on the daemon's attempt-aware proxy scoped to this thread's claim."""
+        return self._run(self._steps.resources(None))
+
+    async def get_latest_resources_async(self) -> ResourcesUpdate | None:
+        """Upstream's, its LLM endpoints on the daemon's attempt-aware proxy scoped to this task's claim."""
+        return await self._arun(self._steps.resources(None))
 
     def attempt_id_for(self, rollout: Any) -> str | None:
         """The attempt id a submission of ``rollout`` carries (``claims.py`` says the order of choice)."""

@@ -20,6 +20,8 @@ the I/O. The steps:
   once without the header, and the loop sleeps ``poll_interval`` as upstream's does; so does
   it after a failed request. The raw task is remembered: upstream's parsing drops the attempt.
 - ``poll``: a claim, remembered in the claim book (``claims.py``), heartbeaten under a lease.
+- ``resources``: the resources the runner fetches for the claim, its LLM endpoints on the daemon's
+  attempt-aware proxy naming the attempt (``resources.py``).
 - ``submit`` and ``post_json``: a result posted with its claim's attempt id; transport failures
   and 5xx are retried; a dropped result is logged and returned, never raised.
 - ``release``: a claim given back (``POST /release``), so that its task is requeued at once
@@ -44,9 +46,10 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 import httpx
 
-from ..compat import LegacyRollout, Task
+from ..compat import LegacyRollout, ResourcesUpdate, Task
 from ..models import WAIT_HEADER, AttemptRollout, AttemptTask
 from .claims import Claim, ClaimBook
+from .resources import scoped
 
 logger = logging.getLogger(__package__)
 
@@ -90,6 +93,8 @@ Step: TypeAlias = Generator[Send | Upstream | Watch, Any, T]
 """A protocol step returning ``T``; a driver runs it."""
 
 _POLL = Upstream("poll_next_task", "poll_next_task_async")
+_LATEST = Upstream("get_latest_resources", "get_latest_resources_async")
+_BY_ID = ("get_resources_by_id", "get_resources_by_id_async")
 
 # The raw ``/task`` answer upstream's poll loop just parsed (it drops the attempt fields).
 _LAST_TASK_JSON: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -187,7 +192,7 @@ class Steps:
         First, release this thread's or task's previous claim if it was never submitted
         (the runner skipped it). Heartbeat the new claim if the server announced a lease.
         """
-        skipped = self._book.skipped()
+        skipped = self._book.current()
         if skipped is not None:
             yield from self.release(skipped)
         task: Task | None = yield _POLL
@@ -198,6 +203,14 @@ class Steps:
         if claim is not None and claim.lease_seconds and self._client.heartbeat_fraction:
             yield Watch(claim)
         return attempt_task
+
+    def resources(self, resource_id: str | None) -> Step[ResourcesUpdate | None]:
+        """Upstream's fetch of resources ``resource_id`` (cached by id) or, for None, of the latest; its LLM
+        endpoints on the daemon's attempt-aware proxy scoped to this thread's or task's claim (``resources.scoped``)."""
+        fetch = _LATEST if resource_id is None else Upstream(*_BY_ID, resource_id)
+        update: ResourcesUpdate | None = yield fetch
+        claim = self._book.current()
+        return update if update is None or claim is None else scoped(update, claim)
 
     # -- submissions ----------------------------------------------------------
 

@@ -73,7 +73,9 @@ def _seconds(raw: str) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def _task_answer(task: AttemptTask | None, held: float | None) -> Response:
+def _task_answer(task: AttemptTask | None, held: float | None, llm_proxy_port: int | None = None) -> Response:
+    if task is not None and llm_proxy_port is not None:
+        task.llm_proxy_port = llm_proxy_port
     body = _NO_TASK if task is None else b'{"is_available":true,"task":' + task.model_dump_json().encode() + b"}"
     headers = None if held is None else {WAIT_HEADER: format(held, "g")}
     return Response(body, media_type="application/json", headers=headers)
@@ -85,7 +87,8 @@ class Routes:
     ``is_failed_result``, ``stats`` and ``history`` are the server's methods of those
     names (``attempt_stats``, ``attempt_history``), overrides included; ``rewrite_endpoints``
     says, per request, whether served LLM endpoints are made reachable (the option can be
-    turned on while serving).
+    turned on while serving); ``llm_proxy_port``, the port of the attempt-aware LLM proxy the
+    tasks handed out name (``AttemptTask.llm_proxy_port``), if any.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Routes:
         stats: Callable[[], dict[str, Any]],
         history: Callable[[str], list[dict[str, Any]] | None],
         rewrite_endpoints: Callable[[], bool] = lambda: False,
+        llm_proxy_port: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._options = options
         self._max_poll_wait = options.max_poll_wait  # read per request: an attribute of this object's own
@@ -104,6 +108,7 @@ class Routes:
         self._stats = stats
         self._history = history
         self._rewrite_endpoints = rewrite_endpoints
+        self._llm_proxy_port = llm_proxy_port
         self._store: AttemptAwareDataStore | None = None
         self._polls: ParkedPolls | None = None
         self.metrics_available = False
@@ -236,7 +241,7 @@ class Routes:
             return _task_answer(None, None if wait is None else 0.0)
         store.requeue_expired()
         if wait is None:  # upstream's /task
-            return _task_answer(store.claim(leased=leased), None)
+            return _task_answer(store.claim(leased=leased), None, self._llm_proxy_port())
         held = 0.0 if polls.closing else min(wait, self._max_poll_wait)
         # Polls parked earlier come first: they get the queued tasks being handed out.
         task = store.claim(leased=leased) if held == 0 or not polls else None
@@ -244,7 +249,7 @@ class Routes:
             task = await polls.wait(request.receive, held, leased=leased)
             if task is None and polls.closing:
                 held = 0.0  # answered early: the server is stopping
-        return _task_answer(task, held)
+        return _task_answer(task, held, self._llm_proxy_port())
 
     async def _post_rollout(self, payload: AttemptRollout) -> JSONResponse:
         store = self._store

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from typing_extensions import Unpack
@@ -31,6 +31,9 @@ from .producer_routes import ProducerRoutes
 from .routes import Routes
 
 logger = logging.getLogger(__package__)  # "lightning_attempts.server"
+
+SERVER_STOPPED = "server_stopped"
+"""``liveness`` between runs: no result can be stored."""
 
 
 @option_attributes(
@@ -77,8 +80,12 @@ class AttemptAwareServer(AgentLightningServer):
             stats=self.attempt_stats,
             history=self.attempt_history,
             rewrite_endpoints=lambda: self.options.rewrite_loopback_endpoints is True,
+            llm_proxy_port=lambda: self.llm_proxy_port,
         )
         self._producer_routes = ProducerRoutes(self)  # a trainer in another process: queue, publish, take, wait
+        self.llm_proxy_port: int | None = None
+        """The port of an attempt-aware LLM proxy serving beside this server (verl's daemon sets it): the tasks
+        handed out say so (``AttemptTask.llm_proxy_port``), and shim workers call it attempt by attempt."""
         super().__init__(host=host, port=port, task_timeout_seconds=task_timeout_seconds)
         self._serving = Serving(self._uvicorn_config, self._answer_parked_polls)
         self._uvicorn_server = self._serving.uvicorn
@@ -214,6 +221,17 @@ class AttemptAwareServer(AgentLightningServer):
         (``max_remembered``); ``None`` for a task neither live nor remembered.
         """
         return self.store.history(rollout_id)
+
+    def liveness(self, rollout_id: str, attempt_id: str) -> str | None:
+        """The store's ``liveness``: None while a result of the attempt would be stored now, else why not
+        (``server_stopped`` between runs, when nothing can be stored). Call it on the server's loop."""
+        store = self._attempt_store
+        return SERVER_STOPPED if store is None else store.liveness(rollout_id, attempt_id)
+
+    def stop_with_server(self, stop: Callable[[], Awaitable[object]]) -> None:
+        """Await ``stop()`` on the server's loop whenever it has shut down (``stop()``, a signal, the end of
+        ``run_forever``): for what serves beside it, such as verl's daemon's LLM proxy."""
+        self._serving.stop_with(stop)
 
     async def cancel_pending(self) -> list[str]:
         """Cancel every queued and claimed task (a batch fence); return their rollout ids."""

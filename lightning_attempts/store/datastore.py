@@ -227,6 +227,23 @@ class AttemptAwareDataStore(ServerDataStore):
         """Upstream's API for ``submit``, reading the attempt id from the rollout itself."""
         return self.submit(rollout, getattr(rollout, "attempt_id", None))
 
+    def liveness(self, rollout_id: str, attempt_id: str) -> str | None:
+        """Whether the attempt is live: None when an ordinary result of it would be stored now, else why not.
+
+        Live is what ``submit`` does: the attempt holding the live claim, or, under
+        ``stale_policy="salvage"``, an earlier attempt of a task not finished. Otherwise the
+        reason its result would be dropped for (``superseded``, ``cancelled``, ``released``,
+        ``unknown_attempt``, ...), or ``completed`` for the attempt whose result is stored.
+        verl's daemon refuses the LLM calls of attempts that are not live. Changes nothing.
+        """
+        return self._transitions.liveness(rollout_id, attempt_id)
+
+    def stored_attempt(self, rollout_id: str) -> str | None:
+        """The attempt credited with the task's stored result, while the task is remembered; else None (not
+        finished, cancelled, given up, or completed by a result without an attempt id)."""
+        finished = self._book.finished.get(rollout_id)
+        return None if finished is None else finished.stored
+
     # -- cancellation ---------------------------------------------------------
 
     def cancel(self, rollout_ids: Iterable[str] | None = None) -> list[str]:

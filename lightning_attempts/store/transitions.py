@@ -31,6 +31,11 @@ from .tasks import TaskBook
 
 logger = logging.getLogger("lightning_attempts.store")
 
+_STORED = frozenset({Action.ACCEPT, Action.SALVAGE})
+"""What the outcome table does with an ordinary result of a live attempt."""
+COMPLETED = "completed"
+"""Why the attempt whose result is stored is no longer live (its result would be a ``duplicate``)."""
+
 _ENDED_BY_WORKER: dict[AttemptOutcome, Carries] = {"failed": Carries.FAILED, "released": Carries.RELEASED}
 """Attempts that ended by their own worker's word: their later results are dropped under either policy."""
 
@@ -123,6 +128,15 @@ class Transitions:
         found = situation(self._book, rollout_id, attempt_id)
         reason = self._outcomes[found.state, found.carries, Result.ORDINARY, False].reason
         return reason or DropReason.ALREADY_COMPLETED  # the stored attempt: its task is complete too
+
+    def liveness(self, rollout_id: str, attempt_id: str) -> str | None:
+        """None while an ordinary result of the attempt would be stored now (accepted, or salvaged); else why
+        not: the reason its result would be dropped for, or ``completed`` when its own result is the stored one."""
+        found = situation(self._book, rollout_id, attempt_id)
+        outcome = self._outcomes[found.state, found.carries, Result.ORDINARY, self._options.require_attempt_id]
+        if outcome.action in _STORED:
+            return None
+        return COMPLETED if outcome.reason is None else outcome.reason.value
 
     def _judge(self, claimed: ClaimedTask | None) -> Result:
         """A failed result, under ``retry_failed``: may its task be tried again?"""

@@ -17,7 +17,12 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
   ``rewrite_loopback_endpoints``, unless set to ``False``), so workers on other machines reach
   its proxy;
 - its server is attempt-aware even when the daemon is built directly, without
-  ``install()``, and takes its options as under ``install()`` (``switch.variables.resolve``).
+  ``install()``, and takes its options as under ``install()`` (``switch.variables.resolve``);
+- its LLM proxy is ours (``proxy.DaemonProxy``), on upstream's port and ``/v1`` paths: shim
+  workers are served an endpoint naming their attempt, whose calls are refused once it is no
+  longer live; each attempt stays on one backend; plain ``/v1`` needs the server's key, if it
+  has one; a stored result with a reward and no triplets is trained on the token ids of its own
+  attempt's calls (``training_data``); and the step's metrics count the calls.
 
 The server's store is not thread-safe: everything that reads or changes it runs on the
 server's event loop, as upstream's daemon runs its own calls.
@@ -36,8 +41,9 @@ from ..errors import ServerNotRunning
 from ..server import AttemptAwareServer
 from ..switch.variables import resolve
 from . import compat
+from .proxy import DaemonProxy
 from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
-from .training_data import no_training_data
+from .training_data import fill_from_calls, no_training_data, without_triplets
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,9 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._step: StepWindow | None = None
+        self._proxy_triplets = 0
+        self.attempt_proxy: DaemonProxy | None = None
+        """Its attempt-aware LLM proxy (v0), once ``start()`` served it."""
         self._cancelled_unreported = 0
         self.cancelled_total = 0
         """Tasks of earlier batches this daemon cancelled before queueing a new one."""
@@ -87,6 +96,25 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         assert isinstance(server, AttemptAwareServer)
         return server
 
+    # -- the LLM proxy ------------------------------------------------------------
+
+    def _start_proxy_server_v0(self) -> None:  # 0.2+
+        """Serve our LLM proxy where upstream's Flask one would serve (upstream's ``start()`` calls this)."""
+        self._start_attempt_proxy()
+
+    def _start_proxy_server(self) -> None:  # 0.1.x
+        """Serve our LLM proxy where upstream's Flask one would serve (upstream's ``start()`` calls this)."""
+        self._start_attempt_proxy()
+
+    def _start_attempt_proxy(self) -> None:
+        def backends() -> list[str]:
+            return self.backend_llm_server_addresses  # read per call: verl sets them at each step
+
+        proxy = DaemonProxy(self.attempt_server, backends, self.proxy_port, self.llm_timeout_seconds)
+        self._on_loop(proxy.start)
+        self.attempt_proxy = proxy
+        print(f"Proxy server running on port {self.proxy_port}")  # upstream's line, which the guide points to
+
     # -- setting a batch up -----------------------------------------------------
 
     async def _async_set_up(self, data: Any, server_addresses: Any, is_train: bool = True) -> None:
@@ -96,6 +124,10 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         server = self.attempt_server
         self._count_cancelled(await server.cancel_pending())
         window = StepWindow(server.attempt_stats(), time.time(), time.monotonic())
+        if self.attempt_proxy is not None:
+            window.proxy_before = self.attempt_proxy.stats()
+            self.attempt_proxy.forget()  # calls of earlier batches: none is trained on from here
+        self._proxy_triplets = 0
         await super()._async_set_up(data, server_addresses, is_train)
         window.rollout_ids = list(self._task_id_to_original_sample)
         self._step = window
@@ -164,6 +196,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
     @functools.wraps(_UPSTREAM.get_train_data_batch)  # its arguments differ between releases
     def get_train_data_batch(self, *args: Any, **kwargs: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         if compat.legacy_mode(self):
+            self._train_on_proxy_calls()
             no_training_data(compat.completed_rollouts(self).values())  # raises where upstream fails in torch
         parent: Any = super()
         batch, metrics = parent.get_train_data_batch(*args, **kwargs)
@@ -172,23 +205,44 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         return batch, metrics
 
     def get_test_metrics(self) -> Any:
+        if compat.legacy_mode(self):
+            self._train_on_proxy_calls()  # validation's lengths and turns, as the client's triplets would give
         metrics = super().get_test_metrics()
         if compat.legacy_mode(self):
             metrics = {**metrics, **self._attempt_metrics(VAL_PREFIX)}
         return metrics
 
+    def _train_on_proxy_calls(self) -> None:
+        """Give each result with a reward and no triplets the triplets of its stored attempt's LLM calls."""
+        proxy, completed = self.attempt_proxy, compat.completed_rollouts(self)
+        wanting = without_triplets(completed)
+        if proxy is None or not wanting:
+            return
+        built = fill_from_calls(completed, self._on_loop(lambda: proxy.stored_calls(wanting)))
+        self._proxy_triplets += built
+        if built:
+            logger.info(
+                "Built %d triplet(s) from the LLM calls of the stored attempts of %d rollout(s) without triplets",
+                built,
+                len(wanting),
+            )
+
     def _attempt_metrics(self, prefix: str) -> dict[str, float]:
-        window = self._step
+        window, proxy = self._step, self.attempt_proxy
         if window is None:
             return {}
         server = self.attempt_server
 
-        def read() -> tuple[dict[str, Any], list[Any]]:
-            return server.attempt_stats(), [server.attempt_history(rid) for rid in window.rollout_ids]
+        def read() -> tuple[dict[str, Any], list[Any], dict[str, Any] | None]:
+            histories = [server.attempt_history(rid) for rid in window.rollout_ids]
+            proxy_after = None if proxy is None else proxy.stats()
+            if proxy is not None:
+                proxy.forget()  # the step's records are used: memory stays bounded by one step's calls
+            return server.attempt_stats(), histories, proxy_after
 
-        after, histories = self._on_loop(read)
+        after, histories, proxy_after = self._on_loop(read)
         cancelled, self._cancelled_unreported = self._cancelled_unreported, 0
-        return step_metrics(window, after, histories, cancelled, prefix)
+        return step_metrics(window, after, histories, cancelled, prefix, proxy_after, self._proxy_triplets)
 
     # -- the server's loop --------------------------------------------------------
 

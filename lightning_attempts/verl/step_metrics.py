@@ -3,7 +3,9 @@
 Counts are the step's own: the difference of the server's ``attempt_stats()`` between the
 moment the daemon set the batch up and the moment verl asked for its metrics, so a
 straggler of an earlier batch dropped during this step is counted in this step. The
-per-task figures come from the batch's own tasks (``attempt_history``).
+per-task figures come from the batch's own tasks (``attempt_history``). With the daemon's
+attempt-aware LLM proxy, the same window of its ``stats()`` gives the step's LLM calls, those
+refused because their attempt was no longer live, and the time the proxy added to each call.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ..llm_proxy import latency_between
 
 TRAIN_PREFIX = "attempts/"
 VAL_PREFIX = "val/attempts/"
@@ -26,6 +30,12 @@ FROM_COUNTERS: dict[str, str] = {
 }
 """Metric name: the ``attempt_stats()`` counter it is the step's difference of."""
 
+FROM_PROXY: dict[str, str] = {
+    "llm_calls": "forwarded",
+    "llm_calls_refused_stale": "refused_not_live",
+}
+"""Metric name: the LLM proxy's ``stats()`` counter it is the step's difference of."""
+
 
 @dataclass
 class StepWindow:
@@ -39,6 +49,8 @@ class StepWindow:
     rollout_ids: Sequence[str] = ()
     last_result_monotonic: float | None = None
     """When the daemon's wait saw the batch's last result, if it waited."""
+    proxy_before: Mapping[str, Any] | None = None
+    """The LLM proxy's ``stats()`` when the batch was set up (None: no attempt-aware proxy)."""
 
 
 def step_metrics(
@@ -47,12 +59,15 @@ def step_metrics(
     histories: Iterable[Sequence[Mapping[str, Any]] | None],
     cancelled: int,
     prefix: str,
+    proxy_after: Mapping[str, Any] | None = None,
+    proxy_triplets: int = 0,
 ) -> dict[str, float]:
     """The step's ``attempts/*`` metrics, under ``prefix``.
 
     ``after``: ``attempt_stats()`` now; ``histories``: ``attempt_history()`` of each task of
     the batch (None for one the server no longer remembers); ``cancelled``: tasks of earlier
-    batches the daemon cancelled before queueing this one.
+    batches the daemon cancelled before queueing this one; ``proxy_after``: the LLM proxy's
+    ``stats()`` now; ``proxy_triplets``: the triplets built from its records for this step.
     """
     metrics = {name: float(after[key] - window.before[key]) for name, key in FROM_COUNTERS.items()}
     metrics["cancelled"] = float(cancelled)
@@ -63,4 +78,18 @@ def step_metrics(
         metrics["queue_to_first_claim_s"] = max(first - window.queued_at, 0.0)
     if window.last_result_monotonic is not None:
         metrics["queue_to_last_result_s"] = window.last_result_monotonic - window.queued_monotonic
+    if window.proxy_before is not None and proxy_after is not None:
+        metrics.update(proxy_metrics(window.proxy_before, proxy_after, proxy_triplets))
     return {prefix + name: value for name, value in metrics.items()}
+
+
+def proxy_metrics(before: Mapping[str, Any], after: Mapping[str, Any], triplets: int) -> dict[str, float]:
+    """The step's LLM calls through the proxy, those refused as stale, the triplets built from its records, and the
+    p50 and p99 of the time it added to each call (left out when no call was forwarded)."""
+    metrics = {name: float(after[key] - before[key]) for name, key in FROM_PROXY.items()}
+    metrics["proxy_triplets"] = float(triplets)
+    added = latency_between(before, after)
+    if added["p50_ms"] is not None and added["p99_ms"] is not None:
+        metrics["llm_proxy_added_p50_ms"] = added["p50_ms"]
+        metrics["llm_proxy_added_p99_ms"] = added["p99_ms"]
+    return metrics

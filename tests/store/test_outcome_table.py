@@ -189,3 +189,35 @@ def test_a_real_store_answers_every_situation_as_its_rule_says(policy: StalePoli
             (stored,) = asyncio.run(built.store.retrieve_completed_rollouts())
             assert (stored.metadata or {})["lightning_attempts"]["outcome"] == "failed", where
     assert decided == set(RULES), [rule.state for rule in RULES if rule not in decided]  # every row is reachable
+
+
+@pytest.mark.parametrize("policy", ["reject", "salvage"])
+def test_an_attempt_is_live_exactly_when_its_result_would_be_stored(policy: StalePolicy) -> None:
+    """``liveness`` (what verl's LLM proxy asks) and ``submit`` agree in every situation an attempt id can be in."""
+    seen: set[str | None] = set()
+    for state, carries, result, required in situations():
+        if carries is C.NONE:
+            continue  # liveness is asked of an attempt id
+        built = Situation(state, carries, result, required, policy)
+        assert built.attempt_id is not None
+        where = f"{state.name}, {carries.name}, {result.name}, {required=}, {policy}"
+        liveness = built.store.liveness(built.rollout_id, built.attempt_id)
+        rollout = AttemptRollout(rollout_id=built.rollout_id, attempt_id=built.attempt_id, final_reward=1.0)
+        answer = built.store.submit(rollout, built.attempt_id)  # an ordinary result of the attempt
+        seen.add(liveness)
+        if liveness is None:
+            assert answer.status == "ok", where
+        else:
+            assert answer.status in ("dropped", "duplicate"), where
+            assert liveness == ("completed" if answer.status == "duplicate" else answer.reason), where
+    expected = {
+        None,
+        "completed",
+        "already_completed",
+        "cancelled",
+        "unknown_rollout",
+        "unknown_attempt",
+        "failed",
+        "released",
+    }
+    assert expected | ({"superseded"} if policy == "reject" else set()) <= seen, seen

@@ -351,3 +351,23 @@ def test_bad_options_are_refused() -> None:
         AttemptAwareDataStore(stale_policy="maybe")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_remembered"):
         AttemptAwareDataStore(max_remembered=-1)
+
+
+async def test_stored_attempt_names_the_attempt_credited_with_the_result(
+    store: AttemptAwareDataStore, clock: ManualClock, policy: StalePolicy
+) -> None:
+    """What verl's daemon reads to train a result without triplets on its own attempt's LLM calls."""
+    first = await store.add_task({"n": 1})
+    straggler = claim(store)
+    expire(store, clock)
+    reclaim = claim(store)
+    assert store.stored_attempt(first) is None  # not finished
+    store.submit(result(first, straggler.attempt_id), straggler.attempt_id)  # salvaged, or dropped
+    if policy == "reject":
+        store.submit(result(first, reclaim.attempt_id), reclaim.attempt_id)
+    assert store.stored_attempt(first) == (straggler if policy == "salvage" else reclaim).attempt_id
+    cancelled = await store.add_task({"n": 2})
+    claim(store)
+    store.cancel([cancelled])
+    assert store.stored_attempt(cancelled) is None
+    assert store.stored_attempt("never-queued") is None

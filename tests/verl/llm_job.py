@@ -1,4 +1,4 @@
-"""verl's real daemon serving ``main_llm`` through its Flask proxy to a stand-in LLM on this host's loopback.
+"""verl's real daemon serving ``main_llm`` through its LLM proxy to a stand-in LLM on this host's loopback.
 
     python -m tests.verl.llm_job PORT SIGNAL_DIR TASKS
 

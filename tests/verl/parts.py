@@ -47,6 +47,8 @@ OVERTIME = 1.5
 DOOMED_SECONDS = 600.0
 """How long a ``doomed`` first claim works if nobody kills its worker: the dead-worker job's task timeout."""
 
+ATTEMPT_ID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+"""A regular expression matching an attempt id (a UUID4), as served in an attempt's LLM endpoint."""
 STALE, FRESH = "stale answer", "fresh answer"
 WORK_SECONDS = 0.5
 """What ``WorkAgent`` (the step-overhead benchmark's worker) spends on each task."""

@@ -1,25 +1,26 @@
 """Workers on another host reach the real daemon's server over the network, and its LLM proxy by the served endpoint.
 
 The second host is a network namespace joined by a veth pair (``second_host.py``, root). The
-daemon job (``llm_job.py``) runs here: verl's daemon, its server and Flask proxy on
-``0.0.0.0``, and a stand-in LLM on this host's loopback behind the proxy. The workers,
+daemon job (``llm_job.py``) runs here: verl's daemon, its server and LLM proxy (upstream's Flask
+one, or ours under the switch) on ``0.0.0.0``, and a stand-in LLM on this host's loopback behind it. The workers,
 agentlightning's runner with ``LlmAgent``, run in the namespace and reach the server at this
 host's address on the pair, as the migration guide's multi-node recipe says (the switch and
 ``AGL_KEY`` on both sides). Upstream serves ``main_llm`` as ``http://127.0.0.1:<proxy>/v1``:
 the worker's own loopback, so every call fails. With the switch the endpoint is served as the
-address the worker used, and every rollout reaches the LLM.
+address the worker used, naming the worker's attempt, and every rollout reaches the LLM.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .parts import FRESH, LLM_ANSWER, STALE, Signals, free_port, wait_until
+from .parts import ATTEMPT_ID, FRESH, LLM_ANSWER, STALE, Signals, free_port, wait_until
 from .processes import environment, fleet
 from .second_host import second_host
 
@@ -70,8 +71,10 @@ def test_with_the_switch_every_rollout_on_another_host_reaches_the_llm(tmp_path:
     proxy_port = stored.removeprefix("http://127.0.0.1:").split("/")[0]
     host_address = calls[record["queued"][0]]["endpoint"].split("//")[1].split(":")[0]
     assert host_address.startswith("10.231.") and host_address.endswith(".1"), calls
-    for call in calls.values():  # served as the address the worker reached the server by; port and path kept
-        assert call == {"endpoint": f"http://{host_address}:{proxy_port}/v1", "answer": LLM_ANSWER}, calls
+    for rid, call in calls.items():  # served as the address the worker reached the server by, the proxy's port,
+        # and the path naming the worker's attempt (the key is not needed there)
+        endpoint = rf"http://{re.escape(host_address)}:{proxy_port}/rollout/{rid}/attempt/{ATTEMPT_ID}/v1"
+        assert re.fullmatch(endpoint, call["endpoint"]) and call["answer"] == LLM_ANSWER, calls
     assert report["answered"] >= TASKS
     assert sorted(record["completed"]) == sorted(record["queued"]) and record["outcome"] == "ok", record
     assert {c["answer"] for c in record["completed"].values()} == {FRESH}

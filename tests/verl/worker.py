@@ -1,12 +1,13 @@
 """A rollout worker in its own process: the release's own legacy runner, polling the daemon's server.
 
-    python -m tests.verl.worker ENDPOINT SIGNAL_DIR WORKER_ID [batch|llm|work|empty]
+    python -m tests.verl.worker ENDPOINT SIGNAL_DIR WORKER_ID [batch|llm|work|empty|proxy]
 
 It builds its client as a user's worker script does, ``agentlightning.AgentLightningClient``:
 with ``LIGHTNING_ATTEMPTS_INSTALL=1`` in its environment that name is the attempt-aware
 shim, without it upstream's. Nothing here calls ``install()``. It runs until it is killed.
 ``batch`` (default): ``BatchAgent``; ``llm``: ``LlmAgent``, which calls the LLM it is served;
-``work``: ``WorkAgent`` (the step-overhead benchmark); ``empty``: ``EmptyAgent``, no triplets.
+``work``: ``WorkAgent`` (the step-overhead benchmark); ``empty``: ``EmptyAgent``, no triplets;
+``proxy``: ``ProxyAgent``, LLM calls through the daemon's proxy and no triplets.
 Each task handed to it is noted (``Signals.claimed_at``), and each reply to a post (``Signals.posted``).
 """
 
@@ -16,6 +17,7 @@ import json
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,57 @@ class LlmAgent(BatchAgent):
         return [Triplet(prompt=prompt, response={"token_ids": self._encode(answer)}, reward=reward)]
 
 
+class ProxyAgent(BatchAgent):
+    """Calls ``main_llm`` twice per claim, whole then streamed (vLLM 0.10.2+'s ``return_token_ids``), and returns a
+    reward without triplets: the daemon must train on the calls its proxy recorded.
+
+    ``straggle``: the first claim makes its first call, waits for the re-claim (its timeout), then tries
+    its second call, which the proxy must refuse. Each claim notes ``proxy-<rollout id>-<first|again>``:
+    the endpoint it was served and, per call, the status, the error code or the streamed events.
+    """
+
+    def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
+        llm = resources["main_llm"]
+        straggler = task.get("slow") == "straggle" and self._signals.claim_first(rollout_id)
+        kind = "first" if straggler or not task.get("slow") else "again"
+        note: dict[str, Any] = {"endpoint": llm.endpoint, "calls": []}
+        note["calls"].append(call_llm(llm, f"task {task['index']} {kind} one", stream=False))
+        if straggler:
+            self._signals.wait(Signals.reclaimed(rollout_id))
+            self._signals.wait(Signals.posted(rollout_id, FRESH))  # the re-claim's result is stored
+        elif task.get("slow"):
+            self._signals.set(Signals.reclaimed(rollout_id))
+        note["calls"].append(call_llm(llm, f"task {task['index']} {kind} two", stream=True))
+        self._signals.set(f"proxy-{rollout_id}-{kind}", json.dumps(note))
+        self._answering.answer = STALE if straggler else FRESH
+        return 1.0
+
+
+def call_llm(llm: Any, content: str, *, stream: bool) -> dict[str, Any]:
+    """One chat completion at ``llm.endpoint`` (no key: an attempt's endpoint needs none): what came back."""
+    body = {"model": llm.model, "messages": [{"role": "user", "content": content}], "stream": stream}
+    if stream:
+        body["return_token_ids"] = True
+    request = urllib.request.Request(
+        llm.endpoint.rstrip("/") + "/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    result: dict[str, Any] = {"content": content, "stream": stream}
+    try:
+        with opener.open(request, timeout=20) as response:
+            text = response.read().decode()
+            result["status"] = response.status
+            result["events"] = [line for line in text.splitlines() if line.startswith("data:")] if stream else []
+    except urllib.error.HTTPError as error:
+        result["status"] = error.code
+        result["code"] = json.loads(error.read() or b"{}").get("error", {}).get("code")
+    except OSError as error:
+        result["error"] = repr(error)
+    return result
+
+
 class WorkAgent(BatchAgent):
     """Works ``WORK_SECONDS`` on each task (a stand-in for a rollout), then answers ``FRESH``."""
 
@@ -146,7 +199,13 @@ class EmptyAgent(BatchAgent):
         return 1.0
 
 
-AGENTS: dict[str, type[BatchAgent]] = {"batch": BatchAgent, "llm": LlmAgent, "work": WorkAgent, "empty": EmptyAgent}
+AGENTS: dict[str, type[BatchAgent]] = {
+    "batch": BatchAgent,
+    "llm": LlmAgent,
+    "work": WorkAgent,
+    "empty": EmptyAgent,
+    "proxy": ProxyAgent,
+}
 
 
 def main(endpoint: str, signal_dir: str, worker_id: int, kind: str = "batch") -> None:

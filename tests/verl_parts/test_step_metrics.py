@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from lightning_attempts.llm_proxy.stats import LatencyHistogram
 from lightning_attempts.verl.step_metrics import FROM_COUNTERS, TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
 
 
@@ -51,3 +52,40 @@ def test_forgotten_tasks_are_skipped_and_a_clock_step_back_reads_zero() -> None:
     metrics = step_metrics(window, stats(claims=1), [None, [claim(199.0)]], cancelled=0, prefix=VAL_PREFIX)
     assert metrics["val/attempts/claims"] == 1.0
     assert metrics["val/attempts/queue_to_first_claim_s"] == 0.0  # wall clock stepped back: never negative
+
+
+def proxy_stats(forwarded: int, refused_not_live: int, added_ms: list[float]) -> dict[str, Any]:
+    """The LLM proxy's ``stats()`` after calls that spent ``added_ms`` each in the proxy."""
+    histogram = LatencyHistogram()
+    for milliseconds in added_ms:
+        histogram.add(milliseconds / 1000)
+    return {
+        "forwarded": forwarded,
+        "refused_not_live": refused_not_live,
+        "added_latency_buckets": list(histogram.counts),
+        "added_latency_sum_s": histogram.sum,
+    }
+
+
+def test_the_proxys_calls_refusals_triplets_and_added_time_are_the_steps_own() -> None:
+    before = proxy_stats(5, 1, [50.0] * 10)  # an earlier step's slow calls: not this step's
+    after = proxy_stats(9, 3, [50.0] * 10 + [1.0] * 99 + [8.0])
+    window = StepWindow(stats(), queued_at=0.0, queued_monotonic=0.0, proxy_before=before)
+    metrics = step_metrics(window, stats(), [], 0, TRAIN_PREFIX, proxy_after=after, proxy_triplets=7)
+    assert {key: metrics[f"attempts/{key}"] for key in ("llm_calls", "llm_calls_refused_stale", "proxy_triplets")} == {
+        "llm_calls": 4.0,
+        "llm_calls_refused_stale": 2.0,
+        "proxy_triplets": 7.0,
+    }
+    assert metrics["attempts/llm_proxy_added_p50_ms"] == pytest.approx(1.0, rel=0.08)  # buckets 7.5% wide
+    assert metrics["attempts/llm_proxy_added_p99_ms"] == pytest.approx(1.0, rel=0.08)
+    assert any("refused" in key for key in metrics)
+
+
+def test_no_call_forwarded_leaves_the_added_time_out_and_no_proxy_leaves_every_proxy_metric_out() -> None:
+    quiet = proxy_stats(2, 0, [3.0])
+    window = StepWindow(stats(), queued_at=0.0, queued_monotonic=0.0, proxy_before=quiet)
+    metrics = step_metrics(window, stats(), [], 0, VAL_PREFIX, proxy_after=quiet)
+    assert metrics["val/attempts/llm_calls"] == 0.0 and "val/attempts/llm_proxy_added_p50_ms" not in metrics
+    without = step_metrics(StepWindow(stats(), queued_at=0.0, queued_monotonic=0.0), stats(), [], 0, TRAIN_PREFIX)
+    assert not any("llm" in key or "proxy" in key for key in without)

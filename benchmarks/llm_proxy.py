@@ -1,0 +1,221 @@
+"""The LLM proxy's added latency and throughput: ours against the backend called directly and upstream's Flask proxy.
+
+    python -m benchmarks.llm_proxy [--seconds 5] [--rounds 3] [--delay-ms 100] [--concurrency 1,64,256]
+    python -m benchmarks.llm_proxy --quick                     # short runs, to check it works
+    python -m benchmarks.llm_proxy --upstream-python .venvs/verl-0-3-0/bin/python   # where verl is
+
+A stand-in OpenAI-compatible backend (``--delay-ms`` per call; streamed, spread over its
+chunks), each proxy and the aiohttp load generator run in processes of their own, in the
+same run: the backend directly, ours on ``/v1`` and on attempt-scoped URLs (token ids
+recorded), and upstream's (``AgentModeDaemon._start_proxy_server_v0``, its own code: it
+needs verl and flask in ``--upstream-python``'s environment, else its column is skipped and
+the reason said). For 1, 64 and 256 concurrent calls, streamed and not: p50 and p99 of each,
+the added latency (a proxy's quantile less the direct one), calls per second and each
+proxy's CPU per call; then the throughput at 64 concurrent against a backend that answers
+at once. Writes ``benchmarks/results/llm_proxy.{json,md}`` and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Generator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before agentlightning is imported
+
+import httpx
+import psutil
+
+from benchmarks.__main__ import RESULTS, background, free_port
+from benchmarks.llm_proxy_roles import CHUNKS
+from lightning_attempts.llm_proxy import latency_between
+
+ROOT = Path(__file__).parent.parent
+TARGETS = {
+    "direct": "backend directly",
+    "ours": "ours, /v1",
+    "ours_attempt": "ours, attempt-scoped",
+    "upstream": "upstream's Flask proxy",
+}
+ATTEMPT_PATH = "/rollout/rollout-bench/attempt/0b7f3a52-1f54-4c55-9c1e-3f0b5c3cf1a2"
+
+
+class Skipped(RuntimeError):
+    """A process could not run here (upstream's proxy without verl or flask)."""
+
+
+@contextmanager
+def role(python: str, name: str, port: int, *args: str) -> Generator[psutil.Process]:
+    """Run ``benchmarks.llm_proxy_roles NAME PORT ...`` until it answers on ``/v1/models``; end it afterwards."""
+    command = [python, "-m", "benchmarks.llm_proxy_roles", name, str(port), *args]
+
+    def ready() -> None:
+        httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+
+    def failed(said: str) -> Exception:
+        return Skipped(f"{name} did not start: {said.strip()}")
+
+    with background(command, ready, failed, seconds=180, lines=5) as process:
+        yield psutil.Process(process.pid)
+
+
+def load(url: str, concurrency: int, seconds: float, stream: bool, delay_ms: float) -> dict[str, Any]:
+    arguments = ["--concurrency", str(concurrency), "--seconds", str(seconds), "--delay-ms", str(delay_ms)]
+    command = [sys.executable, "-m", "benchmarks.llm_proxy_roles", "load", url, *arguments]
+    done = subprocess.run(command + (["--stream"] if stream else []), cwd=ROOT, capture_output=True, text=True)
+    done.check_returncode()
+    return json.loads(done.stdout)
+
+
+def measure(
+    urls: dict[str, str],
+    processes: dict[str, psutil.Process],
+    seconds: float,
+    rounds: int,
+    loads: list[tuple[bool, int]],
+    delay_ms: float,
+) -> list[dict[str, Any]]:
+    """Each target under each load (streamed?, concurrency), taking turns, ``rounds`` times; the median of each figure.
+
+    Taking turns spreads a shared machine's drift over every target alike.
+    """
+    runs: dict[tuple[bool, int, str], list[dict[str, Any]]] = {}
+    for _ in range(rounds):
+        for stream, concurrency in loads:
+            for target, url in urls.items():
+                process = processes[target]
+                before, stats_before = sum(process.cpu_times()[:2]), proxy_stats(target, url)
+                result = load(url, concurrency, seconds, stream, delay_ms)
+                cpu = sum(process.cpu_times()[:2]) - before
+                result["cpu_us_per_call"] = cpu / max(result["calls"], 1) * 1e6  # warm-up calls included
+                if stats_before is not None:  # ours: what the proxy measured of itself (warm-up included)
+                    within = latency_between(stats_before, proxy_stats(target, url) or {})
+                    result.update(in_proxy_p50_ms=within["p50_ms"], in_proxy_p99_ms=within["p99_ms"])
+                runs.setdefault((stream, concurrency, target), []).append(result)
+                print(f"{'streamed' if stream else 'whole'} x{concurrency} {target}: {result}", file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    for stream, concurrency in loads:
+        row: dict[str, Any] = {"stream": stream, "concurrency": concurrency, "delay_ms": delay_ms}
+        for target in urls:
+            results = runs[(stream, concurrency, target)]
+            keys = [key for key in results[0] if all(key in result for result in results)]
+            row[target] = {key: statistics.median(result[key] for result in results) for key in keys}
+            row[target]["rounds"] = results
+        rows.append(row)
+    return rows
+
+
+def proxy_stats(target: str, url: str) -> dict[str, Any] | None:
+    """Our proxy's ``stats()``, from its process's ``/bench/stats``; None for the other targets."""
+    if not target.startswith("ours"):
+        return None
+    origin = "/".join(url.split("/", 3)[:3])  # http://127.0.0.1:port
+    return httpx.get(f"{origin}/bench/stats", timeout=30).json()
+
+
+def added(row: dict[str, Any], target: str, quantile: str) -> str:
+    result, direct = row.get(target), row["direct"]
+    if result is None:
+        return "skipped"
+    if quantile not in result or result["failed"] > result["calls"]:
+        return f"fails ({result['failed']} of {result['failed'] + result['calls']})"
+    return f"{result[quantile] - direct[quantile]:+.2f}"
+
+
+def in_proxy(result: dict[str, Any]) -> str:
+    """What our proxy measured of itself, in brackets."""
+    if result.get("in_proxy_p50_ms") is None:
+        return ""
+    return f" [in proxy {result['in_proxy_p50_ms']:.2f} / {result['in_proxy_p99_ms']:.2f}]"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    present = [t for t in TARGETS if t != "direct" and any(t in row for row in results["latency"])]
+    lines = [
+        f"Machine: {results['machine']}. Backend: {results['delay_ms']:g} ms per call (streamed: over "
+        f"{results['chunks']} chunks); median of {results['rounds']} measurements of {results['seconds']:g} s, "
+        "taken in turns. Added = a proxy's quantile less the direct one (ms); in brackets, the p50 / p99 of the "
+        "time our proxy measured itself spending on each call (`stats()`: its whole time less its waits on the "
+        "backend).",
+        *(f"Skipped: {reason}" for reason in results["skipped"]),
+        "",
+        "| answer | concurrent | direct p50 / p99 (ms) | "
+        + " | ".join(f"{TARGETS[t]}: added p50 / p99 (ms), calls/s, CPU us/call" for t in present)
+        + " |",
+        "| --- | --- | --- |" + " --- |" * len(present),
+    ]
+    for row in results["latency"] + results["throughput"]:
+        direct = row["direct"]
+        cells = [
+            f"{added(row, t, 'p50_ms')} / {added(row, t, 'p99_ms')}{in_proxy(row[t])}, {row[t]['calls_per_s']:.0f}, "
+            f"{row[t]['cpu_us_per_call']:.0f}"
+            if t in row
+            else "skipped"
+            for t in present
+        ]
+        label = ("streamed" if row["stream"] else "whole") + (" (backend at once)" if row["delay_ms"] == 0 else "")
+        lines.append(
+            f"| {label} | {row['concurrency']} | {direct['p50_ms']:.2f} / {direct['p99_ms']:.2f} "
+            f"({direct['calls_per_s']:.0f}/s) | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs: check that it works")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each target and load (median)")
+    parser.add_argument("--delay-ms", type=float, default=100.0, help="the backend's time per call")
+    parser.add_argument("--concurrency", type=lambda s: [int(n) for n in s.split(",")], default=[1, 64, 256])
+    parser.add_argument("--upstream-python", default=sys.executable, help="a Python with verl and flask")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    options = parser.parse_args()
+    if options.quick:
+        options.seconds, options.concurrency, options.rounds = 1.0, [1, 16], 1
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "delay_ms": options.delay_ms,
+        "chunks": CHUNKS,
+        "seconds": options.seconds,
+        "rounds": options.rounds,
+        "skipped": [],
+    }
+    with ExitStack() as stack:
+        backend_port = free_port()
+        backend = f"127.0.0.1:{backend_port}"
+        processes = {"direct": stack.enter_context(role(sys.executable, "backend", backend_port))}
+        ours_port, upstream_port = free_port(), free_port()
+        processes["ours"] = stack.enter_context(role(sys.executable, "ours", ours_port, "--backend", backend))
+        processes["ours_attempt"] = processes["ours"]
+        urls = {
+            "direct": f"http://{backend}/v1/chat/completions",
+            "ours": f"http://127.0.0.1:{ours_port}/v1/chat/completions",
+            "ours_attempt": f"http://127.0.0.1:{ours_port}{ATTEMPT_PATH}/v1/chat/completions",
+        }
+        try:
+            upstream = role(options.upstream_python, "upstream", upstream_port, "--backend", backend)
+            processes["upstream"] = stack.enter_context(upstream)
+            urls["upstream"] = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+        except Skipped as skipped:
+            results["skipped"].append(str(skipped))
+        loads = [(stream, concurrency) for stream in (False, True) for concurrency in options.concurrency]
+        results["latency"] = measure(urls, processes, options.seconds, options.rounds, loads, options.delay_ms)
+        results["throughput"] = measure(urls, processes, options.seconds, options.rounds, [(False, 64)], 0.0)
+    options.output.mkdir(parents=True, exist_ok=True)
+    (options.output / "llm_proxy.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (options.output / "llm_proxy.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

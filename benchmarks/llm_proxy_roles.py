@@ -1,0 +1,183 @@
+"""The processes of ``benchmarks.llm_proxy``: a stand-in backend, each proxy, and the aiohttp load generator.
+
+    python -m benchmarks.llm_proxy_roles backend PORT
+    python -m benchmarks.llm_proxy_roles ours PORT --backend HOST:PORT
+    python -m benchmarks.llm_proxy_roles upstream PORT --backend HOST:PORT   # needs verl and flask
+    python -m benchmarks.llm_proxy_roles load URL --concurrency 64 --seconds 5 [--stream] [--delay-ms 100]
+
+The backend answers OpenAI chat completions after ``x-bench-delay-ms`` milliseconds (a
+header the load generator sets), with the token ids agentlightning's vLLM instrumentation
+adds; streamed, it spreads ``CHUNKS`` chunks over that delay. ``upstream`` runs upstream's
+own proxy: ``AgentModeDaemon._start_proxy_server_v0`` called with a stand-in ``self``.
+``load`` prints one JSON object: calls, failures, calls per second, p50 and p99 in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import aiohttp
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+CHUNKS = 10
+PROMPT_TOKENS = 200
+RESPONSE_TOKENS = 50
+REQUEST = {
+    "model": "stand-in",
+    "messages": [{"role": "user", "content": "word " * PROMPT_TOKENS}],
+    "max_tokens": RESPONSE_TOKENS,
+}
+
+
+def _completion() -> bytes:
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "stand-in",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "w " * RESPONSE_TOKENS}}],
+            "prompt_token_ids": list(range(1000, 1000 + PROMPT_TOKENS)),
+            "response_token_ids": [list(range(2000, 2000 + RESPONSE_TOKENS))],
+        }
+    ).encode()
+
+
+def _chunk(position: int) -> bytes:
+    delta = {"index": 0, "delta": {"content": "w " * (RESPONSE_TOKENS // CHUNKS)}, "finish_reason": None}
+    return f"data: {json.dumps({'id': 'c', 'object': 'chat.completion.chunk', 'choices': [delta]})}\n\n".encode()
+
+
+COMPLETION = _completion()
+
+
+async def backend_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The stand-in OpenAI-compatible backend."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    delay = next((float(v) for k, v in scope["headers"] if k == b"x-bench-delay-ms"), 0.0) / 1000
+    if b'"stream": true' not in body and b'"stream":true' not in body:
+        await asyncio.sleep(delay)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(COMPLETION)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": COMPLETION})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    for position in range(CHUNKS):
+        await asyncio.sleep(delay / CHUNKS)
+        await send({"type": "http.response.body", "body": _chunk(position), "more_body": True})
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def serve(app: Any, port: int) -> None:
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+
+
+async def run_ours(port: int, backend: str) -> None:
+    """Our proxy, every attempt live, with ``/bench/stats`` beside it."""
+    from lightning_attempts.llm_proxy import LlmProxy, serve_proxy
+
+    proxy = LlmProxy(lambda: [backend], lambda rollout_id, attempt_id: None)
+
+    async def with_stats(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/bench/stats":
+            body = json.dumps(proxy.stats()).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+        else:
+            await proxy(scope, receive, send)
+
+    await serve_proxy(proxy, "127.0.0.1", port, app=with_stats)
+    await asyncio.Event().wait()
+
+
+def run_upstream(port: int, backend: str) -> None:
+    """Upstream's Flask proxy, its own code, with a stand-in ``self``."""
+    try:
+        from agentlightning.verl.daemon import AgentModeDaemon
+    except ImportError as error:
+        print(f"upstream's proxy needs verl and flask: {error}", file=sys.stderr)
+        sys.exit(3)
+    this: Any = SimpleNamespace(backend_llm_server_addresses=[backend], proxy_port=port, llm_timeout_seconds=600)
+    AgentModeDaemon._start_proxy_server_v0(this)  # pyright: ignore[reportPrivateUsage]
+    threading.Event().wait()
+
+
+async def load(url: str, concurrency: int, seconds: float, stream: bool, delay_ms: float) -> dict[str, Any]:
+    """``concurrency`` closed loops of calls for ``seconds``, after one second of warm-up."""
+    body = json.dumps({**REQUEST, "stream": stream}).encode()
+    headers = {"content-type": "application/json", "x-bench-delay-ms": str(delay_ms)}
+    samples: list[float] = []
+    failed = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def loop(until: float, measured: bool) -> None:
+            nonlocal failed
+            while time.perf_counter() < until:
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if measured and ok:
+                    samples.append((time.perf_counter() - started) * 1000)
+                elif measured:
+                    failed += 1
+
+        warm = time.perf_counter() + 1.0
+        await asyncio.gather(*(loop(warm, False) for _ in range(concurrency)))
+        started = time.perf_counter()
+        await asyncio.gather(*(loop(started + seconds, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    result: dict[str, Any] = {"calls": len(samples), "failed": failed, "calls_per_s": len(samples) / elapsed}
+    if len(samples) >= 2:
+        result.update(p50_ms=statistics.median(samples), p99_ms=statistics.quantiles(samples, n=100)[98])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["backend", "ours", "upstream", "load"])
+    parser.add_argument("target", help="the port to serve on, or the URL to load")
+    parser.add_argument("--backend", default="")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--delay-ms", type=float, default=100.0)
+    options = parser.parse_args()
+    if options.role == "backend":
+        serve(backend_app, int(options.target))
+    elif options.role == "ours":
+        asyncio.run(run_ours(int(options.target), options.backend))
+    elif options.role == "upstream":
+        run_upstream(int(options.target), options.backend)
+    else:
+        result = asyncio.run(
+            load(options.target, options.concurrency, options.seconds, options.stream, options.delay_ms)
+        )
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

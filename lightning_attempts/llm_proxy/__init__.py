@@ -1,0 +1,30 @@
+"""An attempt-aware LLM proxy for verl's v0 daemon, in place of upstream's Flask one (``_start_proxy_server_v0``).
+
+``LlmProxy`` (ASGI) forwards ``/v1/...`` and ``/rollout/{rollout_id}/attempt/{attempt_id}/v1/...``
+to the backends, streams answers through, refuses the calls of attempts that are no longer
+live (409, OpenAI-style), keeps each attempt on one backend, records the token ids of each
+attempt's calls and counts what it did; ``serve_proxy`` serves it on the running event loop.
+"""
+
+from __future__ import annotations
+
+from .app import Liveness, LlmProxy
+from .records import CallRecord, CallRecords
+from .routing import BackendRouter, Backends
+from .serving import ProxyServer, serve_proxy
+from .stats import RefusalSummary, latency_between
+from .targets import Attempt
+
+__all__ = [
+    "Attempt",
+    "BackendRouter",
+    "Backends",
+    "CallRecord",
+    "CallRecords",
+    "Liveness",
+    "LlmProxy",
+    "ProxyServer",
+    "RefusalSummary",
+    "latency_between",
+    "serve_proxy",
+]

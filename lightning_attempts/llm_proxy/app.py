@@ -1,0 +1,214 @@
+"""``LlmProxy``: the ASGI application that forwards LLM calls to the backends, attempt by attempt.
+
+``/v1/{path}`` is forwarded as upstream's proxy forwards it (old workers), with the key when
+one is set. ``/rollout/{rollout_id}/attempt/{attempt_id}/v1/{path}`` needs no key (the
+attempt id is an unguessable UUID4, and the URL works only while its attempt is live):
+``liveness(rollout_id, attempt_id)`` is asked once the request's body is in, right before a
+backend is chosen and the call sent, with no await in between on the proxy's side. The
+store answering it runs on the same event loop, so an attempt can turn stale while the call
+is in flight (or while aiohttp takes a connection); that call is not taken back, but
+liveness never comes back, so nothing refused could have been stored.
+
+The backend leg is ``forwarding.Forwarder``'s: answers pass through as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from ..keys import KeyCheck, validate_key
+from .asgi import read_body, send_error
+from .forwarding import Call, Forwarder
+from .records import CallRecord, CallRecords
+from .routing import BackendRouter, Backends
+from .stats import LatencyHistogram, RefusalSummary, latency_summary
+from .targets import Attempt, parse_target
+
+logger = logging.getLogger(__name__)
+
+Liveness = Callable[[str, str], "str | None"]
+"""``liveness(rollout_id, attempt_id)``: None while the attempt is live, else why it is not (e.g. ``superseded``)."""
+
+MAX_BODY_BYTES = 64 * 2**20
+TIMEOUT_SECONDS = 1200.0
+"""Longest wait for the backend's next bytes (verl's ``llm_timeout_seconds`` on 0.2 and 0.3)."""
+CONNECT_TIMEOUT_SECONDS = 30.0
+_NOT_LIVE = (("x-should-retry", "false"),)  # the openai client retries a 409 unless told not to
+_UNAUTHORIZED = (("www-authenticate", "Bearer"),)
+
+
+class LlmProxy:
+    """Forwards ``/v1`` and attempt-scoped LLM calls to ``backends()``; refuses the calls of attempts not live."""
+
+    def __init__(
+        self,
+        backends: Backends,
+        liveness: Liveness,
+        *,
+        api_key: str | None = None,
+        timeout_seconds: float | None = TIMEOUT_SECONDS,
+        connect_timeout_seconds: float | None = CONNECT_TIMEOUT_SECONDS,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_connections_per_backend: int = 0,
+        records: CallRecords | None = None,
+        router: BackendRouter | None = None,
+        refusals: RefusalSummary | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.liveness = liveness
+        self.router = router if router is not None else BackendRouter(backends)
+        self.records = records if records is not None else CallRecords()
+        """Token ids of each live attempt's calls (``calls_of``, ``discard``, ``clear``)."""
+        self.refusals = refusals if refusals is not None else RefusalSummary()
+        self.max_body_bytes = max_body_bytes
+        key = validate_key(api_key)
+        self._key = KeyCheck(key) if key is not None else None
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds, sock_read=timeout_seconds)
+        self._forwarder = Forwarder(timeout, max_connections_per_backend, clock)
+        self._clock = clock
+        self.latency = LatencyHistogram()
+        """Time each forwarded call spent in the proxy: its whole time less its waits on the backend."""
+        self.counts: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+
+    @property
+    def requires_key(self) -> bool:
+        """Whether plain ``/v1`` calls need the key."""
+        return self._key is not None
+
+    # -- what the daemon calls ---------------------------------------------------------
+
+    def forget(self, rollout_id: str, attempt_id: str) -> None:
+        """Forget the backend of an attempt (over): its next call, if any, is routed afresh."""
+        self.router.forget(Attempt(rollout_id, attempt_id))
+
+    def calls_of(self, rollout_id: str, attempt_id: str) -> list[CallRecord]:
+        """The recorded calls of an attempt (see ``CallRecords``)."""
+        return self.records.calls_of(rollout_id, attempt_id)
+
+    def discard(self, rollout_id: str, attempt_id: str) -> None:
+        self.records.discard(rollout_id, attempt_id)
+
+    def clear(self) -> None:
+        """Forget every attempt's recorded calls."""
+        self.records.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the start, as a plain dict (``stats.latency_between`` takes a window's latency)."""
+        summary = latency_summary(self.latency.counts, self.latency.sum)
+        return {
+            "forwarded": self.counts["forwarded_plain"] + self.counts["forwarded_attempt"],
+            **{name: self.counts[name] for name in _COUNTERS},
+            "refused": sum(self.refused.values()),
+            "refused_by_reason": dict(self.refused),
+            "in_flight": sum(self.router.in_flight().values()),
+            "routed_attempts": self.router.routes(),
+            "added_latency_p50_ms": summary["p50_ms"],
+            "added_latency_p99_ms": summary["p99_ms"],
+            "added_latency_sum_s": self.latency.sum,
+            "added_latency_count": self.latency.count,
+            "added_latency_buckets": list(self.latency.counts),
+            **self.records.stats(),
+        }
+
+    async def aclose(self) -> None:
+        """Close the connections to the backends (after the server stopped)."""
+        await self._forwarder.aclose()
+
+    # -- serving -----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # served with lifespan="off"; no websockets
+        started = self._clock()
+        target = parse_target(scope.get("raw_path") or scope["path"].encode())
+        attempt = target.attempt if target is not None else None
+        if attempt is None and self._key is not None and not self._key.presented(scope["headers"]):
+            await self._refuse(
+                send, 401, "unauthorized", "invalid_request_error", "Invalid or missing API key", _UNAUTHORIZED
+            )
+            return
+        if target is None:
+            await send_error(send, 404, "Not found: use /v1/...", type_="invalid_request_error", code="not_found")
+            return
+        body = await read_body(receive, self.max_body_bytes)
+        if body is None:
+            await send_error(send, 413, "Request body too large", type_="invalid_request_error", code="too_large")
+            return
+        if attempt is not None:
+            reason = self._why_not_live(attempt)
+            if reason is not None:
+                self.router.forget(attempt)
+                self.counts["refused_not_live"] += 1
+                message = f"Attempt {attempt.attempt_id} of rollout {attempt.rollout_id} is no longer live: {reason}"
+                await self._refuse(send, 409, reason, "attempt_not_live", message, _NOT_LIVE)
+                return
+        backend = self.router.acquire(attempt)
+        if backend is None:
+            self.counts["no_backend"] += 1
+            await send_error(send, 503, "No backend LLM server available", type_="server_error", code="no_backend")
+            return
+        self.counts["forwarded_attempt" if attempt is not None else "forwarded_plain"] += 1
+        query = scope["query_string"]
+        url = f"http://{backend}{target.upstream_path}" + (f"?{query.decode('latin-1')}" if query else "")
+        try:
+            call = await self._forwarder.forward(
+                scope, receive, send, url, body, strip_keys=self._key is not None, record=attempt is not None
+            )
+        finally:
+            self.router.release(backend)
+        self.latency.add(self._clock() - started - call.waited)
+        if call.client_gone:
+            self.counts["client_disconnected"] += 1
+        elif call.error is not None:
+            self._failed(backend, attempt, call)
+        elif attempt is not None:
+            record = CallRecord.of(
+                scope["method"], target.upstream_path, call.status, call.streamed, backend, call.tokens
+            )
+            self.records.add(attempt, record)
+
+    def _failed(self, backend: str, attempt: Attempt | None, call: Call) -> None:
+        """Count and log a backend that could not be reached or broke off; cut an answer that began short."""
+        timed_out = isinstance(call.error, asyncio.TimeoutError)
+        self.counts["timed_out_upstream" if timed_out else "failed_upstream"] += 1
+        if not timed_out:
+            self.router.failed(backend, attempt)
+        name = type(call.error).__name__
+        logger.warning("LLM backend %s %s: %s", backend, "timed out" if timed_out else "failed", name)
+        if call.started and call.error is not None:
+            raise call.error  # only dropping the connection tells the client that its answer is cut short
+
+    def _why_not_live(self, attempt: Attempt) -> str | None:
+        try:
+            return self.liveness(attempt.rollout_id, attempt.attempt_id)
+        except Exception:
+            logger.exception("Liveness check failed for attempt %s of %s", attempt.attempt_id, attempt.rollout_id)
+            return "liveness_error"
+
+    async def _refuse(
+        self, send: Send, status: int, reason: str, type_: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self.refused[reason] += 1
+        self.refusals.refused(reason)
+        encoded = tuple((name.encode(), value.encode()) for name, value in headers)
+        await send_error(send, status, message, type_=type_, code=reason, headers=encoded)
+
+
+_COUNTERS = (
+    "forwarded_plain",
+    "forwarded_attempt",
+    "failed_upstream",
+    "timed_out_upstream",
+    "client_disconnected",
+    "no_backend",
+    "refused_not_live",
+)

@@ -1,0 +1,63 @@
+"""The daemon's attempt-aware LLM proxy (v0): ``LlmProxy`` beside its task server, in place of upstream's Flask one.
+
+It serves on upstream's port (the daemon's ``proxy_port``), on ``0.0.0.0``, and on the task
+server's event loop: the store it asks whether an attempt is live is not thread-safe, and is
+asked there, synchronously, as every method here runs. The server names the proxy's port in
+the tasks it hands out, so that shim workers call it attempt by attempt; the proxy stops when
+the server stops. Its key is the server's (``AGL_KEY``, or the server's ``api_key``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..llm_proxy import Backends, CallRecord, LlmProxy, ProxyServer, serve_proxy
+from ..server import AttemptAwareServer
+
+HOST = "0.0.0.0"
+"""Where upstream's Flask proxy listens (and so ours): workers on other hosts reach it."""
+
+
+class DaemonProxy:
+    """One daemon's LLM proxy: ``start()`` serves it, the server's stop stops it."""
+
+    def __init__(self, server: AttemptAwareServer, backends: Backends, port: int, timeout_seconds: float) -> None:
+        self.server = server
+        self.port = port
+        self.proxy = LlmProxy(
+            backends, server.liveness, api_key=server.options.api_key, timeout_seconds=timeout_seconds
+        )
+        self._served: ProxyServer | None = None
+        server.stop_with_server(self.stop)
+
+    async def start(self) -> None:
+        """Serve on ``port`` (``ServerStartError`` if it cannot); from now on, tasks handed out name it."""
+        self._served = await serve_proxy(self.proxy, HOST, self.port)
+        self.server.llm_proxy_port = self.port
+
+    async def stop(self) -> None:
+        """Stop serving (the server stopped): tasks no longer name it, connections to the backends close."""
+        self.server.llm_proxy_port = None
+        served, self._served = self._served, None
+        if served is not None:
+            await served.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """The proxy's counters since it started (``LlmProxy.stats``)."""
+        return self.proxy.stats()
+
+    def stored_calls(self, rollout_ids: Iterable[str]) -> dict[str, list[CallRecord]]:
+        """For each of ``rollout_ids`` whose stored result is credited to an attempt, that attempt's recorded calls
+        (those with none left out): never another attempt's."""
+        store = self.server.store
+        found: dict[str, list[CallRecord]] = {}
+        for rollout_id in rollout_ids:
+            attempt_id = store.stored_attempt(rollout_id)
+            if attempt_id is not None and (calls := self.proxy.calls_of(rollout_id, attempt_id)):
+                found[rollout_id] = calls
+        return found
+
+    def forget(self) -> None:
+        """Forget every attempt's recorded calls (a step's, once used; or before a batch is queued)."""
+        self.proxy.clear()

@@ -1,0 +1,172 @@
+"""A stand-in vLLM: OpenAI chat completions with the token ids agentlightning's instrumentation adds.
+
+A real ASGI app served by uvicorn on loopback, in the test's event loop. Non-streamed
+answers carry top-level ``prompt_token_ids`` and ``response_token_ids`` (one list per
+choice), as ``agentlightning.instrumentation.vllm`` adds them; ``"stream": true`` answers
+server-sent events, and with ``"return_token_ids": true`` each chunk carries the ids as vLLM
+0.10.2+ does (``prompt_token_ids`` in the first, ``choices[].token_ids`` in each). Every
+request is recorded. ``gate``, when set to an unset event, holds each answer (a stream after
+its first chunk) until the test sets it; a client hanging up meanwhile is noted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from lightning_attempts.llm_proxy.asgi import read_body
+from lightning_attempts.server.lifecycle import Serving
+
+RESPONSE_TOKENS = 3
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the stand-in saw it."""
+
+    method: str
+    path: str
+    query: bytes
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def prompt_ids(body: dict[str, Any]) -> list[int]:
+    """The stand-in's tokenizer: one id per character of the messages' contents."""
+    return [ord(char) for message in body.get("messages", []) for char in str(message.get("content", ""))]
+
+
+def response_ids(name: str) -> list[int]:
+    """The ids the stand-in called ``name`` answers with (so that tests can tell backends apart)."""
+    base = 1000 * (1 + sum(map(ord, name)) % 50)
+    return [base + i for i in range(RESPONSE_TOKENS)]
+
+
+class StandInVllm:
+    """One stand-in vLLM server; ``await start()``, ``await stop()``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: list[Received] = []
+        self.gate: asyncio.Event | None = None
+        self.hung_up = asyncio.Event()
+        """Set when a client hung up while an answer was held."""
+        self._arrived = asyncio.Condition()
+        self._serving = Serving(
+            uvicorn.Config(self, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False),
+            on_shutdown=lambda: None,
+        )
+        self.address = ""
+        """``host:port``, as verl's ``server_addresses`` name a backend."""
+
+    async def start(self) -> None:
+        port = self._serving.bind("127.0.0.1", 0)
+        self.address = f"127.0.0.1:{port}"
+        assert await self._serving.start(30, endpoint=f"http://{self.address}", address=self.address)
+
+    async def stop(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
+        await self._serving.stop(30)
+
+    async def wait_received(self, count: int) -> None:
+        """Until at least ``count`` requests have arrived."""
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: len(self.received) >= count)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = await read_body(receive, 2**30) or b""
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        request = Received(scope["method"], scope["raw_path"].decode(), scope["query_string"], headers, body)
+        async with self._arrived:
+            self.received.append(request)
+            self._arrived.notify_all()
+        if scope["path"] == "/v1/models":
+            await _send_json(send, 200, {"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
+        elif scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
+            parsed = request.json()
+            if parsed.get("stream"):
+                await self._stream(parsed, receive, send)
+            else:
+                if not await self._held(receive):
+                    return
+                await _send_json(send, 200, self._completion(parsed), [(b"x-backend", self.name.encode())])
+        else:
+            await _send_json(send, 404, {"error": {"message": "no such route", "type": "NotFound", "code": 404}})
+
+    async def _held(self, receive: Receive) -> bool:
+        """Wait for the gate, if any; False when the client hung up meanwhile."""
+        if self.gate is None or self.gate.is_set():
+            return True
+        gate = asyncio.ensure_future(self.gate.wait())
+        hangup = asyncio.ensure_future(receive())
+        await asyncio.wait({gate, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        gate.cancel()
+        hangup.cancel()
+        if gate.cancelled() or not gate.done():
+            self.hung_up.set()
+            return False
+        return True
+
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        ids = response_ids(self.name)
+        return {
+            "id": "chatcmpl-stand-in",
+            "object": "chat.completion",
+            "created": 1,
+            "model": body.get("model", "stand-in"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": " ".join(f"t{i}" for i in ids)},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": len(prompt_ids(body)), "completion_tokens": len(ids), "total_tokens": 0},
+            "prompt_token_ids": prompt_ids(body),
+            "response_token_ids": [ids],
+        }
+
+    async def _stream(self, body: dict[str, Any], receive: Receive, send: Send) -> None:
+        with_ids = bool(body.get("return_token_ids"))
+        headers = [(b"content-type", b"text/event-stream"), (b"x-backend", self.name.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        ids = response_ids(self.name)
+        for position, token in enumerate(ids):
+            chunk: dict[str, Any] = {
+                "id": "chatcmpl-stand-in",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": body.get("model", "stand-in"),
+                "choices": [{"index": 0, "delta": {"content": f"t{token} "}, "finish_reason": None}],
+            }
+            if with_ids:
+                chunk["choices"][0]["token_ids"] = [token]
+                if position == 0:
+                    chunk["prompt_token_ids"] = prompt_ids(body)
+            if position == len(ids) - 1:
+                chunk["choices"][0]["finish_reason"] = "stop"
+            event = f"data: {json.dumps(chunk)}\n\n".encode()
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            if position == 0 and not await self._held(receive):
+                return
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+async def _send_json(
+    send: Send, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(payload, separators=(",", ":")).encode()  # compact: a JSON round trip would change it
+    start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": start_headers + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
