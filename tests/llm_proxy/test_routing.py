@@ -21,8 +21,7 @@ async def test_all_calls_of_an_attempt_go_to_one_backend(
     server = await start_proxy()
     first, second = attempts.live(), attempts.live()
     seen = {
-        attempt: {(await http.post(attempt_url(server, attempt), json=CHAT)).headers["x-backend"] for _ in range(6)}
-        for attempt in (first, second)
+        attempt: await _backends_answering(http, attempt_url(server, attempt), calls=6) for attempt in (first, second)
     }
     assert len(seen[first]) == len(seen[second]) == 1
     assert seen[first] != seen[second]  # the second attempt began while both backends were idle: taken in turn
@@ -105,3 +104,8 @@ async def _first_to_receive(backends: list[StandInVllm]) -> StandInVllm:
     for wait in pending:
         wait.cancel()
     return waits[next(iter(done))]
+
+
+async def _backends_answering(http: httpx.AsyncClient, url: str, *, calls: int) -> set[str]:
+    """The backends that answered `calls` calls made one after another (a helper: Python 3.10 has no nested await)."""
+    return {(await http.post(url, json=CHAT)).headers["x-backend"] for _ in range(calls)}
