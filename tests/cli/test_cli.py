@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 
@@ -242,15 +241,44 @@ def test_serve_refuses_a_switch_that_is_neither_on_nor_off(value: str) -> None:
     assert "Traceback" not in finished.stderr
 
 
-@pytest.mark.parametrize("after", [0.0, 1.0], ids=["at-once", "while-agentlightning-loads"])
-def test_ctrl_c_while_serve_starts_is_one_line_and_status_130(after: float) -> None:
+SLOW_AGENTLIGHTNING = """
+import sys, time
+
+class SlowAgentlightning:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "agentlightning":
+            print("agentlightning is loading", flush=True)
+            time.sleep(60)  # a Ctrl+C ends it
+        return None
+
+sys.meta_path.insert(0, SlowAgentlightning)
+"""
+"""A sitecustomize that holds `import agentlightning` for a minute: a Ctrl+C lands while it loads, on every release.
+
+agentlightning 0.2 and 0.3 take seconds to load, 0.1 a fraction of one: a sleep in the test could not say which.
+"""
+
+
+@pytest.mark.parametrize("moment", ["at-once", "while-agentlightning-loads"])
+def test_ctrl_c_while_serve_starts_is_one_line_and_status_130(
+    moment: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    site = tmp_path_factory.mktemp("slow-agentlightning")
+    (site / "sitecustomize.py").write_text(SLOW_AGENTLIGHTNING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-    starting = process.stderr.readline()  # printed before agentlightning loads, which takes seconds
-    assert "starting on" in starting, starting
-    time.sleep(after)  # the moment of the Ctrl+C, not a wait for something to happen
-    process.send_signal(signal.SIGINT)
-    rest = process.stderr.read()
-    assert process.wait(timeout=60) == 130
-    assert rest.splitlines() == ["lightning-attempts: interrupted before it served"], rest
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stderr is not None and process.stdout is not None
+        starting = process.stderr.readline()
+        assert "starting on" in starting, starting
+        if moment == "while-agentlightning-loads":
+            assert process.stdout.readline() == "agentlightning is loading\n"
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 130
+        assert rest.splitlines() == ["lightning-attempts: interrupted before it served"], rest
+    finally:
+        process.kill()
+        process.wait()
