@@ -19,13 +19,15 @@ from click.testing import CliRunner
 from lightning_attempts.cli import main, serve
 from lightning_attempts.switch.variables import SWITCH_DEFAULTS, option_variables
 
+from .. import prewarmed
+
 
 @pytest.fixture
 def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
     command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--task-timeout", "30"]
     command += ["--stale-policy", "salvage", "--require-attempt-id", "--log-level", "warning"]
     command += ["--unresponsive-seconds", "20", "--max-claims", "3"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = prewarmed.popen(command, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr is not None
         endpoint = ""
@@ -45,7 +47,7 @@ def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
 def serving(*arguments: str, env: dict[str, str]) -> Generator[tuple[subprocess.Popen[str], str]]:
     """``lightning-attempts serve --port 0 --log-level warning ARGUMENTS`` running; its ``serving on`` line."""
     command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--log-level", "warning"]
-    process = subprocess.Popen([*command, *arguments], stderr=subprocess.PIPE, text=True, env=env)
+    process = prewarmed.popen([*command, *arguments], stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stderr is not None
         starting = process.stderr.readline()
@@ -156,7 +158,7 @@ def test_serve_refuses_a_variable_out_of_range_before_it_starts(
 def test_serve_with_the_switch_on_refuses_a_bad_variable_in_one_line_too() -> None:
     env = {**os.environ, "LIGHTNING_ATTEMPTS_INSTALL": "1", "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "0"}
     command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0"]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    finished = prewarmed.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert finished.returncode == 2, finished.stderr
     assert "Error: LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value: max_claims must be" in finished.stderr
     assert "Traceback" not in finished.stderr
@@ -187,7 +189,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line(log_level: str) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", str(port), "--log-level", log_level]
-        finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        finished = prewarmed.run(command, capture_output=True, text=True, timeout=60)
     assert finished.returncode == 1
     reason = f"{os.strerror(errno.EADDRINUSE)} (errno {errno.EADDRINUSE})"
     # One line, whatever the log level, after the one saying it starts: none of uvicorn's start-up lines,
@@ -209,7 +211,7 @@ def test_version_and_help_answer_without_importing_agentlightning() -> None:
         "        assert done.code == 0, done.code\n"
         "print('agentlightning' in sys.modules, 'lightning_attempts.server' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = prewarmed.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False False"
 
@@ -235,7 +237,7 @@ def test_serve_refuses_a_flag_out_of_range_in_one_usage_line(arguments: list[str
 def test_serve_refuses_a_switch_that_is_neither_on_nor_off(value: str) -> None:
     env = {**os.environ, "LIGHTNING_ATTEMPTS_INSTALL": value}
     command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0"]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    finished = prewarmed.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert finished.returncode == 2, finished.stderr
     assert f"LIGHTNING_ATTEMPTS_INSTALL is not a valid value: {value!r}" in finished.stderr
     assert "Traceback" not in finished.stderr
@@ -268,7 +270,7 @@ def test_ctrl_c_while_serve_starts_is_one_line_and_status_130(
     (site / "sitecustomize.py").write_text(SLOW_AGENTLIGHTNING)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = prewarmed.popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stderr is not None and process.stdout is not None
         starting = process.stderr.readline()

@@ -22,6 +22,7 @@ from lightning_attempts import AttemptAwareClient, AttemptAwareDataStore, Attemp
 from lightning_attempts.compat import AgentLightningClient
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
+from .. import prewarmed
 from ..paths import SCRIPTS
 from ..upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
 
@@ -246,7 +247,7 @@ WORKER = textwrap.dedent(
 
 def test_a_killed_worker_loses_its_claim_within_the_window(leased: Served, clock: ManualClock) -> None:
     rid = leased.call(leased.server.queue_task("x"))
-    worker = subprocess.Popen(
+    worker = prewarmed.popen(
         [sys.executable, "-c", WORKER, leased.endpoint], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
@@ -379,7 +380,7 @@ def test_a_killed_shim_worker_costs_the_lease_and_an_old_worker_is_never_requeue
     with serve_in_thread(server) as served:
         served.call(server.update_resources(RESOURCES))
         doomed = served.call(server.queue_task({"n": 0}, mode="train"))
-        worker = subprocess.Popen([sys.executable, str(SHIM_WORKER), served.endpoint, str(started)])
+        worker = prewarmed.popen([sys.executable, str(SHIM_WORKER), served.endpoint, str(started)])
         try:
             # Importing agentlightning 0.2+ takes seconds, more on a loaded machine.
             until(lambda: worker.poll() is not None or (started.exists() and started.read_text() == doomed), 120)

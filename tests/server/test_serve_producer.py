@@ -25,6 +25,7 @@ from lightning_attempts import AttemptAwareClient
 from lightning_attempts.client import RemoteServer
 from lightning_attempts.errors import Unauthorized
 
+from .. import prewarmed
 from ..upstream import make_runner, run_until_stopped
 
 KEY = "serve-producer-key-42"
@@ -50,7 +51,7 @@ def serve() -> Iterator[str]:
     """``lightning-attempts serve`` with a key, until the test ends: its endpoint. It must stop on Ctrl+C, cleanly."""
     command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--log-level", "warning"]
     environment = {**os.environ, "AGL_KEY": KEY}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
+    process = prewarmed.popen(command, stderr=subprocess.PIPE, text=True, env=environment)
     lines: list[str] = []
     try:
         assert process.stderr is not None

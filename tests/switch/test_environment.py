@@ -27,6 +27,7 @@ from lightning_attempts.options import ServerArguments, settable
 from lightning_attempts.switch.activation import activate
 from lightning_attempts.switch.variables import SWITCH_DEFAULTS, from_variables, option_variables, resolve, unrecognised
 
+from .. import prewarmed
 from ..paths import ROOT
 
 LEASE_SECONDS = SWITCH_DEFAULTS["unresponsive_seconds"]
@@ -61,7 +62,7 @@ def run_python(code: str, python: str = sys.executable, **variables: str) -> Any
 
 def run_python_whole(code: str, python: str = sys.executable, **variables: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (not in this directory); it must succeed."""
-    done = subprocess.run(
+    done = prewarmed.run(
         [python, "-c", textwrap.dedent(code)],
         env=environment(**variables),
         cwd="/",  # not the checkout: only the installed package and its .pth are on the path
@@ -185,7 +186,7 @@ def test_set_it_installs_when_lightning_attempts_imports_agentlightning_first() 
 
 def test_with_the_switch_on_a_misspelt_option_fails_the_import_loudly() -> None:
     """Better no training than training without the options asked for."""
-    done = subprocess.run(
+    done = prewarmed.run(
         [sys.executable, "-c", "import agentlightning"],
         env=environment(**{SWITCH: "1", "LIGHTNING_ATTEMPTS_STALE_POLCY": "salvage"}),
         capture_output=True,
@@ -343,7 +344,7 @@ def test_it_reaches_spawned_and_forked_workers(tmp_path: Path) -> None:
     """Subprocesses: every other test here runs one, with the variable in its environment only."""
     script = tmp_path / "workers.py"  # spawn re-imports the main module: it must be a file
     script.write_text(SPAWN_AND_FORK)
-    done = subprocess.run(
+    done = prewarmed.run(
         [sys.executable, str(script)], env=environment(**{SWITCH: "1"}), capture_output=True, text=True, timeout=280
     )
     assert done.returncode == 0, done.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ import pytest
 import lightning_attempts
 from lightning_attempts import AttemptAwareClient, AttemptAwareServer
 from lightning_attempts.compat import AgentLightningClient, AgentLightningServer
+
+from .. import prewarmed
 
 NAMES = ("AgentLightningServer", "AgentLightningClient")
 UPSTREAM = {"AgentLightningServer": AgentLightningServer, "AgentLightningClient": AgentLightningClient}
@@ -125,7 +126,7 @@ def test_modules_imported_after_install_pick_it_up() -> None:
         print("ok")
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = prewarmed.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "ok", done.stderr
 
 

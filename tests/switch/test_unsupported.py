@@ -6,7 +6,6 @@ a meta-path finder hides modules, and ``importlib.metadata.version`` reports a f
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 
@@ -14,6 +13,8 @@ import pytest
 
 import lightning_attempts
 from lightning_attempts import compat
+
+from .. import prewarmed
 
 RANGE = ">=0.1,<1.0"
 RELEASES = "0.1, 0.1.1, 0.1.2, 0.2.0, 0.2.1, 0.2.2, 0.3.0"
@@ -54,7 +55,7 @@ def simulate(*, hide: tuple[str, ...] = (), version: str | None = "", then: str 
     script = HIDE.format(hidden=hide) if hide else ""
     if version != "":
         script += VERSION.format(version=version)
-    done = subprocess.run(
+    done = prewarmed.run(
         [sys.executable, "-c", textwrap.dedent(script) + then], capture_output=True, text=True, timeout=90
     )
     assert done.returncode != 0, done.stdout

@@ -25,6 +25,7 @@ from agentlightning import LitAgent
 from lightning_attempts import AttemptAwareClient, AttemptAwareServer
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
+from .. import prewarmed
 from ..paths import SCRIPTS
 from ..upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
 
@@ -226,7 +227,7 @@ def test_a_worker_process_interrupted_mid_rollout_gives_its_claims_back(clock: M
         spare = served.call(served.server.queue_task({"n": "spare"}, mode="train"))
         rid = served.call(served.server.queue_task({"n": "interrupted"}, mode="train"))
         started = tmp_path / "started"
-        worker = subprocess.Popen(
+        worker = prewarmed.popen(
             [sys.executable, str(SCRIPT), served.endpoint, str(started), "--spare-claim"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
