@@ -33,18 +33,22 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from xml.etree import ElementTree
 
 import nox
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # nox loads this file without its folder on the path
+from tests.scopes import TIERS
+
 # --parallel came with nox 2026.8.10; this noxfile was tried with 2026.10.20.
 nox.needs_version = ">=2026.10.20"
 nox.options.default_venv_backend = "uv"
 nox.options.envdir = ".venvs"
 nox.options.reuse_venv = "yes"
-nox.options.parallel = 3
+nox.options.parallel = 4
 # Otherwise nox skips a tier whose Python it cannot find (and passes) unless CI is set.
 nox.options.error_on_missing_interpreters = True
 # uv cannot download interpreters here: say "not found" at once rather than after a failed download.
@@ -81,13 +85,12 @@ def names_paths(pytest_args: list[str]) -> bool:
     return any(not arg.startswith("-") and (ROOT / arg.split("::")[0]).exists() for arg in pytest_args)
 
 
-def run_pytest(session: nox.Session, paths: tuple[str, ...], *, once: bool) -> None:
+def run_pytest(session: nox.Session, paths: tuple[str, ...], *, marks: list[str]) -> None:
     """Run the tier's tests, or the paths among the session's arguments; fail when no test passed."""
     arguments = list(session.posargs)
     # The tier's own paths unless the arguments name some; --ignore options stay either way.
     selected = [p for p in paths if p.startswith("-")] if names_paths(arguments) else list(paths)
-    # Before the arguments, so that a -m among them wins.
-    marks = [] if once else ["-m", "not once"]
+    # marks before the arguments, so that a -m among them wins.
     # Not in session.create_tmp(): that points TMPDIR into the venv, where Ray refuses its temp_dir.
     with tempfile.TemporaryDirectory() as directory:
         report = Path(directory) / "junit.xml"
@@ -132,30 +135,23 @@ def verl(session: nox.Session, release: str, verl: str, exclude_newer: str, extr
         "-e", ".", *VERL_TEST_REQUIREMENTS, f"verl=={verl}", *extra, f"agentlightning=={release}",
         env=INSTALL_ENV,
     )  # fmt: skip
-    run_pytest(session, ("tests/verl",), once=False)
+    run_pytest(session, ("tests/verl",), marks=[])
 
 
-# The release tiers 0.1.2 and 0.3.0 run the tests marked once.
+# tests/scopes.py: which tiers there are, and which scopes of tests (release, own_logic, once) each runs.
 @nox.session(allow_parallel=True)
 @nox.parametrize(
-    ("python", "release", "once"),
+    ("python", "name"),
     [
-        nox.param(interpreter(PYTHON), "0.3.0", True, id="0.3.0", tags=["releases"]),
-        nox.param(interpreter("3.13"), "0.3.0", False, id="py3.13-0.3.0", tags=["pythons"]),
-        nox.param(interpreter("3.12"), "0.2.2", False, id="py3.12-0.2.2", tags=["pythons"]),
-        nox.param(interpreter(PYTHON), "0.2.2", False, id="0.2.2", tags=["releases"]),
-        nox.param(interpreter(PYTHON), "0.2.1", False, id="0.2.1", tags=["releases"]),
-        nox.param(interpreter(PYTHON), "0.2.0", False, id="0.2.0", tags=["releases"]),
-        nox.param(interpreter(PYTHON), "0.1.2", True, id="0.1.2", tags=["releases"]),
-        nox.param(interpreter("3.10"), "0.1.2", False, id="py3.10-0.1.2", tags=["pythons"]),
-        nox.param(interpreter(PYTHON), "0.1.1", False, id="0.1.1", tags=["releases"]),
-        nox.param(interpreter(PYTHON), "0.1", False, id="0.1", tags=["releases"]),
+        nox.param(interpreter(t.python), name, id=name, tags=["releases" if t.python == PYTHON else "pythons"])
+        for name, t in TIERS.items()
     ],
 )
-def tests(session: nox.Session, release: str, once: bool) -> None:
-    """The suite without ``tests/verl/`` against a release of agentlightning."""
+def tests(session: nox.Session, name: str) -> None:
+    """The suite without ``tests/verl/`` against a release of agentlightning, the scopes the tier runs."""
+    tier = TIERS[name]
     # Reinstalled every time: an editable install copies the switch's .pth hook into site-packages.
     session.install(
-        "--reinstall-package", "lightning-attempts", "-e", ".[test]", f"agentlightning=={release}", env=INSTALL_ENV
+        "--reinstall-package", "lightning-attempts", "-e", ".[test]", f"agentlightning=={tier.release}", env=INSTALL_ENV
     )
-    run_pytest(session, SUITE, once=once)
+    run_pytest(session, SUITE, marks=tier.deselect())

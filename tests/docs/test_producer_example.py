@@ -20,14 +20,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lightning_attempts.compat import AGENTLIGHTNING_VERSION
-
 from ..paths import README
 
 PYTHON_BLOCK = re.compile(r"^```python\n(# (\w+\.py):.*?)^```$", re.MULTILINE | re.DOTALL)
 EXPECTED = ["Ada: reward 17.0", "Grace: reward 19.0", "Alan: reward 18.0", "Edsger: reward 20.0"]
 
-pytestmark = pytest.mark.skipif(AGENTLIGHTNING_VERSION != "0.3.0", reason="README's example is written for 0.3.0")
+pytestmark = pytest.mark.only_release("0.3.0")  # README's example is written for it
 
 
 def scripts() -> dict[str, str]:

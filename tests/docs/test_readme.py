@@ -25,8 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from lightning_attempts.compat import AGENTLIGHTNING_VERSION
-
 from ..paths import ROOT
 from .blocks import Block, blocks
 
@@ -138,7 +136,7 @@ def serve_then_interrupt(block: Block, checkout: Path) -> None:
 
 @pytest.mark.once
 @pytest.mark.timeout(1500)
-@pytest.mark.skipif(AGENTLIGHTNING_VERSION != "0.3.0", reason="the blocks build their own environments: once a run")
+@pytest.mark.only_release("0.3.0")  # the blocks build their own environments: once a run
 def test_readme_shell_blocks_run_as_written(tmp_path: Path) -> None:
     blocks = shell_blocks((ROOT / "README.md").read_text())
     checkout = fresh_copy(tmp_path / "checkout")
