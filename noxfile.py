@@ -10,15 +10,15 @@ cache makes a rebuild take seconds), the project installed editable, and pytest 
   these machines finds ``torch-2.13.0+cpu`` on disk, where uv (and a plain ``torch``) would download a CUDA
   build of several GB.
 
-Three tiers run at a time (nox's ``--parallel``, set below). A tier mostly waits on one process at a time (a
-subprocess importing agentlightning, a server's clock): tests(0.2.2) alone used 9.0 CPU minutes in 12.5 minutes
-(0.72 cores of 2 on average) and did not slow down beside a second tier. Measured on clean clones: two at a
-time, CI took 61 minutes (four tiers ending early on a failure); three at a time, each tier took 1.2 to 1.5
-times as long and CI 57 minutes. Each tier's output is printed whole when it ends, then a table of tier against
-result. Tests marked ``once`` (slow, and not about the release: the benchmark's smoke run, a wheel built and
-installed) run in the 0.1.2 and 0.3.0 release tiers only. A tier fails when its environment cannot be built (nox
-prints the failing command and its output), when pytest fails or collects nothing (exit 5), or when no test
-passed.
+Which tests a ``tests`` tier runs is ``tests/scopes.py``'s: every tier runs what can differ by release or Python,
+the oldest and newest release (0.1, 0.3.0) run the whole suite, the other Pythons all but the slow ``once``
+tests, the releases in between only what a release can change. Four tiers run at a time (nox's ``--parallel``,
+set below). Measured on clean clones on 2 cores: 57 minutes and about 100 CPU-minutes three at a time when every
+tier ran every test and each child interpreter imported agentlightning afresh (6 s of CPU each on 0.2+); 25
+minutes and 38 CPU-minutes four at a time with the scopes and ``tests/prewarmed.py``. Each tier's output is
+printed whole when it ends, then a table of tier against result. A tier fails when its environment cannot be
+built (nox prints the failing command and its output), when pytest fails or collects nothing (exit 5), or when
+no test passed.
 
     python3 -m pip install 'nox[uv]>=2026.10.20' && python3 -m nox  # every tier (README's test command)
     nox -s 'tests(0.3.0)' -- -x                               # one tier; anything after -- goes to pytest

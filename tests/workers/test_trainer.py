@@ -151,8 +151,8 @@ def test_the_environment_switch_alone_gives_forked_workers_the_shim(tmp_path: Pa
 
 
 @pytest.mark.timeout(300)
-# forkserver pickles the trainer as spawn does: checked in the `once` tiers (0.1.2 and 0.3.0, whose failures
-# without the fix differed), spawn in every tier.
+# forkserver pickles the trainer as spawn does: checked in the `once` tiers (0.1 and 0.3.0: the 0.1.x and 0.2+
+# clients, whose failures without the fix differed), spawn in every tier.
 @pytest.mark.parametrize("start_method", ["spawn", pytest.param("forkserver", marks=pytest.mark.once)])
 def test_the_switch_reaches_spawned_workers_whose_trainer_was_pickled(tmp_path: Path, start_method: str) -> None:
     """The trainer pickles itself, and the installed client, into each worker: both must survive it."""
