@@ -29,6 +29,8 @@ LAYOUT: dict[str, str] = {
     "tests/store/test_liveness.py": OWN_LOGIC,
     "tests/store/test_mixed_fleet.py": OWN_LOGIC,
     "tests/test_options.py": OWN_LOGIC,
+    # The tests' fork server against fresh interpreters, on a program that imports nothing of agentlightning.
+    "tests/test_prewarmed.py": OWN_LOGIC,
     # The attempt-aware LLM proxy against stand-in vLLMs, with httpx and openai's client: nothing of agentlightning.
     "tests/llm_proxy/": OWN_LOGIC,
     # README's and the guide's blocks and option list; test_producer_example.py runs 0.3.0's trainer: release.
