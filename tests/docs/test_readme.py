@@ -6,7 +6,7 @@ Each ```` ```bash ```` block of README.md is preceded, in the Markdown source, b
   (``set -euo pipefail``), so that a variable set in one block reaches the next, as in a terminal.
 - ``<!-- docs-test: serve: why -->``: runs until interrupted. Run afterwards, on its own: it must
   print ``serving on``, and once it does it gets Ctrl+C (SIGINT) and must exit with status 0.
-- ``<!-- docs-test: skip: why -->``: not run here (the 40-minute matrix, verl, minutes of benchmark).
+- ``<!-- docs-test: skip: why -->``: not run here (the whole test matrix, verl, minutes of benchmark).
 
 A block without a marker fails the test, so that no new block goes untested by oversight. The
 blocks install their own environments (uv's cache makes that a minute or two), whatever this
