@@ -185,9 +185,10 @@ class Options:
     )
     task_budget: float | None = option(
         None,
-        "Task timeouts a task may take from its first claim: a claim whose worker heartbeats is kept past the task "
-        "timeout while the worker lives, up to this; then the task is completed empty, marked. None: every claim "
-        "ends at the task timeout, and a task is claimed again until max_claims.",
+        "Task timeouts a task may be worked on (held by its claims, or waiting while no claim at all is in flight; "
+        "never waiting behind other work): a claim whose worker heartbeats is kept past the task timeout while the "
+        "worker lives, up to this; then the task is completed empty, marked. None: every claim ends at the task "
+        "timeout, and a task is claimed again until max_claims.",
         check=at_least_one(none="no budget"),
         switch_default=8.0,
     )

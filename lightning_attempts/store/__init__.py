@@ -9,6 +9,7 @@
 - ``records``: the record of each attempt, of each task claimed and not finished, of each finished task;
 - ``queue``: the tasks waiting for a claim;
 - ``claim_index``: the live claims in deadline and last-heard order, so that expiry looks at two fronts;
+- ``budget``: what each task has spent of its ``task_budget`` (time worked on), and which runs out next;
 - ``finished``: the bounded memory of finished tasks, to answer late results;
 - ``answers``: what a submission, a heartbeat and a release are answered;
 - ``counters``: the counts by outcome and drop reason.

@@ -12,7 +12,7 @@ COUNTERS: dict[str, str] = {
     "requeues": "Claims requeued after a timeout or silence.",
     "requeues_unresponsive": "Claims requeued because their worker went silent.",
     "max_claims_exceeded": "Tasks completed empty after max_claims claims.",
-    "task_budget_exceeded": "Tasks completed empty when unfinished task_budget task timeouts after their first claim.",
+    "task_budget_exceeded": "Tasks completed empty when worked on for task_budget task timeouts unfinished.",
     "given_up": "Tasks completed empty, marked, for either reason: max_claims or task_budget.",
     "accepted": "Results stored.",
     "accepted_unverified": "Results stored from old clients without an attempt id.",

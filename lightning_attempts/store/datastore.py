@@ -57,7 +57,7 @@ class AttemptAwareDataStore(ServerDataStore):
         self._clock = self.options.clock
         options = self.options
         budget = None if options.task_budget is None else options.task_budget * options.task_timeout_seconds
-        self._book = TaskBook(options.unresponsive_seconds, options.max_remembered, budget)
+        self._book = TaskBook(options.unresponsive_seconds, options.max_remembered, self._clock, budget)
         self._task_queue = self._book.queue  # pyright: ignore[reportAttributeAccessIssue] # where upstream's add_task puts
         self._counters = Counters()
         self._transitions = Transitions(self._book, self._counters, self._complete, self.options)
@@ -108,6 +108,7 @@ class AttemptAwareDataStore(ServerDataStore):
         self._counters.add("claims_undelivered")
         logger.info("Task %s back in the queue: its poller left before attempt %s reached it", rollout_id, attempt_id)
         self._book.unclaim(claimed)
+        self._claims_ended()
         return True
 
     def get_processing_tasks(self) -> dict[str, Task]:
@@ -133,6 +134,12 @@ class AttemptAwareDataStore(ServerDataStore):
         """Call ``on_deadline`` if the next deadline is now earlier than ``before`` (a new claim or lease)."""
         after = self.next_deadline()
         if after is not None and (before is None or after < before) and self.on_deadline is not None:
+            self.on_deadline()
+
+    def _claims_ended(self) -> None:
+        """Claims ended: if none is in flight now, waiting tasks' budgets run (``budget``): the timer is told."""
+        budget = self._book.budget
+        if budget is not None and budget.waiting and not self._book.in_flight and self.on_deadline is not None:
             self.on_deadline()
 
     def requeue_expired(self) -> int:
@@ -181,8 +188,9 @@ class AttemptAwareDataStore(ServerDataStore):
         self._book.in_flight.heard_from(claimed)
         self._deadline_moved(before)
         self._counters.add("heartbeats")
-        budget = self._book.budget
-        deadline = claimed.first_claimed + budget if budget and self._book.in_flight.kept(claimed) else claimed.deadline
+        budget, deadline = self._book.budget, claimed.deadline
+        if budget is not None and self._book.in_flight.kept(claimed):
+            deadline = now + budget.seconds - budget.spent(claimed, now)
         return Lease(
             rollout_id, attempt_id, None, len(claimed.attempts), self.options.unresponsive_seconds, deadline - now
         )
@@ -202,6 +210,7 @@ class AttemptAwareDataStore(ServerDataStore):
             reason = self._transitions.reason_against(rollout_id, attempt_id)
             return ReleaseAnswer(rollout_id, attempt_id, reason, outcome=self._book.outcome_of(rollout_id, attempt_id))
         requeued = self._transitions.end(claimed, "released")
+        self._claims_ended()
         return ReleaseAnswer(rollout_id, attempt_id, None, len(claimed.attempts), gave_up=not requeued)
 
     # -- submissions ----------------------------------------------------------
@@ -221,7 +230,9 @@ class AttemptAwareDataStore(ServerDataStore):
         after that it is stored, marked failed in its metadata. With ``retry_failed=0``
         ``failed`` is ignored: the result is stored as upstream does.
         """
-        return self._transitions.submit(rollout, attempt_id, failed=failed)
+        submission = self._transitions.submit(rollout, attempt_id, failed=failed)
+        self._claims_ended()
+        return submission
 
     async def store_rollout(self, rollout: LegacyRollout) -> Submission:  # pyright: ignore[reportIncompatibleMethodOverride]
         """Upstream's API for ``submit``, reading the attempt id from the rollout itself."""
@@ -254,6 +265,7 @@ class AttemptAwareDataStore(ServerDataStore):
         """
         chosen = self._book.pending() if rollout_ids is None else rollout_ids
         cancelled = self._transitions.cancel(chosen)
+        self._claims_ended()
         if cancelled:
             logger.info("Cancelled %d pending tasks", len(cancelled))
             if self.on_finished is not None:

@@ -69,13 +69,17 @@ class ClaimedTask:
 
     task: Task
     first_claimed: float
-    """Monotonic time of the task's first claim, from which its ``task_budget`` runs."""
+    """Monotonic time of the task's first claim."""
     attempts: list[Attempt] = field(default_factory=list[Attempt])
     """Every attempt issued for the task; claim sequence id = index + 1."""
     live: bool = False
     """Whether the last attempt still holds its claim (False: requeued)."""
     deadline: float = 0.0
     """When the live claim's age passes ``task_timeout_seconds`` (monotonic)."""
+    spent: float = 0.0
+    """Seconds of its ``task_budget`` the task spent up to its live claim or its wait (``budget.Budget``)."""
+    since: float = 0.0
+    """When that claim started (the store's clock) or that wait (the budget's idle clock)."""
 
     @property
     def rollout_id(self) -> str:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from ..options import Clock
+from .budget import Budget
 from .claim_index import ClaimIndex
 from .finished import FinishedTasks
 from .queue import TaskQueue
@@ -28,14 +30,25 @@ from .records import Attempt, AttemptOutcome, ClaimedTask, FinishedTask
 class TaskBook:
     """The queue, the records of claimed tasks, the index of live claims and the memory of finished tasks."""
 
-    def __init__(self, silence_limit: float | None, max_remembered: int, budget: float | None = None) -> None:
+    def __init__(
+        self, silence_limit: float | None, max_remembered: int, clock: Clock, budget: float | None = None
+    ) -> None:
         self.queue = TaskQueue()
         self.claimed: dict[str, ClaimedTask] = {}
         """Tasks claimed at least once and not finished (live or requeued), in order of first claim."""
-        self.budget = budget
-        """Seconds a task may take from its first claim (``task_budget`` task timeouts); None: no limit."""
+        self._clock = clock
+        self.budget = None if budget is None else Budget(budget, self._holds, clock())
+        """What each task spent of its ``task_budget`` (seconds worked on); None: no budget."""
         self.in_flight = ClaimIndex(silence_limit, keep_leased=budget is not None)
         self.finished = FinishedTasks(max_remembered)
+
+    def _holds(self, claimed: ClaimedTask) -> bool:
+        """Whether ``claimed`` is still its task's record (the task claimed and not finished)."""
+        return self.claimed.get(claimed.rollout_id) is claimed
+
+    def _in_flight_changed(self) -> None:
+        if self.budget is not None:
+            self.budget.in_flight(len(self.in_flight), self._clock())
 
     # -- moves ----------------------------------------------------------------
 
@@ -50,7 +63,10 @@ class TaskBook:
         claimed.attempts.append(Attempt(str(uuid.uuid4()), time.time(), now, leased=leased))
         claimed.live = True
         claimed.deadline = deadline
+        if self.budget is not None:
+            self.budget.claimed(claimed, now)
         self.in_flight.add(claimed)
+        self._in_flight_changed()
         return claimed
 
     def unclaim(self, claimed: ClaimedTask) -> None:
@@ -58,8 +74,11 @@ class TaskBook:
         claimed.attempts.pop()
         claimed.live = False
         self.in_flight.discard(claimed.rollout_id)
+        self._in_flight_changed()
         if not claimed.attempts:
             del self.claimed[claimed.rollout_id]
+        elif self.budget is not None:  # the undone claim held it for no time
+            self.budget.waits(claimed, self._clock())
         self.queue.put_nowait(claimed.task, front=True)
 
     def end_claim(self, claimed: ClaimedTask, outcome: AttemptOutcome) -> None:
@@ -67,9 +86,14 @@ class TaskBook:
         claimed.attempts[-1].end(outcome)
         self.in_flight.discard(claimed.rollout_id)
         claimed.live = False
+        if self.budget is not None:
+            self.budget.ended(claimed, self._clock())
+        self._in_flight_changed()
 
     def requeue(self, claimed: ClaimedTask) -> None:
         """A task whose claim ended waits, last in line, for another attempt."""
+        if self.budget is not None:
+            self.budget.waits(claimed, self._clock())
         self.queue.put_nowait(claimed.task)
 
     def complete(self, claimed: ClaimedTask, credited: str | None) -> None:
@@ -77,6 +101,7 @@ class TaskBook:
         rollout_id = claimed.rollout_id
         del self.claimed[rollout_id]
         self.in_flight.discard(rollout_id)
+        self._in_flight_changed()
         self.queue.discard(rollout_id)
         self.finished.remember(rollout_id, FinishedTask(tuple(claimed.attempts), credited))
 
@@ -88,6 +113,7 @@ class TaskBook:
         if queued is None and claimed is None:
             return False
         self.in_flight.discard(rollout_id)
+        self._in_flight_changed()
         attempts = tuple(claimed.attempts) if claimed is not None else ()
         self.finished.remember(rollout_id, FinishedTask(attempts, None, cancelled=True))
         return True
@@ -99,15 +125,12 @@ class TaskBook:
         return [*self.queue, *(rid for rid in self.claimed if rid not in self.queue)]
 
     def budget_deadline(self) -> float | None:
-        """When the oldest claimed task's budget runs out; None: no budget, or no task claimed. O(1)."""
-        if self.budget is None or not self.claimed:
-            return None
-        return next(iter(self.claimed.values())).first_claimed + self.budget
+        """When the next task runs out of its budget; None: no budget, or none will while nothing changes."""
+        return None if self.budget is None else self.budget.deadline()
 
     def next_over_budget(self, now: float) -> ClaimedTask | None:
-        """A claimed, unfinished task (live or requeued) whose budget ran out before ``now``; else None. O(1)."""
-        deadline = self.budget_deadline()
-        return next(iter(self.claimed.values())) if deadline is not None and deadline < now else None
+        """A claimed, unfinished task (live or requeued) whose budget ran out before ``now``; else None."""
+        return None if self.budget is None else self.budget.next_over(now)
 
     def is_pending(self, rollout_id: str) -> bool:
         """Whether the task waits or is claimed (neither completed nor cancelled)."""

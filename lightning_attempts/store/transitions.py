@@ -142,12 +142,14 @@ class Transitions:
         """A failed result, under ``retry_failed``: may its task be tried again?"""
         if claimed is None:
             return Result.FAILED_FINAL
-        max_claims = self._options.max_claims
-        if claimed.failures() < self._options.retry_failed and (
-            max_claims is None or len(claimed.attempts) < max_claims
-        ):
-            return Result.FAILED_RETRY
-        return Result.FAILED_FINAL
+        max_claims, budget = self._options.max_claims, self._book.budget
+        if claimed.failures() >= self._options.retry_failed:
+            return Result.FAILED_FINAL
+        if max_claims is not None and len(claimed.attempts) >= max_claims:
+            return Result.FAILED_FINAL
+        if budget is not None and budget.spent(claimed, self._options.clock()) >= budget.seconds:
+            return Result.FAILED_FINAL
+        return Result.FAILED_RETRY
 
     def accept(self, submitted: Submitted) -> Submission:
         """Store the result, credited to the live claim's attempt.
@@ -294,13 +296,14 @@ class Transitions:
             if (found := self._book.in_flight.next_expired(now)) is not None:
                 self.end(*found)
             elif (over := self._book.next_over_budget(now)) is not None:
-                self._over_budget(over, now)
+                self._over_budget(over)
             else:
                 return expired
             expired += 1
 
     def end(self, claimed: ClaimedTask, outcome: AttemptOutcome) -> bool:
-        """End the live claim with ``outcome``; requeue the task (True), or give it up after ``max_claims`` claims."""
+        """End the live claim with ``outcome``; requeue the task (True), or give it up after ``max_claims`` claims or
+        when it has spent its budget."""
         self._book.end_claim(claimed, outcome)
         attempt_id, claims = claimed.latest, len(claimed.attempts)
         if outcome == "released":
@@ -324,6 +327,10 @@ class Transitions:
                 why,
             )
             return False
+        budget = self._book.budget
+        if budget is not None and budget.exhausted(claimed):
+            self._over_budget(claimed)
+            return False
         self._book.requeue(claimed)
         if outcome == "released":  # a worker's deliberate act, not a fault
             logger.info("Requeuing task %s: attempt %s (claim %d) %s", rollout_id, attempt_id, claims, why)
@@ -332,8 +339,8 @@ class Transitions:
         logger.warning("Requeuing task %s: attempt %s (claim %d) %s", rollout_id, attempt_id, claims, why)
         return True
 
-    def _over_budget(self, claimed: ClaimedTask, now: float) -> None:
-        """The task is still unfinished ``task_budget`` task timeouts after its first claim: give it up.
+    def _over_budget(self, claimed: ClaimedTask) -> None:
+        """The task was worked on for ``task_budget`` task timeouts (``budget.Budget``) unfinished: give it up.
 
         A live claim ends ``timed_out``: its worker, alive or not, is told so at its next heartbeat,
         and its result, if it ever comes, is dropped as ``already_completed``.
@@ -344,10 +351,10 @@ class Transitions:
             claimed.attempts[-1].note = "the task ran out of its task_budget"
         self._give_up(claimed, "task_budget_exceeded")
         logger.warning(
-            "Giving up on task %s: unfinished %.0fs (task_budget=%g task timeouts) after its first claim, "
-            "claimed %d times%s; completed empty, marked task_budget_exceeded",
+            "Giving up on task %s: worked on for %.0fs unfinished (task_budget=%g task timeouts), claimed %d "
+            "times%s; completed empty, marked task_budget_exceeded",
             claimed.rollout_id,
-            now - claimed.first_claimed,
+            claimed.spent,
             self._options.task_budget,
             len(claimed.attempts),
             f", attempt {live} still working" if live is not None else "",

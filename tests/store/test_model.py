@@ -6,7 +6,9 @@ be failed results (retried under ``retry_failed``), and workers may release thei
 Claims may be leased (their worker says it heartbeats, on the claim or by a heartbeat) or not:
 only a leased claim is requeued for silence, after ``unresponsive_seconds``; any claim at its timeout,
 but, with a ``task_budget``, a leased one, which its worker keeps while it heartbeats. A task is
-given up (completed empty) when its ``max_claims``-th claim ends or its budget runs out.
+given up (completed empty) when its ``max_claims``-th claim ends or its budget runs out: the budget
+counts the time its claims held it and the time it waited while no claim at all was in flight,
+never the time it waited behind other claims (a release, a timeout, a retried failure behind a long queue).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class ModelTask:
     heard: float = 0.0  # when the live claim's worker last said so
     word: int = 0  # the order of that word among all words: the store requeues equal silences in that order
     stored: str | None = None  # attempt credited with the stored result
-    first: tuple[float, int] | None = None  # when it was first claimed, and that claim's order
+    spent: float = 0.0  # budget spent by its ended claims and counted waits
+    since: float = 0.0  # when its live claim started, or (waiting) the idle clock when it began to wait
     failures: int = 0  # failed results of live attempts that were retried
     ended: dict[str, str] = field(default_factory=dict[str, str])  # attempt -> "failed" | "released"
 
@@ -70,6 +73,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.ever_stored: Counter[str] = Counter()
         self.unretrieved: set[str] = set()
         self.words = 0  # claims and heartbeats so far
+        self.idle = 0.0  # seconds time passed with no claim in flight (the budget's idle clock)
 
     def teardown(self) -> None:
         self.loop.close()
@@ -98,7 +102,9 @@ class StoreMachine(RuleBasedStateMachine):
         assert task.claim_sequence_id == task.num_claims == len(model.attempts)
         model.status, model.deadline = "claimed", self.clock() + TIMEOUT
         model.leased, model.heard, model.word = leased, self.clock(), self._word()
-        model.first = model.first or (self.clock(), self.counts["claims"])
+        if len(model.attempts) > 1:  # it waited: only the idle part counts
+            model.spent += self.idle - model.since
+        model.since = self.clock()
         self.in_flight.append(rid)
         self.counts["claims"] += 1
 
@@ -117,6 +123,8 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.floats(min_value=0, max_value=1.5 * TIMEOUT))
     def time_passes(self, seconds: float) -> None:
+        if not self.in_flight:
+            self.idle += seconds
         self.clock.advance(seconds)
         now = self.clock()
         kept = self.task_budget is not None  # a leased claim outlives the timeout while its worker heartbeats
@@ -133,15 +141,13 @@ class StoreMachine(RuleBasedStateMachine):
             self.in_flight.remove(rid)
             if self.end_claim(rid):
                 self.counts["requeues"] += 1
-                self.counts["requeues_unresponsive"] += rid in silent
-            else:
-                self.counts["requeues_unresponsive"] += rid in silent
-        # Then the tasks past their budget, claimed or waiting, in the order of their first claims.
+            self.counts["requeues_unresponsive"] += rid in silent
+        # Then the tasks past their budget: claimed for longer than it, or waiting with it spent.
         over = []
         if self.task_budget is not None:
             budget = self.task_budget * TIMEOUT
             unfinished = [rid for rid, m in self.tasks.items() if m.status in ("claimed", "requeued")]
-            over = sorted((r for r in unfinished if self.first(r)[0] + budget < now), key=self.first)
+            over = [rid for rid in unfinished if self.spent(rid) > budget]
         for rid in over:
             if rid in self.in_flight:
                 self.in_flight.remove(rid)
@@ -150,16 +156,22 @@ class StoreMachine(RuleBasedStateMachine):
             self.give_up(rid, "task_budget_exceeded")
         assert self.store.requeue_expired() == len(timed_out) + len(silent) + len(over)
 
-    def first(self, rid: str) -> tuple[float, int]:
-        first = self.tasks[rid].first
-        assert first is not None
-        return first
+    def spent(self, rid: str) -> float:
+        """What the task has spent of its budget by now."""
+        model = self.tasks[rid]
+        running = self.clock() - model.since if model.status == "claimed" else self.idle - model.since
+        return model.spent + running
 
     def end_claim(self, rid: str) -> bool:
-        """The live claim ended without a result: the task is requeued (True), or given up at ``max_claims``."""
+        """The live claim ended without a result: the task is requeued (True), or given up at ``max_claims``
+        or with its budget spent."""
         model = self.tasks[rid]
+        model.spent, model.since = self.spent(rid), self.idle
         if self.max_claims is not None and len(model.attempts) >= self.max_claims:
             self.give_up(rid, "max_claims_exceeded")
+            return False
+        if self.task_budget is not None and model.spent >= self.task_budget * TIMEOUT:
+            self.give_up(rid, "task_budget_exceeded")
             return False
         model.status = "requeued"
         self.queue.append(rid)
@@ -215,6 +227,7 @@ class StoreMachine(RuleBasedStateMachine):
             model = self.tasks[rid]
             model.failures += 1
             model.ended[model.attempts[-1]] = "failed"
+            model.spent, model.since = self.spent(rid), self.idle
             model.status = "requeued"
             self.in_flight.remove(rid)
             self.queue.append(rid)
@@ -252,7 +265,8 @@ class StoreMachine(RuleBasedStateMachine):
         retry = failed and self.retry_failed > 0
         if model.status == "claimed" and attempt in (None, model.attempts[-1]):
             claims_left = self.max_claims is None or len(model.attempts) < self.max_claims
-            if retry and model.failures < self.retry_failed and claims_left:
+            budget_left = self.task_budget is None or self.spent(rid) < self.task_budget * TIMEOUT
+            if retry and model.failures < self.retry_failed and claims_left and budget_left:
                 return "retrying", None, model.attempts[-1]
             if retry or attempt is not None or len(model.attempts) == 1:
                 return "ok", None, model.attempts[-1]
