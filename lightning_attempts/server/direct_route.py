@@ -58,7 +58,8 @@ async def read_body(request: Request, limit: int | None) -> bytes:
 
 
 class DirectRoute(APIRoute):
-    """An ``APIRoute`` for an endpoint taking nothing, the ``Request`` or one pydantic body, returning a Response."""
+    """An ``APIRoute`` for an endpoint taking nothing, the ``Request``, or one pydantic body (and then, if it asks,
+    the ``Request``), returning a Response."""
 
     max_body_bytes: ClassVar[int | None] = DEFAULTS.max_body_bytes
     """Bodies over this many bytes are answered 413, read no further than the limit; ``None``: no limit."""
@@ -77,9 +78,13 @@ class DirectRoute(APIRoute):
                 return await endpoint()
 
             return handler
-        if len(parameters) > 1:
-            raise TypeError(f"DirectRoute takes endpoints with at most one (body) parameter, not {parameters}")
-        annotation = typing.get_type_hints(endpoint)[parameters[0]]
+        hints = typing.get_type_hints(endpoint)
+        with_request = len(parameters) == 2 and hints[parameters[1]] is Request
+        if len(parameters) > 2 or (len(parameters) == 2 and not with_request):
+            raise TypeError(
+                f"DirectRoute takes endpoints with a body parameter and the Request at most, not {parameters}"
+            )
+        annotation = hints[parameters[0]]
         if annotation is Request:
 
             async def handler_with_request(request: Request) -> Response:
@@ -96,6 +101,6 @@ class DirectRoute(APIRoute):
                 return JSONResponse({"detail": str(exc)}, status_code=413)
             except ValidationError as exc:
                 return unprocessable(exc.errors(include_input=False, include_url=False), prefix=("body",))
-            return await endpoint(payload)
+            return await (endpoint(payload, request) if with_request else endpoint(payload))
 
         return handler_with_body
