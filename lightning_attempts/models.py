@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -12,6 +12,10 @@ MAX_ID_LENGTH = 256
 """Longest rollout or attempt id accepted; ours are 36 (attempts) and 44 (rollouts) characters."""
 MAX_FAILURE_LENGTH = 4096
 """Longest ``failure`` text accepted with a result (the server logs at most its first 200 characters)."""
+
+ReleaseReason = Literal["no_resources", "skipped", "interrupted", "closing"]
+"""Why a worker gave a claim back (``POST /release``'s ``reason``): its runner could not fetch the task's
+resources, polled again without running it, was interrupted while running it, or its client closed."""
 
 WAIT_HEADER = "X-Lightning-Attempts-Wait"
 """Header of the answer to ``GET /task?wait=S``: the seconds the server held (or would hold) the poll; 0: none."""
@@ -80,4 +84,11 @@ class Heartbeat(ClaimRef):
 
 
 class Release(ClaimRef):
-    """``POST /release``'s body: the claim a worker gives back without a result."""
+    """``POST /release``'s body: the claim a worker gives back without a result, why, and who gives it back."""
+
+    reason: ReleaseReason | None = None
+    """``no_resources`` and ``skipped``: the worker never ran the task (not counted toward ``max_claims``);
+    ``interrupted``: it was stopped while running it; ``closing``: its client closed with the claim open.
+    None (old shims): counted like ``interrupted``."""
+    worker: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    """Who gives it back, for the server's log (the shim sends ``host:pid``); the server adds the address."""

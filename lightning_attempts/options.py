@@ -179,7 +179,8 @@ class Options:
     max_claims: int | None = option(
         None,
         "Complete a task empty, marked, when its claim of this number ends without a result, so that its batch "
-        "can finish (a worker killed on every claim of the task, say). None: no limit.",
+        "can finish (a worker killed on every claim of the task, say). Claims their workers gave back unrun "
+        "(no resources, skipped) do not count. None: no limit.",
         check=at_least_one(none="no limit"),
         switch_default=8,
     )

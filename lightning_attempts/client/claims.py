@@ -57,6 +57,7 @@ class ClaimBook:
         self._lock = threading.Lock()
         self._open: OrderedDict[str, Claim] = OrderedDict()  # attempt id -> claim
         self._stale: set[str] = set()
+        self._without_resources: set[str] = set()  # open claims whose resources could not be fetched
 
     def add(self, task: AttemptTask) -> Claim | None:
         """Remember the claim ``task`` was handed out by, as this thread's or task's current one.
@@ -69,7 +70,7 @@ class ClaimBook:
         with self._lock:
             self._open[claim.attempt_id] = claim
             while len(self._open) > MAX_OPEN_CLAIMS:
-                self._open.popitem(last=False)
+                self._without_resources.discard(self._open.popitem(last=False)[0])
         _CURRENT_CLAIM.set((self._owner, claim))
         return claim
 
@@ -123,9 +124,21 @@ class ClaimBook:
         with self._lock:
             self._open.pop(attempt_id, None)
             self._stale.discard(attempt_id)
+            self._without_resources.discard(attempt_id)
         current = _CURRENT_CLAIM.get()
         if current is not None and current[1].attempt_id == attempt_id:
             _CURRENT_CLAIM.set(None)
+
+    def found_no_resources(self, claim: Claim) -> None:
+        """The runner's fetch of the claim's resources found none (a failed request, or none on the server)."""
+        with self._lock:
+            if claim.attempt_id in self._open:
+                self._without_resources.add(claim.attempt_id)
+
+    def without_resources(self, claim: Claim) -> bool:
+        """Whether the runner could not fetch the claim's resources (so it skipped the claim for that)."""
+        with self._lock:
+            return claim.attempt_id in self._without_resources
 
     def lost(self, claim: Claim) -> None:
         """A heartbeat learnt that the claim is gone: it is no longer current (heartbeats stop)."""

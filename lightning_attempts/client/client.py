@@ -11,16 +11,18 @@ heartbeat thread, the steps and what they learnt of the server) is rebuilt after
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, TypeVar
 
 from ..compat import AgentLightningClient, LegacyRollout, ResourcesUpdate
 from ..errors import OptionError
 from ..keys import key_from_env, validate_key
-from ..models import AttemptTask
+from ..models import AttemptTask, ReleaseReason
 from .claims import Claim, ClaimBook
 from .heartbeats import Heartbeats
 from .lifecycle import track
-from .protocol import Send, Step, Steps, Upstream, poll_pause
+from .protocol import Pause, Send, Step, Steps, Upstream, poll_pause
 from .transport import Transport
 
 DEFAULT_POLL_WAIT = 20.0
@@ -123,6 +125,8 @@ class AttemptAwareClient(AgentLightningClient):
                     elif isinstance(effect, Upstream):
                         method = getattr(super(), effect.method)
                         result = method() if effect.arg is None else method(effect.arg)
+                    elif isinstance(effect, Pause):
+                        result = time.sleep(effect.seconds)
                     else:
                         result = self._heartbeats.watch(self, effect.claim)
                 except BaseException as error:  # the step's to handle, or to let through
@@ -148,6 +152,8 @@ class AttemptAwareClient(AgentLightningClient):
                     elif isinstance(effect, Upstream):
                         method = getattr(super(), effect.async_method)
                         result = await (method() if effect.arg is None else method(effect.arg))
+                    elif isinstance(effect, Pause):
+                        result = await asyncio.sleep(effect.seconds)
                     else:
                         result = self._heartbeats.watch(self, effect.claim)  # a blocked loop is no dead worker
                 except BaseException as error:
@@ -246,17 +252,19 @@ class AttemptAwareClient(AgentLightningClient):
 
     # -- releases -------------------------------------------------------------
 
-    def release(self, claim: Claim) -> bool:
+    def release(self, claim: Claim, reason: ReleaseReason | None = None) -> bool:
         """Give ``claim`` back to the server so that its task is requeued now; True if it was.
 
+        ``reason``: ``"skipped"`` or ``"no_resources"`` when the task was never run (the claim then
+        does not count toward the server's ``max_claims``); ``"interrupted"``; None counts as run.
         The claim is forgotten (and no longer heartbeaten) whatever the answer. Best
         effort: failures are logged at DEBUG, never raised.
         """
-        return self._run(self._steps.release(claim))
+        return self._run(self._steps.release(claim, reason))
 
-    async def release_async(self, claim: Claim) -> bool:
-        """Give ``claim`` back to the server so that its task is requeued now; True if it was."""
-        return await self._arun(self._steps.release(claim))
+    async def release_async(self, claim: Claim, reason: ReleaseReason | None = None) -> bool:
+        """Give ``claim`` back to the server so that its task is requeued now; True if it was (see ``release``)."""
+        return await self._arun(self._steps.release(claim, reason))
 
     def release_open_claims(self) -> int:
         """Release every claim this client holds and has not submitted; return how many were released."""

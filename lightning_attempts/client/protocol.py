@@ -7,7 +7,8 @@ what it needs done and is sent back the result, or has the failure thrown in. It
 - ``Upstream``: one of upstream's own methods, ``poll_next_task`` or ``post_rollout``,
   whose sync or async form the driver calls (upstream's poll loop then runs unchanged, and
   comes back for its requests to ``get_json`` and ``post_json``);
-- ``Watch``: heartbeat a claim, from the client's heartbeat thread (``heartbeats.py``).
+- ``Watch``: heartbeat a claim, from the client's heartbeat thread (``heartbeats.py``);
+- ``Pause``: sleep (``time.sleep``, or ``asyncio.sleep`` on the async path).
 
 ``AttemptAwareClient`` runs each step with its sync driver or its async one, which only do
 the I/O. The steps:
@@ -19,17 +20,21 @@ the I/O. The steps:
   what is left of it: usually 0). An unpatched server ignores the parameter and answers at
   once without the header, and the loop sleeps ``poll_interval`` as upstream's does; so does
   it after a failed request. The raw task is remembered: upstream's parsing drops the attempt.
-- ``poll``: a claim, remembered in the claim book (``claims.py``), heartbeaten under a lease.
+- ``poll``: a claim, remembered in the claim book (``claims.py``), heartbeaten under a lease. A claim
+  the runner skipped is released first, as given back unrun (``no_resources`` when its resources
+  could not be fetched, else ``skipped``), and the poll then waits ``SKIP_BACKOFF`` seconds, doubling
+  with each skip in a row up to ``SKIP_BACKOFF_MAX``, until the runner posts a result: a worker that
+  cannot run tasks costs the run time, not tasks, and leaves them to the workers that can.
 - ``resources``: the resources the runner fetches for the claim, its LLM endpoints on the daemon's
-  attempt-aware proxy naming the attempt (``resources.py``).
+  attempt-aware proxy naming the attempt (``resources.py``); a failed fetch is noted on the claim.
 - ``submit`` and ``post_json``: a result posted with its claim's attempt id; transport failures
   and 5xx are retried; a dropped result is logged and returned, never raised.
 - ``release``: a claim given back (``POST /release``), so that its task is requeued at once
   rather than after its timeout: a claim the runner skipped; the claim whose result the runner
   posts while an interrupt (Ctrl+C, ``SystemExit``, a cancelled task) unwinds it, instead of
   the runner's empty default result; every open claim on ``close()``, ``aclose()`` and at the
-  process's end (``lifecycle.py``). Best effort with a short timeout, logged, never raised; an
-  unpatched server (404) is not asked again.
+  process's end (``lifecycle.py``). Each says why (``models.ReleaseReason``) and who (``host:pid``).
+  Best effort with a short timeout, logged, never raised; an unpatched server (404) is not asked again.
 - ``beat``: a heartbeat, which may learn that the claim is lost.
 """
 
@@ -37,6 +42,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
+import socket
 import sys
 import time
 import weakref
@@ -47,7 +54,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 import httpx
 
 from ..compat import LegacyRollout, ResourcesUpdate, Task
-from ..models import WAIT_HEADER, AttemptRollout, AttemptTask
+from ..models import WAIT_HEADER, AttemptRollout, AttemptTask, ReleaseReason
 from .claims import Claim, ClaimBook
 from .resources import scoped
 
@@ -55,6 +62,12 @@ logger = logging.getLogger(__package__)
 
 RELEASE_TIMEOUT = 2.0
 """Seconds a release may take; it is best effort, and may run at interpreter exit."""
+SKIP_BACKOFF = 1.0
+"""Seconds a poll waits after the runner skipped a claim (given back unrun); doubled for each skip in a row."""
+SKIP_BACKOFF_MAX = 30.0
+"""The longest such wait."""
+SKIPS_BEFORE_WARNING = 3
+"""Skips in a row after which the client says at WARNING that its runner cannot run tasks."""
 
 
 @dataclass(slots=True)
@@ -88,8 +101,15 @@ class Watch:
     claim: Claim
 
 
+@dataclass(slots=True)
+class Pause:
+    """Sleep ``seconds`` (the thread, or the asyncio task)."""
+
+    seconds: float
+
+
 T = TypeVar("T")
-Step: TypeAlias = Generator[Send | Upstream | Watch, Any, T]
+Step: TypeAlias = Generator[Send | Upstream | Watch | Pause, Any, T]
 """A protocol step returning ``T``; a driver runs it."""
 
 _POLL = Upstream("poll_next_task", "poll_next_task_async")
@@ -135,6 +155,8 @@ class Steps:
         self._keyed = keyed  # whether requests carry an API key
         self._warned_unauthorized = False
         self._release_supported = True  # until the server answers /release with 404
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"  # who releases (the steps are rebuilt after a fork)
+        self._skips = 0  # claims skipped in a row, by any of this client's runners in this process
 
     # -- the long poll --------------------------------------------------------
 
@@ -194,7 +216,8 @@ class Steps:
         """
         skipped = self._book.current()
         if skipped is not None:
-            yield from self.release(skipped)
+            yield from self.release(skipped, "no_resources" if self._book.without_resources(skipped) else "skipped")
+            yield Pause(self._skipped())
         task: Task | None = yield _POLL
         if task is None:
             return None
@@ -210,6 +233,8 @@ class Steps:
         fetch = _LATEST if resource_id is None else Upstream(*_BY_ID, resource_id)
         update: ResourcesUpdate | None = yield fetch
         claim = self._book.current()
+        if claim is not None and update is None:
+            self._book.found_no_resources(claim)
         return update if update is None or claim is None else scoped(update, claim)
 
     # -- submissions ----------------------------------------------------------
@@ -222,8 +247,9 @@ class Steps:
         """
         attempt_id = self._client.attempt_id_for(rollout)
         if attempt_id is not None and _interrupted():
-            yield from self.release(self._book.claim_of(rollout.rollout_id, attempt_id))
+            yield from self.release(self._book.claim_of(rollout.rollout_id, attempt_id), "interrupted")
             return None
+        self._skips = 0  # the runner ran a task: it can
         try:
             attempt_rollout = AttemptRollout.from_rollout(rollout, attempt_id)
             return (yield Upstream("post_rollout", "post_rollout_async", attempt_rollout))
@@ -241,20 +267,27 @@ class Steps:
 
     # -- releases -------------------------------------------------------------
 
-    def release(self, claim: Claim) -> Step[bool]:
-        """Give ``claim`` back so that its task is requeued now; True if it was. Forgotten whatever the answer."""
+    def release(self, claim: Claim, reason: ReleaseReason | None = None) -> Step[bool]:
+        """Give ``claim`` back, for ``reason`` (None: unsaid, counted as run), so that its task is requeued now; True
+        if it was. Forgotten whatever the answer."""
         self._book.forget(claim.attempt_id)
         if not self._release_supported:
             return False
+        body = {**_claim_body(claim), "worker": self._worker}
+        if reason is not None:
+            body["reason"] = reason
         try:
-            response: httpx.Response = yield Send(
-                "POST", self._url("/release"), json=_claim_body(claim), timeout=RELEASE_TIMEOUT
-            )
+            response: httpx.Response = yield Send("POST", self._url("/release"), json=body, timeout=RELEASE_TIMEOUT)
         except httpx.HTTPError as error:
             logger.debug("Release of %s (attempt %s) failed: %s", claim.rollout_id, claim.attempt_id, error)
             return False
         if response.status_code == 200:
-            logger.info("Released claim of %s (attempt %s): the task is requeued", claim.rollout_id, claim.attempt_id)
+            logger.info(
+                "Released claim of %s (attempt %s, %s): the task is requeued",
+                claim.rollout_id,
+                claim.attempt_id,
+                reason or "no reason given",
+            )
             return True
         if response.status_code in (404, 405):  # a server without /release (unpatched upstream)
             self._release_supported = False
@@ -271,8 +304,24 @@ class Steps:
         """Release every open claim, one after the other; how many were released."""
         released = 0
         for claim in self._book.open_claims():
-            released += yield from self.release(claim)
+            released += yield from self.release(claim, "closing")
         return released
+
+    def _skipped(self) -> float:
+        """The runner skipped a claim: count it (a WARNING at the third in a row); the wait before the next poll."""
+        self._skips += 1
+        wait = min(SKIP_BACKOFF * 2 ** (self._skips - 1), SKIP_BACKOFF_MAX)
+        if self._skips == SKIPS_BEFORE_WARNING:
+            logger.warning(
+                "This worker gave back %d claims in a row without running them (its runner could not fetch their "
+                "resources, or skipped them): it polls again after %.0fs, then less often (at most every %.0fs), "
+                "until it runs a task; the server's log names it as %s",
+                self._skips,
+                wait,
+                SKIP_BACKOFF_MAX,
+                self._worker,
+            )
+        return wait
 
     # -- heartbeats -----------------------------------------------------------
 

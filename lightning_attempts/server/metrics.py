@@ -17,6 +17,8 @@ _GAUGES = {
     "completed_unretrieved": "Stored results not yet retrieved by the trainer.",
     "finished_remembered": "Finished tasks remembered to answer late results.",
     "polls_parked": "Long polls (GET /task?wait=S) waiting for a task.",
+    "workers_giving_back": "Workers that gave back a claim without running it in the last 5 minutes.",
+    "unrun_since_last_result": "Claims given back without being run since the last stored result.",
 }
 
 

@@ -299,11 +299,13 @@ class Routes:
         lease = store.heartbeat(heartbeat.rollout_id, heartbeat.attempt_id)
         return JSONResponse(lease.to_json(), status_code=200 if lease.current else 409)
 
-    async def _post_release(self, release: Release) -> JSONResponse:
+    async def _post_release(self, release: Release, request: Request) -> JSONResponse:
         store = self._store
         if store is None:
             return JSONResponse({"detail": "Server not fully initialized."}, status_code=503)
-        answer = store.release(release.rollout_id, release.attempt_id)
+        address = request.client.host if request.client is not None else "an unknown address"
+        worker = f"{release.worker} at {address}" if release.worker else address
+        answer = store.release(release.rollout_id, release.attempt_id, release.reason, worker)
         return JSONResponse(answer.to_json(), status_code=200 if answer.released else 409)
 
     def _metrics_route(self, render: Callable[[], tuple[bytes, str]]) -> Callable[[], Awaitable[Response]]:

@@ -27,6 +27,7 @@ COUNTERS: dict[str, str] = {
     "failure_retries": "Tasks requeued after a failed result (retry_failed).",
     "failed_stored": "Failed results stored, marked failed, after retry_failed or max_claims ran out.",
     "releases": "Claims given back by their worker (POST /release).",
+    "releases_unrun": "Claims released unrun (no_resources, skipped): not counted toward max_claims.",
     "releases_stale": "Releases of attempts that no longer held their claim.",
 }
 """Every counter, by name (as in ``stats()`` and, prefixed, in Prometheus), with what it counts."""

@@ -10,10 +10,11 @@ from typing import Any
 from typing_extensions import Unpack
 
 from ..compat import LegacyRollout, ServerDataStore, Task
-from ..models import AttemptTask
+from ..models import AttemptTask, ReleaseReason
 from ..options import DEFAULTS, OptionArguments, Options, option_attributes
 from .answers import Lease, ReleaseAnswer, Submission
 from .counters import Counters
+from .given_back import UNRUN, GivenBack
 from .queue import Hook
 from .tasks import TaskBook
 from .transitions import Transitions
@@ -61,6 +62,7 @@ class AttemptAwareDataStore(ServerDataStore):
         self._task_queue = self._book.queue  # pyright: ignore[reportAttributeAccessIssue] # where upstream's add_task puts
         self._counters = Counters()
         self._transitions = Transitions(self._book, self._counters, self._complete, self.options)
+        self._given_back = GivenBack(self._clock)
         self.on_deadline: Hook | None = None
         self.on_finished: Callable[[str], None] | None = None
 
@@ -195,21 +197,30 @@ class AttemptAwareDataStore(ServerDataStore):
             rollout_id, attempt_id, None, len(claimed.attempts), self.options.unresponsive_seconds, deadline - now
         )
 
-    def release(self, rollout_id: str, attempt_id: str) -> ReleaseAnswer:
+    def release(
+        self, rollout_id: str, attempt_id: str, reason: ReleaseReason | None = None, worker: str | None = None
+    ) -> ReleaseAnswer:
         """Give back the claim of ``attempt_id`` if it holds it: the task is requeued at once.
 
         The attempt ends ``released`` and a later result of it is dropped (reason
-        ``released``). A release is a claim like any other for ``max_claims`` (a task
-        every worker gives back is as hopeless as one that always times out: releasing
-        its last allowed claim completes it empty), and it never counts toward
-        ``retry_failed``. An attempt that no longer holds the claim changes nothing.
+        ``released``); it never counts toward ``retry_failed``. ``reason`` is why the worker
+        gave it back, ``worker`` who it is (for the log). A claim given back unrun
+        (``no_resources``, ``skipped``: ``given_back.UNRUN``) says nothing of the task: it does
+        not count toward ``max_claims``, and ``given_back`` tells of the worker. Any other release
+        (``interrupted``, ``closing``, or no reason) is a claim like any other for ``max_claims``:
+        releasing the last allowed one completes the task empty. An attempt that no longer holds
+        the claim changes nothing.
         """
         claimed = self._book.claimed.get(rollout_id)
         if claimed is None or claimed.current != attempt_id:
             self._counters.add("releases_stale")
-            reason = self._transitions.reason_against(rollout_id, attempt_id)
-            return ReleaseAnswer(rollout_id, attempt_id, reason, outcome=self._book.outcome_of(rollout_id, attempt_id))
-        requeued = self._transitions.end(claimed, "released")
+            stale = self._transitions.reason_against(rollout_id, attempt_id)
+            return ReleaseAnswer(rollout_id, attempt_id, stale, outcome=self._book.outcome_of(rollout_id, attempt_id))
+        requeued = self._transitions.end(claimed, "released", reason)
+        if reason is not None and reason in UNRUN:
+            has_resources = self._latest_resources_id is not None
+            queued = len(self._book.queue)
+            self._given_back.unrun(worker or "unnamed", reason, rollout_id, has_resources=has_resources, queued=queued)
         self._claims_ended()
         return ReleaseAnswer(rollout_id, attempt_id, None, len(claimed.attempts), gave_up=not requeued)
 
@@ -231,6 +242,8 @@ class AttemptAwareDataStore(ServerDataStore):
         ``failed`` is ignored: the result is stored as upstream does.
         """
         submission = self._transitions.submit(rollout, attempt_id, failed=failed)
+        if submission.status in ("ok", "retrying"):  # a worker ran the task
+            self._given_back.result_stored()
         self._claims_ended()
         return submission
 
@@ -312,7 +325,12 @@ class AttemptAwareDataStore(ServerDataStore):
             "queued": len(self._book.queue),
             "completed_unretrieved": len(self._completed_rollouts),
             "finished_remembered": len(self._book.finished),
+            **self._given_back.stats(),
         }
+
+    def given_back_by_worker(self) -> dict[str, int]:
+        """How many claims each worker gave back without running them (the most recent worker last)."""
+        return self._given_back.by_worker()
 
     def history(self, rollout_id: str) -> list[dict[str, Any]] | None:
         """Each claim of a task (id, times, outcome) while the task is live or remembered; else None."""

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..compat import LegacyRollout, Task
-from ..models import AttemptTask
+from ..models import AttemptTask, ReleaseReason
+from .given_back import UNRUN
 
 AttemptOutcome = Literal[
     "in_flight", "timed_out", "unresponsive", "completed", "superseded", "cancelled", "failed", "released"
@@ -49,6 +50,13 @@ class Attempt:
     longer than ``unresponsive_seconds`` end the claim."""
     note: str | None = None
     """How it ended, where its ``outcome`` alone would not say (e.g. what completed the task instead)."""
+    release_reason: ReleaseReason | None = None
+    """Why its worker gave it back, when it said so."""
+
+    @property
+    def unrun(self) -> bool:
+        """Whether its worker gave it back without running it: it does not count toward ``max_claims``."""
+        return self.release_reason in UNRUN
 
     def end(self, outcome: AttemptOutcome) -> None:
         self.outcome, self.ended_at = outcome, time.time()
@@ -107,6 +115,10 @@ class ClaimedTask:
             lease_seconds=lease_seconds,
         )
         return AttemptTask.model_construct(**fields)
+
+    def counted_claims(self) -> int:
+        """How many of its claims count toward ``max_claims``: all but those given back unrun."""
+        return sum(not attempt.unrun for attempt in self.attempts)
 
     def failures(self) -> int:
         """How many of the task's attempts ended ``failed``."""

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..compat import LegacyRollout
-from ..models import AttemptRollout
+from ..models import AttemptRollout, ReleaseReason
 from ..options import Options
 from .answers import Submission
 from .counters import Counters
@@ -145,7 +145,7 @@ class Transitions:
         max_claims, budget = self._options.max_claims, self._book.budget
         if claimed.failures() >= self._options.retry_failed:
             return Result.FAILED_FINAL
-        if max_claims is not None and len(claimed.attempts) >= max_claims:
+        if max_claims is not None and claimed.counted_claims() >= max_claims:
             return Result.FAILED_FINAL
         if budget is not None and budget.spent(claimed, self._options.clock()) >= budget.seconds:
             return Result.FAILED_FINAL
@@ -301,29 +301,37 @@ class Transitions:
                 return expired
             expired += 1
 
-    def end(self, claimed: ClaimedTask, outcome: AttemptOutcome) -> bool:
+    def end(self, claimed: ClaimedTask, outcome: AttemptOutcome, reason: ReleaseReason | None = None) -> bool:
         """End the live claim with ``outcome``; requeue the task (True), or give it up after ``max_claims`` claims or
-        when it has spent its budget."""
+        when it has spent its budget. ``reason``: why its worker released it, if it said (``given_back``)."""
         self._book.end_claim(claimed, outcome)
-        attempt_id, claims = claimed.latest, len(claimed.attempts)
+        attempt = claimed.attempts[-1]
+        attempt.release_reason = reason
+        attempt_id, claims = attempt.attempt_id, len(claimed.attempts)
+        if attempt.unrun:  # says nothing of the task: not counted toward max_claims
+            self._counters.add("releases")
+            self._counters.add("releases_unrun")
+            self._book.requeue(claimed)
+            return True
         if outcome == "released":
             self._counters.add("releases")
-            why = "was released by its worker"
+            why = "was released by its worker" + (f" ({reason})" if reason else "")
         elif outcome == "unresponsive":
             self._counters.add("requeues_unresponsive")
             why = f"had no heartbeat for {self._options.unresponsive_seconds}s"
         else:
             why = f"passed its {self._options.task_timeout_seconds}s timeout"
-        rollout_id, max_claims = claimed.rollout_id, self._options.max_claims
-        if max_claims is not None and claims >= max_claims:
+        rollout_id, max_claims, counted = claimed.rollout_id, self._options.max_claims, claimed.counted_claims()
+        if max_claims is not None and counted >= max_claims:
             self._give_up(claimed, "max_claims_exceeded")
             logger.warning(
-                "Giving up on task %s: attempt %s (claim %d of at most %d) %s; completed empty, marked "
+                "Giving up on task %s: attempt %s (claim %d of at most %d%s) %s; completed empty, marked "
                 "max_claims_exceeded",
                 rollout_id,
                 attempt_id,
-                claims,
+                counted,
                 max_claims,
+                f", besides {claims - counted} given back unrun" if claims > counted else "",
                 why,
             )
             return False
