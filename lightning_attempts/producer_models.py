@@ -119,6 +119,7 @@ class CancelTasks(_Body):
     rollout_ids: list[Id] | None = Field(
         description="The tasks to cancel (finished and unknown ones are skipped); null: every pending task."
     )
+    request_id: RequestId = None
 
 
 class Cancelled(BaseModel):

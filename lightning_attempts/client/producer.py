@@ -7,8 +7,8 @@ names and results (``AttemptRollout`` for each rollout), so that a script can sw
 ``AttemptAwareServer(...)`` and ``start()`` for ``RemoteServer(url)`` and ``start()``.
 
 Every request is tried up to ``attempts`` times when it fails in transport or the server fails
-(5xx): queueing, publishing and taking carry a ``request_id``, so a retry after a lost answer
-gets the first answer rather than queueing twice or losing the results taken.
+(5xx): queueing, publishing, taking and cancelling carry a ``request_id``, so a retry after a lost
+answer gets the first answer rather than queueing twice, losing the results taken or the ids cancelled.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class RemoteServer:
     async def cancel_pending(self, rollout_ids: Iterable[str] | None = None) -> list[str]:
         """Cancel the given tasks (default: every queued or claimed one); return those cancelled."""
         ids = None if rollout_ids is None else list(rollout_ids)
-        response = await self._post("/tasks/cancel", {"rollout_ids": ids})
+        response = await self._post("/tasks/cancel", {"rollout_ids": ids, "request_id": _request_id()})
         return list(response.json()["cancelled"])
 
     # -- results --------------------------------------------------------------

@@ -15,7 +15,7 @@ do the same for one that does not (``lightning-attempts serve``, driven by
 Each answers from the running server's store, or 503 between runs. Bad input is refused (4xx) before
 anything changes. A request carrying a ``request_id`` seen in one of the last ``REPLAYED`` successful
 requests of this run gets that request's answer again and changes nothing, so that a client may retry
-a take or a queueing whose answer it lost.
+a take, a queueing or a cancel whose answer it lost.
 """
 
 from __future__ import annotations
@@ -264,7 +264,11 @@ class ProducerRoutes:
         store = self._store()
         if store is None:
             return JSONResponse(_NOT_RUNNING, status_code=503)
-        return _object(cancelled=_dumps(store.cancel(body.rollout_ids)))
+
+        async def cancel() -> Response:
+            return _object(cancelled=_dumps(store.cancel(body.rollout_ids)))
+
+        return await self._replays.once(store, "/tasks/cancel", body.request_id, cancel)
 
     async def _publish(self, body: PublishResources) -> Response:
         store = self._store()

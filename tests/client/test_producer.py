@@ -170,6 +170,26 @@ async def test_cancel_pending_cancels_every_pending_task(served: Served, remote:
     assert ids(await remote.wait_for_rollouts([done, *pending])) == [done]
 
 
+async def test_cancel_pending_after_a_lost_answer_names_the_tasks_cancelled(
+    served: Served, remote: RemoteServer
+) -> None:
+    pending = await remote.queue_tasks([1, 2])
+    send = remote._transport._asend  # pyright: ignore[reportPrivateUsage]
+    lost: list[httpx.Response] = []
+
+    async def losing_the_first_answer(request: Any) -> httpx.Response:
+        response = await send(request)
+        if not lost:  # the server cancelled both, but its answer never arrives
+            lost.append(response)
+            raise httpx.ReadError("connection reset")
+        return response
+
+    remote._transport._asend = losing_the_first_answer  # type: ignore[method-assign]
+    assert await remote.cancel_pending() == pending
+    assert len(lost) == 1 and lost[0].json() == {"cancelled": pending}
+    await remote.stop()
+
+
 async def test_the_key_comes_from_agl_key_or_the_argument(monkeypatch: pytest.MonkeyPatch) -> None:
     with serving(api_key=KEY) as served:
         monkeypatch.setenv("AGL_KEY", KEY)

@@ -297,6 +297,16 @@ def test_cancel_given_ids_or_every_pending_one(served: Served, http: httpx.Clien
     assert state(served) == before
 
 
+def test_a_repeated_cancel_answers_as_the_first_time(served: Served, http: httpx.Client) -> None:
+    """The answer to a cancel was lost: its retry must still name the tasks it cancelled."""
+    cancelled = queue(http, 1, 2)
+    body = {"rollout_ids": None, "request_id": "cancel-1"}
+    assert http.post("/tasks/cancel", json=body).json() == {"cancelled": cancelled}
+    later = queue(http, 3)
+    assert http.post("/tasks/cancel", json=body).json() == {"cancelled": cancelled}
+    assert state(served)["queued"] == later  # the repeat cancelled nothing more
+
+
 # -- the key and the runs -------------------------------------------------------
 
 ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
