@@ -139,25 +139,28 @@ class RemoteServer:
         tasks = [{"sample": sample, **task} for sample in samples]
         if not tasks:
             return []
-        response = await self._post("/tasks", {"tasks": to_jsonable_python(tasks), "request_id": _request_id()})
+        body = {"tasks": to_jsonable_python(tasks), "request_id": _request_id()}
+        response = await self._post("/tasks", body, "Queueing tasks")
         return Queued.model_validate_json(response.content).rollout_ids
 
     async def update_resources(self, resources: Mapping[str, Any]) -> str:
         """Publish resources (e.g. ``{"main_llm": LLM(...)}``) as the latest version; return its id."""
         body = {"resources": to_jsonable_python(resources), "request_id": _request_id()}
-        return Published.model_validate_json((await self._post("/resources", body)).content).resources_id
+        response = await self._post("/resources", body, "Publishing resources")
+        return Published.model_validate_json(response.content).resources_id
 
     async def cancel_pending(self, rollout_ids: Iterable[str] | None = None) -> list[str]:
         """Cancel the given tasks (default: every queued or claimed one); return those cancelled."""
         ids = None if rollout_ids is None else list(rollout_ids)
-        response = await self._post("/tasks/cancel", {"rollout_ids": ids, "request_id": _request_id()})
+        body = {"rollout_ids": ids, "request_id": _request_id()}
+        response = await self._post("/tasks/cancel", body, "Cancelling tasks")
         return list(response.json()["cancelled"])
 
     # -- results --------------------------------------------------------------
 
     async def rollout_state(self, rollout_id: str) -> RolloutState:
         """Where a task is (``stored``, ``pending`` or ``finished``) and its stored result, left on the server."""
-        response = await self._request(Send("GET", f"{self.endpoint}/rollouts/{rollout_id}", attempts=self.attempts))
+        response = await self._get(f"/rollouts/{rollout_id}", f"Reading {rollout_id}")
         return RolloutState.model_validate_json(response.content)
 
     async def get_completed_rollout(self, rollout_id: str) -> AttemptRollout | None:
@@ -196,13 +199,14 @@ class RemoteServer:
 
     async def attempt_stats(self) -> dict[str, Any]:
         """The server's counters (``GET /attempts/stats``)."""
-        response = await self._request(Send("GET", f"{self.endpoint}/attempts/stats", attempts=self.attempts))
+        response = await self._get("/attempts/stats", "Reading the stats")
         return dict(response.json())
 
     # -- requests -------------------------------------------------------------
 
     async def _take(self, rollout_ids: list[str] | None) -> list[AttemptRollout]:
-        response = await self._post("/rollouts/take", {"rollout_ids": rollout_ids, "request_id": _request_id()})
+        body = {"rollout_ids": rollout_ids, "request_id": _request_id()}
+        response = await self._post("/rollouts/take", body, "Taking results")
         return Rollouts.model_validate_json(response.content).rollouts
 
     async def _until_finished(self, rollout_ids: list[str], deadline: float | None) -> Waited:
@@ -219,13 +223,17 @@ class RemoteServer:
         """One held ``POST /rollouts/wait``: at most ``timeout`` seconds (None: ``max_wait``), as the server caps it."""
         asked = self.max_wait if timeout is None else min(timeout, self.max_wait)
         body = {"rollout_ids": rollout_ids, "timeout": asked}
-        response = await self._post("/rollouts/wait", body, timeout=asked + self.timeout)
+        response = await self._post("/rollouts/wait", body, "Waiting for results", timeout=asked + self.timeout)
         return Waited.model_validate_json(response.content)
 
-    async def _post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> httpx.Response:
-        return await self._request(
-            Send("POST", self.endpoint + path, json=body, timeout=timeout, attempts=self.attempts)
-        )
+    async def _get(self, path: str, action: str) -> httpx.Response:
+        """``GET path``; ``action`` names it in the retry log ("Reading the stats")."""
+        return await self._request(Send("GET", self.endpoint + path, attempts=self.attempts, action=action))
+
+    async def _post(self, path: str, body: dict[str, Any], action: str, timeout: float | None = None) -> httpx.Response:
+        """``POST path``; ``action`` names it in the retry log ("Taking results")."""
+        request = Send("POST", self.endpoint + path, json=body, timeout=timeout, attempts=self.attempts, action=action)
+        return await self._request(request)
 
     async def _request(self, request: Send) -> httpx.Response:
         """Send ``request`` (tried up to its ``attempts``); its answer if 200, else the error it means."""

@@ -82,6 +82,8 @@ class Send:
     """Seconds; None: the pooled client's (``timeout``)."""
     attempts: int = 1
     """Tries at most: above 1, transport failures and 5xx answers are tried again (``transport.RETRY``)."""
+    action: str | None = None
+    """What the request does, as the retry log names it ("Submission"); None: its method and URL."""
 
 
 @dataclass(slots=True)
@@ -259,7 +261,9 @@ class Steps:
     def post_json(self, url: str, payload: dict[str, Any]) -> Step[dict[str, Any] | None]:
         """``POST url`` (upstream's ``_post_json``), tried up to ``submit_attempts`` times: the answer, or None."""
         try:
-            response: httpx.Response = yield Send("POST", url, json=payload, attempts=self._client.submit_attempts)
+            response: httpx.Response = yield Send(
+                "POST", url, json=payload, attempts=self._client.submit_attempts, action="Submission"
+            )
             return _answer(payload, response)
         except (httpx.HTTPError, ValueError) as error:
             logger.error("POST %s failed for %s: %s", url, payload.get("rollout_id"), error)

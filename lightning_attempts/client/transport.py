@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -43,18 +43,24 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, httpx.TransportError)
 
 
-def _log_retry(state: RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome is not None else None
-    logger.warning("Submission failed (%s); retry %d", error, state.attempt_number)
+def logging_retries(request: Send) -> Callable[[RetryCallState], None]:
+    """tenacity's ``before_sleep`` for ``request``: a warning naming what failed, why, and which retry follows."""
+    action = request.action or f"{request.method} {request.url}"
+
+    def log(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        logger.warning("%s failed (%s); retry %d of %d", action, error, state.attempt_number, request.attempts - 1)
+
+    return log
 
 
 RETRY: dict[str, Any] = {
     "wait": wait_exponential(multiplier=0.1, max=5.0) + wait_random(0, 0.1),
     "retry": retry_if_exception(is_transient),
-    "before_sleep": _log_retry,
     "reraise": True,
 }
-"""tenacity's arguments for a retried request, but its ``stop`` (the tries, which each request sets)."""
+"""tenacity's arguments for a retried request, but its ``stop`` (the tries) and ``before_sleep`` (the log), which
+each request sets."""
 
 
 class Timed(Protocol):
@@ -95,7 +101,8 @@ class Transport:
         """Send ``request`` from this process's client, tried up to ``request.attempts`` times."""
         if request.attempts == 1:
             return self._send(request)
-        for attempt in Retrying(stop=stop_after_attempt(request.attempts), **RETRY):
+        retrying = Retrying(stop=stop_after_attempt(request.attempts), before_sleep=logging_retries(request), **RETRY)
+        for attempt in retrying:
             with attempt:
                 return _failed_by_the_server(self._send(request))
         raise AssertionError("unreachable: tenacity returns the result or raises the last failure")
@@ -104,7 +111,10 @@ class Transport:
         """Send ``request`` from the running event loop's client, tried up to ``request.attempts`` times."""
         if request.attempts == 1:
             return await self._asend(request)
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(request.attempts), **RETRY):
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(request.attempts), before_sleep=logging_retries(request), **RETRY
+        )
+        async for attempt in retrying:
             with attempt:
                 return _failed_by_the_server(await self._asend(request))
         raise AssertionError("unreachable: tenacity returns the result or raises the last failure")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterable, Iterator
@@ -52,6 +53,19 @@ async def entered(semaphore: threading.Semaphore) -> None:
 
 def ids(rollouts: Iterable[Any]) -> list[str]:
     return [rollout.rollout_id for rollout in rollouts]
+
+
+def failing(target: Any, name: str, times: int) -> None:
+    """``target.<name>`` raises on its first ``times`` calls, so that the server answers 500; then it works."""
+    method, left = getattr(target, name), [times]
+
+    def failing_first(*args: Any, **kwargs: Any) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            raise RuntimeError(f"{name} fails on purpose")
+        return method(*args, **kwargs)
+
+    setattr(target, name, failing_first)
 
 
 async def test_a_batch_queued_published_and_retrieved(served: Served, remote: RemoteServer) -> None:
@@ -187,6 +201,22 @@ async def test_cancel_pending_after_a_lost_answer_names_the_tasks_cancelled(
     remote._transport._asend = losing_the_first_answer  # type: ignore[method-assign]
     assert await remote.cancel_pending() == pending
     assert len(lost) == 1 and lost[0].json() == {"cancelled": pending}
+    await remote.stop()
+
+
+async def test_the_retry_log_names_what_was_being_done(
+    served: Served, remote: RemoteServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    (rollout_id,) = await remote.queue_tasks(["x"])
+    await asyncio.to_thread(complete, served)
+    failing(served.server.store, "stored", times=1)  # the wait's first request fails
+    failing(served.server.store, "retrieve_completed_rollouts", times=1)  # and the take's
+    with caplog.at_level(logging.WARNING, logger="lightning_attempts.client"):
+        assert ids(await remote.wait_for_rollouts([rollout_id])) == [rollout_id]
+        assert ids(await remote.retrieve_completed_rollouts()) == [rollout_id]
+    retries = [record.getMessage() for record in caplog.records if record.name == "lightning_attempts.client"]
+    assert [message.split(" failed (")[0] for message in retries] == ["Waiting for results", "Taking results"]
+    assert all("500 Internal Server Error" in message and message.endswith("retry 1 of 4") for message in retries)
     await remote.stop()
 
 
