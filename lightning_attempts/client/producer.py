@@ -48,7 +48,8 @@ class RemoteServer:
 
     Errors: ``Unauthorized`` without the server's key; ``RequestRefused`` (a ``ValueError``)
     for a request the server refused, naming what was wrong (e.g. an unknown rollout id);
-    ``ServerNotRunning`` (a ``RuntimeError``) when no server answers, or it is between runs.
+    ``ServerNotRunning`` (a ``RuntimeError``) when no server answers, it is between runs, or it
+    fails (5xx) on every try, raised from the last ``httpx`` error. Each is a ``LightningAttemptsError``.
     """
 
     def __init__(
@@ -80,7 +81,7 @@ class RemoteServer:
         """Return once the server answers, trying for up to ``timeout`` seconds (it may still be starting).
 
         It starts nothing: the server runs elsewhere. Raises ``Unauthorized`` without its key, and
-        ``ServerNotRunning`` when nothing answers in time or what answers is no attempt-aware server.
+        ``ServerNotRunning`` when nothing answers in time, what answers is no attempt-aware server, or it fails (5xx).
         """
         deadline = time.monotonic() + timeout
         pause = 0.05
@@ -95,7 +96,7 @@ class RemoteServer:
                 continue
             if response.status_code == 404:
                 raise ServerNotRunning(f"{self.endpoint} is no lightning-attempts server (GET /attempts/stats: 404)")
-            self._checked(response)
+            self._checked(response, 1)
             logger.info("Producing for the server at %s", self.endpoint)
             return
 
@@ -240,25 +241,29 @@ class RemoteServer:
         try:
             response = await self._transport.asend(request)
         except httpx.HTTPStatusError as error:  # a 5xx on the last try
-            response = error.response
+            return self._checked(error.response, request.attempts, error)
         except httpx.TransportError as error:
             raise ServerNotRunning(f"No answer from {request.url}: {error!r}") from error
-        return self._checked(response)
+        return self._checked(response, request.attempts)
 
     @staticmethod
-    def _checked(response: httpx.Response) -> httpx.Response:
+    def _checked(response: httpx.Response, tries: int, failure: httpx.HTTPStatusError | None = None) -> httpx.Response:
+        """``response`` if 200; else the package's exception it means, raised from ``failure`` (or one made here)."""
         status = response.status_code
         if status == 200:
             return response
         detail = _detail(response)
         if status == 401:
             raise Unauthorized(f"{response.request.url} refused the request: no or wrong API key (AGL_KEY)")
-        if status == 503:
-            raise ServerNotRunning(f"{response.request.url}: the server is not running ({detail})")
         if 400 <= status < 500:
             raise RequestRefused(status, detail)
-        response.raise_for_status()
-        return response
+        if failure is None:
+            failure = httpx.HTTPStatusError(f"{status} answered", request=response.request, response=response)
+        if status == 503:
+            raise ServerNotRunning(f"{response.request.url}: the server is not running ({detail})") from failure
+        times = "" if tries == 1 else f" on each of {tries} tries"
+        message = f"{response.request.url}: the server failed{times} ({status} {response.reason_phrase}: {detail})"
+        raise ServerNotRunning(message) from failure
 
 
 def _detail(response: httpx.Response) -> object:

@@ -17,7 +17,7 @@ from agentlightning.types import PromptTemplate
 
 from lightning_attempts import AttemptAwareServer, AttemptRollout, ServerNotRunning
 from lightning_attempts.client import RemoteServer
-from lightning_attempts.errors import RequestRefused, Unauthorized
+from lightning_attempts.errors import LightningAttemptsError, RequestRefused, Unauthorized
 from lightning_attempts.testing import serve_in_thread
 
 from ..producing import LONG, Served, entered_waits, serving
@@ -217,6 +217,23 @@ async def test_the_retry_log_names_what_was_being_done(
     retries = [record.getMessage() for record in caplog.records if record.name == "lightning_attempts.client"]
     assert [message.split(" failed (")[0] for message in retries] == ["Waiting for results", "Taking results"]
     assert all("500 Internal Server Error" in message and message.endswith("retry 1 of 4") for message in retries)
+    await remote.stop()
+
+
+async def test_a_server_failing_on_every_try_raises_server_not_running(served: Served) -> None:
+    """A 5xx after the retries, from start() too, is the package's documented exception, the httpx one its cause."""
+    remote = RemoteServer(served.endpoint, attempts=2)
+    (rollout_id,) = await remote.queue_tasks(["x"])
+    failing(served.server.store, "stored", times=2)
+    failing(served.server.store, "stats", times=1)
+    with pytest.raises(ServerNotRunning, match="failed on each of 2 tries") as failed:
+        await remote.wait_for_rollouts([rollout_id])
+    with pytest.raises(ServerNotRunning, match="the server failed") as failed_to_start:
+        await remote.start()
+    for error in (failed.value, failed_to_start.value):
+        assert isinstance(error, LightningAttemptsError) and "500 Internal Server Error" in str(error)
+        assert isinstance(error.__cause__, httpx.HTTPStatusError) and error.__cause__.response.status_code == 500
+    await remote.start()  # the server works again
     await remote.stop()
 
 
