@@ -13,7 +13,7 @@ do the same for one that does not (``lightning-attempts serve``, driven by
   passes; the stored results and the ids still pending.
 
 Each answers from the running server's store, or 503 between runs. Bad input is refused (4xx) before
-anything changes. A request carrying a ``request_id`` seen in one of the last ``REPLAYED`` successful
+anything changes. A request carrying a ``request_id`` seen in one of the last ``replays.REPLAYED`` successful
 requests of this run gets that request's answer again and changes nothing, so that a client may retry
 a take, a queueing or a cancel whose answer it lost.
 """
@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import weakref
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
@@ -50,11 +49,9 @@ from ..producer_models import (
 )
 from ..store import AttemptAwareDataStore
 from .direct_route import DirectRoute, unprocessable
+from .replays import Replays
 
 logger = logging.getLogger(__package__)  # "lightning_attempts.server"
-
-REPLAYED = 32
-"""Successful answers remembered by ``request_id`` (per run): a retry follows its request closely."""
 
 _NOT_RUNNING = {"detail": "Server not fully initialized."}  # upstream's words, as the other routes answer
 _BAD_BODY: dict[int | str, dict[str, Any]] = {
@@ -104,37 +101,6 @@ def _object(**members: bytes) -> Response:
     return Response(b"{" + body + b"}", media_type="application/json")
 
 
-class _Replays:
-    """The answers of the last successful requests by ``request_id``, for the run whose store made them."""
-
-    def __init__(self) -> None:
-        self._answers: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._run: weakref.ref[AttemptAwareDataStore] | None = None
-
-    async def once(
-        self, store: AttemptAwareDataStore, route: str, request_id: str | None, act: Callable[[], Awaitable[Response]]
-    ) -> Response:
-        """``act()``'s answer, or the answer it gave a request of this run with the same id."""
-        if request_id is None:
-            return await act()
-        if self._run is None or self._run() is not store:
-            self._answers.clear()
-            self._run = weakref.ref(store)
-        key = (route, request_id)
-        earlier = self._answers.get(key)
-        if earlier is not None:
-            logger.info("%s: request %r repeated; answered as the first time, nothing changed", route, request_id)
-            return Response(earlier, media_type="application/json")
-        # act() does not suspend (the store's awaited methods take uncontended locks), and a client
-        # retries only once it lost the first answer: no two requests with one id act together.
-        response = await act()
-        if response.status_code == 200:
-            self._answers[key] = bytes(response.body)
-            while len(self._answers) > REPLAYED:
-                self._answers.popitem(last=False)
-        return response
-
-
 class _HeldWaits:
     """The ``POST /rollouts/wait`` requests being held; ``close`` answers them at once (the server is stopping)."""
 
@@ -174,7 +140,7 @@ class ProducerRoutes:
 
     def __init__(self, server: Producer) -> None:
         self._server = server
-        self._replays = _Replays()
+        self._replays = Replays()
         self._waits = _HeldWaits()
 
     def _store(self) -> AttemptAwareDataStore | None:
