@@ -25,9 +25,9 @@ RequestId = Annotated[
     Field(
         min_length=1,
         max_length=MAX_ID_LENGTH,
-        description="Any string unique to this request (e.g. a UUID4). The server remembers the answers of its "
-        "last requests: one repeated with the same id (a retry after a lost answer) gets the first answer and "
-        "changes nothing.",
+        description="Any string unique to this request (e.g. a UUID4). The server keeps the answers of its "
+        "last requests (the last 32, 64 MiB in all): one repeated with the same id (a retry after a lost answer) "
+        "gets the first answer and changes nothing; 409 once that answer is no longer kept.",
     ),
 ]
 RolloutStatus = Literal["stored", "pending", "finished"]

@@ -13,9 +13,9 @@ do the same for one that does not (``lightning-attempts serve``, driven by
   passes; the stored results and the ids still pending.
 
 Each answers from the running server's store, or 503 between runs. Bad input is refused (4xx) before
-anything changes. A request carrying a ``request_id`` seen in one of the last ``replays.REPLAYED`` successful
-requests of this run gets that request's answer again and changes nothing, so that a client may retry
-a take, a queueing or a cancel whose answer it lost.
+anything changes. A request carrying the ``request_id`` of a successful request of this run gets that
+request's answer again and changes nothing, so that a client may retry a take, a queueing or a cancel
+whose answer it lost; 409 once that answer is no longer kept (``replays``: the last 32, 64 MiB in all).
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ _BAD_BODY: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body is larger than the server's `max_body_bytes`"},
     422: {"description": "A field is missing, malformed or unknown: `detail` names it; nothing changed"},
     503: {"description": "The server is between runs (starting or stopping)"},
+}
+_REPEATED: dict[int | str, dict[str, Any]] = {
+    409: {"description": "`request_id` was answered already and its answer is no longer kept; nothing changed"}
 }
 
 
@@ -157,17 +160,17 @@ class ProducerRoutes:
         """Add the routes to ``app``; the API key middleware, when there is one, wraps them as every route."""
         direct = DirectRoute.limited(self._server.options.max_body_bytes)
         routes: list[tuple[str, Callable[..., Any], str, str, type[Any], dict[int | str, dict[str, Any]]]] = [
-            ("POST", self._queue, "/tasks", "Queue tasks, all or none; their rollout ids in order", Queued, {}),
+            ("POST", self._queue, "/tasks", "Queue tasks, all or none; their rollout ids in order", Queued, _REPEATED),
             (
                 "POST",
                 self._cancel,
                 "/tasks/cancel",
                 "Cancel queued and claimed tasks: given ones, or every one",
                 Cancelled,
-                {},
+                _REPEATED,
             ),
-            ("POST", self._publish, "/resources", "Publish resources: the new latest version", Published, {}),
-            ("POST", self._take, "/rollouts/take", "Take stored results off the server", Rollouts, {}),
+            ("POST", self._publish, "/resources", "Publish resources: the new latest version", Published, _REPEATED),
+            ("POST", self._take, "/rollouts/take", "Take stored results off the server", Rollouts, _REPEATED),
             (
                 "POST",
                 self._wait,

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from lightning_attempts import AttemptAwareServer
+from lightning_attempts.server import replays
 
 from ..producing import LONG, Served, entered_waits, serving
 
@@ -48,10 +49,12 @@ def publish(http: httpx.Client, template: str = "Say hi to {name}.") -> str:
     return response.json()["resources_id"]
 
 
-def complete(http: httpx.Client, reward: float = 1.0) -> str:
-    """Claim the next task and post its result; its rollout id."""
+def complete(http: httpx.Client, reward: float = 1.0, size: int = 0) -> str:
+    """Claim the next task and post its result (``size`` bytes of metadata on top); its rollout id."""
     task = http.get("/task").json()["task"]
     body = {"rollout_id": task["rollout_id"], "attempt_id": task["attempt_id"], "final_reward": reward}
+    if size:
+        body["metadata"] = {"blob": "x" * size}
     assert http.post("/rollout", json=body).json()["status"] == "ok"
     return task["rollout_id"]
 
@@ -203,6 +206,44 @@ def test_a_repeated_take_gets_the_same_results_and_takes_no_more(served: Served,
     complete(http)
     assert http.post("/rollouts/take", json=body).json() == taken
     assert state(served)["stored"] == [second]
+
+
+def test_an_answer_over_the_byte_bound_is_not_kept_while_a_small_one_replays(
+    served: Served, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept answers take at most REPLAY_BYTES in all (64 MiB; 1 MiB here): a larger one is not kept, and its
+    repeat is refused (409) without taking anything, while a small answer kept before it still replays."""
+    assert replays.REPLAY_BYTES == 64 * 2**20
+    monkeypatch.setattr(replays, "REPLAY_BYTES", 2**20)
+    small, big, later = queue(http, 1, 2, 3)
+    complete(http)
+    small_take = {"rollout_ids": [small], "request_id": "take-small"}
+    first = http.post("/rollouts/take", json=small_take).json()
+    complete(http, size=2**20)
+    big_take = {"rollout_ids": None, "request_id": "take-big"}
+    assert ids(http.post("/rollouts/take", json=big_take).json()["rollouts"]) == [big]
+    complete(http)
+    repeated = http.post("/rollouts/take", json=big_take)
+    assert repeated.status_code == 409 and "'take-big' was answered already" in repeated.json()["detail"]
+    assert state(served)["stored"] == [later]  # the repeat took nothing
+    assert http.post("/rollouts/take", json=small_take).json() == first
+
+
+def test_the_oldest_answers_are_dropped_to_stay_within_the_byte_bound(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replays, "REPLAY_BYTES", 2**20)
+    queue(http, 1, 2, 3)
+    answers: dict[str, Any] = {}
+    for request_id in ("first", "second", "third"):  # 0.4 MiB each: the three do not fit in 1 MiB
+        complete(http, size=4 * 2**20 // 10)
+        answers[request_id] = http.post("/rollouts/take", json={"rollout_ids": None, "request_id": request_id})
+    again = {
+        request_id: http.post("/rollouts/take", json={"rollout_ids": None, "request_id": request_id})
+        for request_id in answers
+    }
+    assert again["first"].status_code == 409
+    assert [again[i].content for i in ("second", "third")] == [answers[i].content for i in ("second", "third")]
 
 
 # -- wait -----------------------------------------------------------------------
