@@ -29,6 +29,8 @@ LAYOUT: dict[str, str] = {
     "tests/store/test_liveness.py": OWN_LOGIC,
     "tests/store/test_mixed_fleet.py": OWN_LOGIC,
     "tests/test_options.py": OWN_LOGIC,
+    # The count of a POST /tasks body's tasks, read from its bytes: json and re only.
+    "tests/server/test_task_count.py": OWN_LOGIC,
     # The tests' fork server against fresh interpreters, on a program that imports nothing of agentlightning.
     "tests/test_prewarmed.py": OWN_LOGIC,
     # The attempt-aware LLM proxy against stand-in vLLMs, with httpx and openai's client: nothing of agentlightning.

@@ -26,7 +26,7 @@ from pydantic_core import to_jsonable_python
 from ..errors import RequestRefused, ServerNotRunning, Unauthorized
 from ..keys import key_from_env, validate_key
 from ..models import AttemptRollout
-from ..producer_models import Published, Queued, Rollouts, RolloutState, Waited
+from ..producer_models import MAX_TASKS, Published, Queued, Rollouts, RolloutState, Waited
 from .protocol import Send
 from .transport import Transport
 
@@ -132,17 +132,20 @@ class RemoteServer:
         resources_id: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> list[str]:
-        """Queue a batch in one request, all or none, each task with these fields; return the rollout ids in order.
+        """Queue a batch, each task with these fields; return the rollout ids in order.
 
-        An unknown ``resources_id`` refuses the whole batch (``RequestRefused``): none is queued.
+        One request queues at most ``MAX_TASKS`` (10,000), all or none: a larger batch is sent in several,
+        in order. An unknown ``resources_id`` refuses the first (``RequestRefused``): none is queued. Should
+        a later request fail after its retries, the tasks of those before it stay queued.
         """
         task = {"mode": mode, "resources_id": resources_id, "metadata": metadata}
         tasks = [{"sample": sample, **task} for sample in samples]
-        if not tasks:
-            return []
-        body = {"tasks": to_jsonable_python(tasks), "request_id": _request_id()}
-        response = await self._post("/tasks", body, "Queueing tasks")
-        return Queued.model_validate_json(response.content).rollout_ids
+        rollout_ids: list[str] = []
+        for start in range(0, len(tasks), MAX_TASKS):
+            body = {"tasks": to_jsonable_python(tasks[start : start + MAX_TASKS]), "request_id": _request_id()}
+            response = await self._post("/tasks", body, "Queueing tasks")
+            rollout_ids += Queued.model_validate_json(response.content).rollout_ids
+        return rollout_ids
 
     async def update_resources(self, resources: Mapping[str, Any]) -> str:
         """Publish resources (e.g. ``{"main_llm": LLM(...)}``) as the latest version; return its id."""

@@ -7,7 +7,8 @@ server's own CPU (see benchmarks/). ``DirectRoute`` keeps everything FastAPI der
 the endpoint's signature (the OpenAPI schema, ``/docs``), and serves a request by
 validating the body straight from its bytes with pydantic-core and awaiting the endpoint,
 which returns a ready ``Response``. Bad bodies get FastAPI's 422 shape; a body larger
-than the route's ``max_body_bytes`` gets 413 and is not read further.
+than the route's ``max_body_bytes`` gets 413 and is not read further; a route's ``precheck`` may
+refuse a body before it is parsed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from starlette.responses import JSONResponse, Response
 from ..options import DEFAULTS
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+Precheck = Callable[[bytes], Response | None]
+"""A look at a body's bytes before it is parsed: the answer refusing it, or None to go on."""
 
 
 def unprocessable(errors: Sequence[Any], *, prefix: tuple[str, ...] = ()) -> JSONResponse:
@@ -63,11 +66,14 @@ class DirectRoute(APIRoute):
 
     max_body_bytes: ClassVar[int | None] = DEFAULTS.max_body_bytes
     """Bodies over this many bytes are answered 413, read no further than the limit; ``None``: no limit."""
+    prechecks: ClassVar[tuple[Precheck, ...]] = ()
+    """Each called with the body's bytes before it is parsed; the first answer one returns (not None) is sent."""
 
     @classmethod
-    def limited(cls, max_body_bytes: int | None) -> type[DirectRoute]:
-        """This route class with another body limit."""
-        return type(cls.__name__, (cls,), {"max_body_bytes": max_body_bytes})
+    def limited(cls, max_body_bytes: int | None, precheck: Precheck | None = None) -> type[DirectRoute]:
+        """This route class with another body limit, and ``precheck``."""
+        prechecks = () if precheck is None else (precheck,)
+        return type(cls.__name__, (cls,), {"max_body_bytes": max_body_bytes, "prechecks": prechecks})
 
     def get_route_handler(self) -> Handler:
         endpoint: Callable[..., Coroutine[Any, Any, Response]] = self.endpoint
@@ -92,11 +98,15 @@ class DirectRoute(APIRoute):
 
             return handler_with_request
         body: type[BaseModel] = annotation
-        limit = self.max_body_bytes
+        limit, prechecks = self.max_body_bytes, self.prechecks
 
         async def handler_with_body(request: Request) -> Response:
             try:
-                payload = body.model_validate_json(await read_body(request, limit))
+                raw = await read_body(request, limit)
+                for precheck in prechecks:
+                    if (refused := precheck(raw)) is not None:
+                        return refused
+                payload = body.model_validate_json(raw)
             except BodyTooLarge as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=413)
             except ValidationError as exc:

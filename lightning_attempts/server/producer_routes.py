@@ -5,7 +5,8 @@ A trainer that owns the server calls ``queue_task``, ``update_resources``,
 do the same for one that does not (``lightning-attempts serve``, driven by
 ``lightning_attempts.client.RemoteServer``):
 
-- ``POST /tasks``: queue tasks, all or none; ``POST /tasks/cancel``: cancel some or every pending one;
+- ``POST /tasks``: queue tasks (at most ``MAX_TASKS``, 10,000, a request), all or none;
+  ``POST /tasks/cancel``: cancel some or every pending one;
 - ``POST /resources``: publish a version of the resources (upstream's ``GET /resources/...`` serve it);
 - ``GET /rollouts/{rollout_id}``: where a task is, and its stored result, left in place;
 - ``POST /rollouts/take``: take stored results off the server (``retrieve_completed_rollouts``);
@@ -34,6 +35,7 @@ from ..compat import LegacyRollout
 from ..errors import ServerNotRunning
 from ..options import Options
 from ..producer_models import (
+    MAX_TASKS,
     Cancelled,
     CancelTasks,
     Published,
@@ -50,6 +52,7 @@ from ..producer_models import (
 from ..store import AttemptAwareDataStore
 from .direct_route import DirectRoute, unprocessable
 from .replays import Replays
+from .task_count import refuse_too_many_tasks
 
 logger = logging.getLogger(__package__)  # "lightning_attempts.server"
 
@@ -159,8 +162,16 @@ class ProducerRoutes:
     def install(self, app: FastAPI) -> None:
         """Add the routes to ``app``; the API key middleware, when there is one, wraps them as every route."""
         direct = DirectRoute.limited(self._server.options.max_body_bytes)
+        counted = DirectRoute.limited(self._server.options.max_body_bytes, refuse_too_many_tasks)
         routes: list[tuple[str, Callable[..., Any], str, str, type[Any], dict[int | str, dict[str, Any]]]] = [
-            ("POST", self._queue, "/tasks", "Queue tasks, all or none; their rollout ids in order", Queued, _REPEATED),
+            (
+                "POST",
+                self._queue,
+                "/tasks",
+                f"Queue tasks (at most {MAX_TASKS:,} a request), all or none; their rollout ids in order",
+                Queued,
+                _REPEATED,
+            ),
             (
                 "POST",
                 self._cancel,
@@ -187,7 +198,7 @@ class ProducerRoutes:
                 methods=[method],
                 response_model=answer,
                 summary=summary,
-                route_class_override=direct,
+                route_class_override=counted if path == "/tasks" else direct,
                 responses={**_BAD_BODY, **more},
             )
         app.router.add_api_route(

@@ -18,6 +18,7 @@ from agentlightning.types import PromptTemplate
 from lightning_attempts import AttemptAwareServer, AttemptRollout, ServerNotRunning
 from lightning_attempts.client import RemoteServer
 from lightning_attempts.errors import LightningAttemptsError, RequestRefused, Unauthorized
+from lightning_attempts.producer_models import MAX_TASKS
 from lightning_attempts.testing import serve_in_thread
 
 from ..producing import LONG, Served, entered_waits, serving
@@ -93,6 +94,15 @@ async def test_a_batch_queued_published_and_retrieved(served: Served, remote: Re
         assert sorted(ids(await remote.retrieve_completed_rollouts())) == sorted(rollout_ids)
         assert await remote.retrieve_completed_rollouts() == []
         assert (await remote.attempt_stats())["claims"] == 3
+
+
+async def test_a_batch_over_the_task_limit_is_queued_in_several_requests_in_order(
+    served: Served, remote: RemoteServer
+) -> None:
+    rollout_ids = await remote.queue_tasks(range(2 * MAX_TASKS + 1))
+    queued = served.run(lambda: list(served.server.store._book.queue))  # pyright: ignore[reportPrivateUsage]
+    assert len(set(rollout_ids)) == 2 * MAX_TASKS + 1 and queued == rollout_ids
+    await remote.stop()
 
 
 async def test_wait_for_rollouts_returns_on_the_last_result_and_takes_nothing(

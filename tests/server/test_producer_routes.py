@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from lightning_attempts import AttemptAwareServer
+from lightning_attempts.producer_models import MAX_TASKS
 from lightning_attempts.server import replays
 
 from ..producing import LONG, Served, entered_waits, serving
@@ -123,6 +125,23 @@ def test_a_bad_batch_queues_nothing_and_says_where(
     before = state(served)
     assert where in errors(http.post("/tasks", json=body))
     assert state(served) == before
+
+
+def test_a_batch_over_the_task_limit_is_refused_naming_it_before_it_is_parsed(
+    served: Served, http: httpx.Client
+) -> None:
+    assert MAX_TASKS == 10_000
+    queue(http, "already queued")
+    before = state(served)
+    over = json.dumps({"tasks": [{"sample": i} for i in range(MAX_TASKS + 1)]}).encode()
+    for body in (over, over[:-2] + b", not JSON at all"):  # the rest of the list is not read
+        refused = http.post("/tasks", content=body, headers={"content-type": "application/json"})
+        assert errors(refused) == [("body", "tasks")]
+        assert f"At most {MAX_TASKS} tasks per request" in refused.json()["detail"][0]["msg"]
+    assert state(served) == before
+    assert len(queue(http, *range(MAX_TASKS))) == MAX_TASKS
+    schema = http.get("/openapi.json").json()["components"]["schemas"]["QueueTasks"]["properties"]["tasks"]
+    assert schema["maxItems"] == MAX_TASKS and "10,000" in schema["description"]
 
 
 @pytest.mark.parametrize(
