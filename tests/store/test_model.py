@@ -6,7 +6,8 @@ be failed results (retried under ``retry_failed``), and workers may release thei
 Claims may be leased (their worker says it heartbeats, on the claim or by a heartbeat) or not:
 only a leased claim is requeued for silence, after ``unresponsive_seconds``; any claim at its timeout,
 but, with a ``task_budget``, a leased one, which its worker keeps while it heartbeats. A task is
-given up (completed empty) when its ``max_claims``-th claim ends or its budget runs out: the budget
+given up (completed empty) when its ``max_claims``-th counted claim ends (a claim its worker gives back
+unrun, as a fast-failing worker does over and over, is not counted) or its budget runs out: the budget
 counts the time its claims held it and the time it waited while no claim at all was in flight,
 never the time it waited behind other claims (a release, a timeout, a retried failure behind a long queue).
 """
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from lightning_attempts import AttemptAwareDataStore, AttemptRollout, StalePolicy
+from lightning_attempts.models import ReleaseReason
 from lightning_attempts.testing import ManualClock
 
 TIMEOUT, WINDOW = 10.0, 4.0
@@ -43,6 +45,7 @@ class ModelTask:
     since: float = 0.0  # when its live claim started, or (waiting) the idle clock when it began to wait
     failures: int = 0  # failed results of live attempts that were retried
     ended: dict[str, str] = field(default_factory=dict[str, str])  # attempt -> "failed" | "released"
+    unrun: int = 0  # claims given back unrun (no_resources, skipped): not counted toward max_claims
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -162,12 +165,17 @@ class StoreMachine(RuleBasedStateMachine):
         running = self.clock() - model.since if model.status == "claimed" else self.idle - model.since
         return model.spent + running
 
-    def end_claim(self, rid: str) -> bool:
+    def end_claim(self, rid: str, unrun: bool = False) -> bool:
         """The live claim ended without a result: the task is requeued (True), or given up at ``max_claims``
-        or with its budget spent."""
+        or with its budget spent; ``unrun``: given back unrun, it is requeued whatever the count."""
         model = self.tasks[rid]
         model.spent, model.since = self.spent(rid), self.idle
-        if self.max_claims is not None and len(model.attempts) >= self.max_claims:
+        if unrun:
+            model.unrun += 1
+            model.status = "requeued"
+            self.queue.append(rid)
+            return True
+        if self.max_claims is not None and len(model.attempts) - model.unrun >= self.max_claims:
             self.give_up(rid, "max_claims_exceeded")
             return False
         if self.task_budget is not None and model.spent >= self.task_budget * TIMEOUT:
@@ -264,7 +272,7 @@ class StoreMachine(RuleBasedStateMachine):
             return "dropped", "unknown_attempt", None
         retry = failed and self.retry_failed > 0
         if model.status == "claimed" and attempt in (None, model.attempts[-1]):
-            claims_left = self.max_claims is None or len(model.attempts) < self.max_claims
+            claims_left = self.max_claims is None or len(model.attempts) - model.unrun < self.max_claims
             budget_left = self.task_budget is None or self.spent(rid) < self.task_budget * TIMEOUT
             if retry and model.failures < self.retry_failed and claims_left and budget_left:
                 return "retrying", None, model.attempts[-1]
@@ -278,8 +286,12 @@ class StoreMachine(RuleBasedStateMachine):
         return "dropped", "superseded", None
 
     @precondition(lambda self: bool(self.tasks))
-    @rule(data=st.data(), which=st.sampled_from(["current", "earlier", "forged"]))
-    def release(self, data: st.DataObject, which: str) -> None:
+    @rule(
+        data=st.data(),
+        which=st.sampled_from(["current", "earlier", "forged"]),
+        reason=st.sampled_from([None, "no_resources", "skipped", "interrupted", "closing"]),
+    )
+    def release(self, data: st.DataObject, which: str, reason: ReleaseReason | None) -> None:
         rid = data.draw(st.sampled_from(list(self.tasks)))
         model = self.tasks[rid]
         if which == "current" and model.attempts:
@@ -289,13 +301,15 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             attempt = str(uuid.uuid4())
         before = self.store.stats()
-        answer = self.store.release(rid, attempt)
+        answer = self.store.release(rid, attempt, reason, "worker")
         if model.status == "claimed" and attempt == model.attempts[-1]:
             assert answer.released
             model.ended[attempt] = "released"
             self.in_flight.remove(rid)
-            assert answer.gave_up is not self.end_claim(rid)
+            unrun = reason in ("no_resources", "skipped")
+            assert answer.gave_up is not self.end_claim(rid, unrun)
             self.counts["releases"] += 1
+            self.counts["releases_unrun"] += unrun
             return
         assert not answer.released
         self.counts["releases_stale"] += 1
@@ -366,6 +380,7 @@ class StoreMachine(RuleBasedStateMachine):
             "failure_retries",
             "failed_stored",
             "releases",
+            "releases_unrun",
             "releases_stale",
             "given_up",
             "max_claims_exceeded",
