@@ -29,6 +29,8 @@ def body(tasks: list[object], **fields: object) -> bytes:
         (b'{"tasks": [{}, {}, {}], ' + b"{}" * 9, False),  # not JSON: validation says where
         (b"[" + b"{}," * 9 + b"{}]", False),
         (b"\xff{{{{{{{{", False),
+        (body(["a"] * (LIMIT + 1)), True),  # not objects: still counted, not left to a full validation
+        (body([1] * LIMIT), False),
     ],
 )
 def test_the_count_is_read_from_the_first_items(raw: bytes, over: bool) -> None:
