@@ -19,6 +19,7 @@ _GAUGES = {
     "polls_parked": "Long polls (GET /task?wait=S) waiting for a task.",
     "workers_giving_back": "Workers that gave back a claim without running it in the last 5 minutes.",
     "unrun_since_last_result": "Claims given back without being run since the last stored result.",
+    "longest_kept_claim_seconds": "Longest age seen of a claim kept past task_timeout_seconds (task_budget).",
 }
 
 

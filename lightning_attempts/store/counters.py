@@ -14,6 +14,7 @@ COUNTERS: dict[str, str] = {
     "max_claims_exceeded": "Tasks completed empty after max_claims claims.",
     "task_budget_exceeded": "Tasks completed empty when worked on for task_budget task timeouts unfinished.",
     "given_up": "Tasks completed empty, marked, for either reason: max_claims or task_budget.",
+    "claims_kept_past_timeout": "Claims kept past task_timeout_seconds while their workers heartbeat (task_budget).",
     "accepted": "Results stored.",
     "accepted_unverified": "Results stored from old clients without an attempt id.",
     "accepted_unverified_reclaimed": "Results stored without an attempt id for a task claimed more than once.",

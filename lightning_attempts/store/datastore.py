@@ -16,6 +16,7 @@ from .answers import Lease, ReleaseAnswer, Submission
 from .counters import Counters
 from .given_back import UNRUN, GivenBack
 from .queue import Hook
+from .records import ClaimedTask
 from .tasks import TaskBook
 from .transitions import Transitions
 
@@ -63,6 +64,7 @@ class AttemptAwareDataStore(ServerDataStore):
         self._counters = Counters()
         self._transitions = Transitions(self._book, self._counters, self._complete, self.options)
         self._given_back = GivenBack(self._clock)
+        self._longest_kept = 0.0  # the oldest age seen of a claim kept past its task timeout
         self.on_deadline: Hook | None = None
         self.on_finished: Callable[[str], None] | None = None
 
@@ -190,12 +192,23 @@ class AttemptAwareDataStore(ServerDataStore):
         self._book.in_flight.heard_from(claimed)
         self._deadline_moved(before)
         self._counters.add("heartbeats")
+        self._note_kept(claimed, now)
         budget, deadline = self._book.budget, claimed.deadline
         if budget is not None and self._book.in_flight.kept(claimed):
             deadline = now + budget.seconds - budget.spent(claimed, now)
         return Lease(
             rollout_id, attempt_id, None, len(claimed.attempts), self.options.unresponsive_seconds, deadline - now
         )
+
+    def _note_kept(self, claimed: ClaimedTask, now: float) -> None:
+        """Mark and count the live claim once it is seen kept past its task timeout (leased, under a ``task_budget``),
+        and note its age: a slow task the batch waits for, which no requeue shows."""
+        if now > claimed.deadline and self._book.in_flight.kept(claimed):
+            self._longest_kept = max(self._longest_kept, now - claimed.deadline + self.options.task_timeout_seconds)
+            attempt = claimed.attempts[-1]
+            if not attempt.kept_past_timeout:
+                attempt.kept_past_timeout = True
+                self._counters.add("claims_kept_past_timeout")
 
     def release(
         self, rollout_id: str, attempt_id: str, reason: ReleaseReason | None = None, worker: str | None = None
@@ -216,6 +229,7 @@ class AttemptAwareDataStore(ServerDataStore):
             self._counters.add("releases_stale")
             stale = self._transitions.reason_against(rollout_id, attempt_id)
             return ReleaseAnswer(rollout_id, attempt_id, stale, outcome=self._book.outcome_of(rollout_id, attempt_id))
+        self._note_kept(claimed, self._clock())
         requeued = self._transitions.end(claimed, "released", reason)
         if reason is not None and reason in UNRUN:
             has_resources = self._latest_resources_id is not None
@@ -241,6 +255,9 @@ class AttemptAwareDataStore(ServerDataStore):
         after that it is stored, marked failed in its metadata. With ``retry_failed=0``
         ``failed`` is ignored: the result is stored as upstream does.
         """
+        claimed = self._book.claimed.get(rollout.rollout_id)
+        if claimed is not None and claimed.live and self._book.in_flight.kept(claimed):
+            self._note_kept(claimed, self._clock())
         submission = self._transitions.submit(rollout, attempt_id, failed=failed)
         if submission.status in ("ok", "retrying"):  # a worker ran the task
             self._given_back.result_stored()
@@ -326,6 +343,7 @@ class AttemptAwareDataStore(ServerDataStore):
             "completed_unretrieved": len(self._completed_rollouts),
             "finished_remembered": len(self._book.finished),
             **self._given_back.stats(),
+            "longest_kept_claim_seconds": self._longest_kept,
         }
 
     def given_back_by_worker(self) -> dict[str, int]:

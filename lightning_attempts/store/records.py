@@ -52,6 +52,9 @@ class Attempt:
     """How it ended, where its ``outcome`` alone would not say (e.g. what completed the task instead)."""
     release_reason: ReleaseReason | None = None
     """Why its worker gave it back, when it said so."""
+    kept_past_timeout: bool = False
+    """Whether its claim was kept past ``task_timeout_seconds`` (leased, under a ``task_budget``, its worker heard from
+    after the timeout)."""
 
     @property
     def unrun(self) -> bool:

@@ -307,6 +307,8 @@ def test_metrics_are_exposed_for_prometheus(leased: Served) -> None:
     assert "lightning_attempts_claims_total 1.0" in lines
     assert 'lightning_attempts_dropped_total{reason="unknown_rollout"} 1.0' in lines
     assert "lightning_attempts_claims_in_flight 1.0" in lines
+    assert "lightning_attempts_claims_kept_past_timeout_total 0.0" in lines
+    assert "lightning_attempts_longest_kept_claim_seconds 0.0" in lines
 
 
 def test_without_prometheus_client_metrics_answers_404_saying_why(

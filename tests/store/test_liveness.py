@@ -133,3 +133,49 @@ async def test_a_worker_killed_on_every_claim_counts_toward_max_claims(clock: Ma
     assert [e["outcome"] for e in store.history(rid) or []] == ["unresponsive", "unresponsive"]
     stats = store.stats()
     assert (stats["given_up"], stats["max_claims_exceeded"], stats["requeues_unresponsive"]) == (1, 1, 2)
+
+
+async def test_a_claim_kept_past_its_timeout_is_counted_once_marked_and_its_age_noted(
+    store: AttemptAwareDataStore, clock: ManualClock
+) -> None:
+    """A slow task shows nowhere else: no requeue, one claim. Its claim is counted once, at its first word after the
+    timeout, and its age is noted at each word until its result."""
+    await store.add_task("slow")
+    await store.add_task("quick")
+    rid, attempt = claim(store, leased=True)
+    quick, quick_attempt = claim(store, leased=True)
+    assert store.submit(AttemptRollout(rollout_id=quick, final_reward=1.0), quick_attempt).status == "ok"
+    beat_for(store, clock, rid, attempt, T)  # the last beat falls on the timeout: not past it yet
+    assert store.stats()["claims_kept_past_timeout"] == 0
+    beat_for(store, clock, rid, attempt, 2 * T)
+    stats = store.stats()
+    assert (stats["claims_kept_past_timeout"], stats["longest_kept_claim_seconds"]) == (1, pytest.approx(3 * T))
+    clock.advance(LEASE / 2)
+    assert store.submit(AttemptRollout(rollout_id=rid, final_reward=1.0), attempt).status == "ok"
+    stats = store.stats()
+    assert (stats["claims_kept_past_timeout"], stats["requeues"]) == (1, 0)
+    assert stats["longest_kept_claim_seconds"] == pytest.approx(3 * T + LEASE / 2)
+    assert [entry["kept_past_timeout"] for entry in store.history(rid) or []] == [True]
+    assert [entry["kept_past_timeout"] for entry in store.history(quick) or []] == [False]
+
+
+async def test_a_claim_kept_past_its_timeout_is_counted_at_its_result_without_a_beat_after_the_timeout(
+    store: AttemptAwareDataStore, clock: ManualClock
+) -> None:
+    """Beats every lease/3 may all fall before the timeout: the result itself says the claim was kept."""
+    await store.add_task("slow")
+    rid, attempt = claim(store, leased=True)
+    beat_for(store, clock, rid, attempt, T - LEASE / 3)
+    clock.advance(LEASE / 3 + 0.5)  # past the timeout, no beat since
+    store.requeue_expired()
+    assert store.submit(AttemptRollout(rollout_id=rid, final_reward=1.0), attempt).status == "ok"
+    stats = store.stats()
+    assert (stats["claims_kept_past_timeout"], stats["longest_kept_claim_seconds"]) == (1, pytest.approx(T + 0.5))
+
+
+async def test_an_old_workers_claim_is_never_counted_as_kept(store: AttemptAwareDataStore, clock: ManualClock) -> None:
+    await store.add_task("slow")
+    rid, attempt = claim(store, leased=False)
+    clock.advance(T - 0.1)
+    assert store.submit(AttemptRollout(rollout_id=rid, final_reward=1.0), attempt).status == "ok"
+    assert store.stats()["claims_kept_past_timeout"] == 0
