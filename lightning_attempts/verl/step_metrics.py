@@ -27,6 +27,7 @@ FROM_COUNTERS: dict[str, str] = {
     "retries": "failure_retries",
     "released": "releases",
     "accepted_unverified": "accepted_unverified",
+    "kept_past_timeout": "claims_kept_past_timeout",
 }
 """Metric name: the ``attempt_stats()`` counter it is the step's difference of."""
 
@@ -73,6 +74,7 @@ def step_metrics(
     metrics["cancelled"] = float(cancelled)
     claims = [history for history in histories if history]
     metrics["max_claims_per_task"] = float(max((len(history) for history in claims), default=0))
+    metrics["longest_kept_claim_s"] = max((_held(entry) for history in claims for entry in history), default=0.0)
     if claims:
         first = min(float(history[0]["claimed_at"]) for history in claims)
         metrics["queue_to_first_claim_s"] = max(first - window.queued_at, 0.0)
@@ -81,6 +83,13 @@ def step_metrics(
     if window.proxy_before is not None and proxy_after is not None:
         metrics.update(proxy_metrics(window.proxy_before, proxy_after, proxy_triplets))
     return {prefix + name: value for name, value in metrics.items()}
+
+
+def _held(entry: Mapping[str, Any]) -> float:
+    """How long a claim kept past its task timeout was held, from its claim to its end; 0 for any other claim."""
+    if not entry.get("kept_past_timeout") or entry.get("ended_at") is None:
+        return 0.0
+    return max(float(entry["ended_at"]) - float(entry["claimed_at"]), 0.0)
 
 
 def proxy_metrics(before: Mapping[str, Any], after: Mapping[str, Any], triplets: int) -> dict[str, float]:

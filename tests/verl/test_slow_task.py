@@ -44,3 +44,6 @@ def test_with_the_switch_the_slow_task_runs_once_and_its_own_result_is_trained_o
     assert metrics["attempts/requeues"] == 0 and metrics["attempts/max_claims_per_task"] == 1, metrics
     assert metrics["attempts/given_up"] == 0 and metrics["attempts/dropped"] == 0, metrics
     assert metrics["attempts/queue_to_last_result_s"] >= OVERTIME * TIMEOUT_SECONDS, metrics
+    # What the step waited for: the one claim kept past the timeout, as long as the agent ran.
+    assert metrics["attempts/kept_past_timeout"] == 1, metrics
+    assert metrics["attempts/longest_kept_claim_s"] >= OVERTIME * TIMEOUT_SECONDS, metrics

@@ -33,8 +33,10 @@ def test_counts_are_the_steps_own_differences() -> None:
         "p/retries": 1.0,
         "p/released": 0.0,
         "p/accepted_unverified": 2.0,
+        "p/kept_past_timeout": 0.0,
         "p/cancelled": 2.0,
         "p/max_claims_per_task": 2.0,
+        "p/longest_kept_claim_s": 0.0,
         "p/queue_to_first_claim_s": 0.5,
     }
 
@@ -52,6 +54,16 @@ def test_forgotten_tasks_are_skipped_and_a_clock_step_back_reads_zero() -> None:
     metrics = step_metrics(window, stats(claims=1), [None, [claim(199.0)]], cancelled=0, prefix=VAL_PREFIX)
     assert metrics["val/attempts/claims"] == 1.0
     assert metrics["val/attempts/queue_to_first_claim_s"] == 0.0  # wall clock stepped back: never negative
+
+
+def test_claims_kept_past_their_timeout_are_counted_and_the_longest_is_the_batchs_own() -> None:
+    """A slow task shows in no requeue: what the step waited for is its claims kept past the task timeout."""
+    before, after = stats(claims_kept_past_timeout=3), stats(claims_kept_past_timeout=5)
+    kept = {"claimed_at": 100.0, "ended_at": 130.5, "outcome": "completed", "kept_past_timeout": True}
+    quick = {"claimed_at": 100.0, "ended_at": 190.0, "outcome": "timed_out", "kept_past_timeout": False}
+    window = StepWindow(before, queued_at=100.0, queued_monotonic=0.0)
+    metrics = step_metrics(window, after, [[kept], [quick], [claim(101.0)], None], 0, TRAIN_PREFIX)
+    assert (metrics["attempts/kept_past_timeout"], metrics["attempts/longest_kept_claim_s"]) == (2.0, 30.5)
 
 
 def proxy_stats(forwarded: int, refused_not_live: int, added_ms: list[float]) -> dict[str, Any]:
