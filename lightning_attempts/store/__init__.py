@@ -12,6 +12,7 @@
 - ``budget``: what each task has spent of its ``task_budget`` (time worked on), and which runs out next;
 - ``finished``: the bounded memory of finished tasks, to answer late results;
 - ``answers``: what a submission, a heartbeat and a release are answered;
+- ``stranded``: claims the server ended whose workers never came back (stuck in their agents, or dead);
 - ``counters``: the counts by outcome and drop reason.
 """
 

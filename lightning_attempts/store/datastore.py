@@ -17,6 +17,7 @@ from .counters import Counters
 from .given_back import UNRUN, GivenBack
 from .queue import Hook
 from .records import ClaimedTask
+from .stranded import Heard, Stranded, count_stranded
 from .tasks import TaskBook
 from .transitions import Transitions
 
@@ -65,6 +66,7 @@ class AttemptAwareDataStore(ServerDataStore):
         self._transitions = Transitions(self._book, self._counters, self._complete, self.options)
         self._given_back = GivenBack(self._clock)
         self._longest_kept = 0.0  # the oldest age seen of a claim kept past its task timeout
+        self._heard = Heard(max(options.max_remembered, 1024))  # ended claims whose workers came back since
         self.on_deadline: Hook | None = None
         self.on_finished: Callable[[str], None] | None = None
 
@@ -227,6 +229,7 @@ class AttemptAwareDataStore(ServerDataStore):
         claimed = self._book.claimed.get(rollout_id)
         if claimed is None or claimed.current != attempt_id:
             self._counters.add("releases_stale")
+            self._heard.add(attempt_id)
             stale = self._transitions.reason_against(rollout_id, attempt_id)
             return ReleaseAnswer(rollout_id, attempt_id, stale, outcome=self._book.outcome_of(rollout_id, attempt_id))
         self._note_kept(claimed, self._clock())
@@ -262,6 +265,8 @@ class AttemptAwareDataStore(ServerDataStore):
         if submission.status in ("ok", "retrying"):  # a worker ran the task
             self._given_back.result_stored()
         self._claims_ended()
+        if submission.status == "dropped" or attempt_id is None:  # a worker back from a claim that may have ended
+            self._heard.add(attempt_id or rollout.rollout_id)
         return submission
 
     async def store_rollout(self, rollout: LegacyRollout) -> Submission:  # pyright: ignore[reportIncompatibleMethodOverride]
@@ -312,6 +317,18 @@ class AttemptAwareDataStore(ServerDataStore):
     def queued(self) -> int:
         """How many tasks wait in the queue for a claim."""
         return len(self._book.queue)
+
+    def in_flight(self) -> int:
+        """How many claims are in flight: handed out, and neither ended nor completed."""
+        return len(self._book.in_flight)
+
+    def stranded(self) -> Stranded:
+        """Claims ended without their worker's word (timed out, silent, superseded, given up, cancelled) whose worker
+        has sent nothing for them since (no result, no release): workers still inside their agents, or dead.
+
+        Scans the claimed and remembered tasks: for occasional reads (the server's fleet watch), not per request.
+        """
+        return count_stranded(self._book.claimed.values(), self._book.finished.items(), self._heard)
 
     def unfinished(self, rollout_ids: Iterable[str]) -> set[str]:
         """Those of ``rollout_ids`` still queued or claimed (neither completed nor cancelled).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import ItemsView
 
 from .records import FinishedTask
 
@@ -27,3 +28,7 @@ class FinishedTasks:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def items(self) -> ItemsView[str, FinishedTask]:
+        """Each remembered task's rollout id and record, the oldest first."""
+        return self._tasks.items()
