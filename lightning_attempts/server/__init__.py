@@ -12,6 +12,8 @@
   (``ServerStartError``), its bound port, and its stop.
 - ``polls``, ``deadlines``, ``completions``: what waits on the store, through its hooks:
   parked long polls, the timer requeueing expired claims, callers awaiting results.
+- ``fleet``: ``FleetWatch``, what no single request shows, checked on a timer: tasks waiting while no
+  worker asks for one (a stall), said at WARNING and in the stats.
 - ``metrics``: the counters in Prometheus' format (with ``prometheus_client``).
 
 Its options are ``lightning_attempts.options.Options``. The modules that log do so on

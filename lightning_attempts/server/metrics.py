@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..store.counters import COUNTERS
+from . import fleet
 
 PREFIX = "lightning_attempts"
 _GAUGES = {
@@ -20,7 +21,9 @@ _GAUGES = {
     "workers_giving_back": "Workers that gave back a claim without running it in the last 5 minutes.",
     "unrun_since_last_result": "Claims given back without being run since the last stored result.",
     "longest_kept_claim_seconds": "Longest age seen of a claim kept past task_timeout_seconds (task_budget).",
+    **fleet.gauges(),
 }
+_SERVER_COUNTERS = fleet.counters()
 
 
 def exposition(stats: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bytes, str]] | None:
@@ -38,7 +41,7 @@ def exposition(stats: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bytes,
     class AttemptCollector(Collector):
         def collect(self) -> Iterator[Metric]:
             counts = stats()
-            for name, documentation in COUNTERS.items():
+            for name, documentation in {**COUNTERS, **_SERVER_COUNTERS}.items():
                 yield CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=counts[name])
             dropped = CounterMetricFamily(f"{PREFIX}_dropped", "Results dropped, by reason.", labels=["reason"])
             for reason, count in counts["dropped"].items():

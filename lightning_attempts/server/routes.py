@@ -28,6 +28,7 @@ from ..models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny,
 from ..options import Options
 from ..store import AttemptAwareDataStore, excerpt
 from .direct_route import DirectRoute, unprocessable
+from .fleet import Asks
 from .metrics import exposition
 from .polls import ParkedPolls
 
@@ -111,12 +112,14 @@ class Routes:
         self._llm_proxy_port = llm_proxy_port
         self._store: AttemptAwareDataStore | None = None
         self._polls: ParkedPolls | None = None
+        self._asks: Asks | None = None
         self.metrics_available = False
         """Whether ``/metrics`` serves Prometheus' format (prometheus-client installed); set by ``install``."""
 
-    def use(self, store: AttemptAwareDataStore | None, polls: ParkedPolls | None) -> None:
-        """Answer from ``store`` and its parked ``polls`` from now on; None: no run in progress (503)."""
-        self._store, self._polls = store, polls
+    def use(self, store: AttemptAwareDataStore | None, polls: ParkedPolls | None, asks: Asks | None = None) -> None:
+        """Answer from ``store`` and its parked ``polls`` from now on, noting each ``GET /task`` in ``asks``; None: no
+        run in progress (503)."""
+        self._store, self._polls, self._asks = store, polls, asks
 
     def install(self, app: FastAPI) -> None:
         """Replace upstream's ``GET /task``, ``POST /rollout`` and resources routes; add ours and the key check."""
@@ -236,9 +239,11 @@ class Routes:
                 error = {"type": "heartbeats", "loc": ("query", "heartbeats"), "msg": "heartbeats must be a boolean"}
                 return unprocessable([error])
             leased = raw in _TRUE
-        store, polls = self._store, self._polls
+        store, polls, asks = self._store, self._polls, self._asks
         if store is None or polls is None:
             return _task_answer(None, None if wait is None else 0.0)
+        if asks is not None:
+            asks.record()
         store.requeue_expired()
         if wait is None:  # upstream's /task
             return _task_answer(store.claim(leased=leased), None, self._llm_proxy_port())
@@ -247,6 +252,8 @@ class Routes:
         task = store.claim(leased=leased) if held == 0 or not polls else None
         if task is None and held > 0:
             task = await polls.wait(request.receive, held, leased=leased)
+            if asks is not None:  # it asked all the while it was parked
+                asks.record()
             if task is None and polls.closing:
                 held = 0.0  # answered early: the server is stopping
         return _task_answer(task, held, self._llm_proxy_port())

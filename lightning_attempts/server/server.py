@@ -3,8 +3,8 @@
 It subclasses ``AgentLightningServer`` (same constructor arguments and lifecycle) and ties
 the parts beside it together: its options (``lightning_attempts.options``); the store of each run, built when
 upstream's lifespan assigns one, with what waits on it wired to its hooks (polls.py,
-deadlines.py, completions.py); the routes answering from that store (routes.py); and
-uvicorn (lifecycle.py). It keeps the operations of its own API: counters, a task's
+deadlines.py, completions.py) and the watch of the fleet as a whole (fleet.py); the routes answering from that
+store (routes.py); and uvicorn (lifecycle.py). It keeps the operations of its own API: counters, a task's
 history, cancelling, and waiting for results.
 """
 
@@ -25,6 +25,7 @@ from ..options import DEFAULTS, Options, ServerArguments, option_attributes
 from ..store import AttemptAwareDataStore
 from .completions import Completions
 from .deadlines import DeadlineTimer
+from .fleet import Asks, FleetWatch, idle_stats, watch_fleet
 from .lifecycle import Serving, warn_if_open
 from .polls import ParkedPolls
 from .producer_routes import ProducerRoutes
@@ -74,6 +75,7 @@ class AttemptAwareServer(AgentLightningServer):
         self._polls: ParkedPolls | None = None
         self._deadlines: DeadlineTimer | None = None
         self._completions: Completions | None = None
+        self._fleet: FleetWatch | None = None
         self._routes = Routes(
             self.options,
             is_failed_result=self.is_failed_result,
@@ -109,21 +111,26 @@ class AttemptAwareServer(AgentLightningServer):
         """Wire the store's hooks to what waits on it: parked polls, the deadline timer, completions."""
         self._polls = ParkedPolls(store)
         self._completions = Completions()
-        self._routes.use(store, self._polls)
+        asks = Asks(self.options.clock)
+        self._routes.use(store, self._polls, asks)
         store.on_claimable = self._polls.claimable
         store.on_finished = self._completions.finished
-        with contextlib.suppress(RuntimeError):  # no running loop: requeues happen on /task only
-            self._deadlines = DeadlineTimer(store, self.options.clock, asyncio.get_running_loop())
+        with contextlib.suppress(RuntimeError):  # no running loop: requeues happen on /task only, and no fleet watch
+            loop = asyncio.get_running_loop()
+            self._deadlines = DeadlineTimer(store, self.options.clock, loop)
             store.on_deadline = self._deadlines.deadline_added
             self._deadlines.arm()
+            self._fleet = watch_fleet(store, self._polls, asks, self.options.clock, loop)
 
     def _detach(self) -> None:
         self._answer_parked_polls()
         if self._deadlines is not None:
             self._deadlines.stop()
+        if self._fleet is not None:
+            self._fleet.stop()
         if self._completions is not None:  # waits on a store that is going away end, raising
             self._completions.close(ServerStopped())
-        self._polls = self._deadlines = self._completions = None
+        self._polls = self._deadlines = self._completions = self._fleet = None
         self._routes.use(None, None)
 
     def _answer_parked_polls(self) -> None:
@@ -135,6 +142,11 @@ class AttemptAwareServer(AgentLightningServer):
     def create_store(self) -> AttemptAwareDataStore:
         """The store a fresh server run uses; override to customise it."""
         return AttemptAwareDataStore(self.options)
+
+    @property
+    def fleet(self) -> FleetWatch | None:
+        """The running server's fleet watch (``fleet.FleetWatch``: stalls), on its event loop; None between runs."""
+        return self._fleet
 
     @property
     def store(self) -> AttemptAwareDataStore:
@@ -211,8 +223,10 @@ class AttemptAwareServer(AgentLightningServer):
     # -- operations -----------------------------------------------------------
 
     def attempt_stats(self) -> dict[str, Any]:
-        """Counters by outcome and drop reason, as served at ``GET /attempts/stats``; and the parked long polls."""
-        return {**self.store.stats(), "polls_parked": len(self._polls or ())}
+        """Counters by outcome and drop reason, as served at ``GET /attempts/stats``; the parked long polls; and the
+        fleet watch's ``stall_*`` (tasks waiting while no worker asks for one)."""
+        fleet = idle_stats() if self._fleet is None else self._fleet.stats()
+        return {**self.store.stats(), "polls_parked": len(self._polls or ()), **fleet}
 
     def attempt_history(self, rollout_id: str) -> list[dict[str, Any]] | None:
         """Each claim of a task (attempt id, times, outcome), as served at ``GET /attempts/{rollout_id}``.
