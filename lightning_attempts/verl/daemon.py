@@ -5,7 +5,8 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
 - the wait for a batch (``run_until_all_finished``) ends when the batch's last result is
   stored (the server's ``wait_for_rollouts``), where upstream checks every 5 seconds; it
   prints upstream's progress line when the count changed, at most every
-  ``progress_interval`` seconds, and upstream's final line;
+  ``progress_interval`` seconds, a line when the server finds the fleet stalled (tasks waiting,
+  no worker asking for one), and upstream's final line;
 - ``get_train_data_batch`` and ``get_test_metrics`` add the step's ``attempts/*`` and
   ``val/attempts/*`` metrics (``step_metrics``); a training step in which no rollout carries
   triplets (every task given up, failed or traced nothing) raises ``NoTrainingData`` saying so,
@@ -42,7 +43,7 @@ from ..server import AttemptAwareServer
 from ..switch.variables import resolve
 from . import compat
 from .proxy import DaemonProxy
-from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
+from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, stall_line, step_metrics
 from .training_data import fill_from_calls, no_training_data, without_triplets
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         expected = self._task_id_to_original_sample
         total = self._total_tasks_queued
         shown: int | None = None
+        stall_said = -1.0  # the stall_episodes of the last stall said
         while True:
             for rollout in await server.retrieve_completed_rollouts():
                 rollout_id = rollout.rollout_id
@@ -187,6 +189,10 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
                     f"(cancelled, or taken by another caller), e.g. {pending[0]}"
                 )
             await server.wait_for_rollouts(pending, timeout=self.progress_interval)
+            stats = server.attempt_stats()
+            if verbose and (line := stall_line(stats, stall_said)) is not None:
+                stall_said = stats["stall_episodes"]
+                print(f"Completed {shown}/{total} tasks... {line}")
         if self._step is not None:
             self._step.last_result_monotonic = time.monotonic()
         print("All tasks finished.")

@@ -5,7 +5,8 @@ moment the daemon set the batch up and the moment verl asked for its metrics, so
 straggler of an earlier batch dropped during this step is counted in this step. The
 per-task figures come from the batch's own tasks (``attempt_history``). With the daemon's
 attempt-aware LLM proxy, the same window of its ``stats()`` gives the step's LLM calls, those
-refused because their attempt was no longer live, and the time the proxy added to each call.
+refused because their attempt was no longer live, and the time the proxy added to each call. ``stall_line`` is
+the daemon's progress line for a stalled fleet (tasks waiting while no worker asks for one).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ FROM_COUNTERS: dict[str, str] = {
     "released": "releases",
     "accepted_unverified": "accepted_unverified",
     "kept_past_timeout": "claims_kept_past_timeout",
+    "stalls": "stall_episodes",
+    "stalled_s": "stall_seconds",
 }
 """Metric name: the ``attempt_stats()`` counter it is the step's difference of."""
 
@@ -83,6 +86,18 @@ def step_metrics(
     if window.proxy_before is not None and proxy_after is not None:
         metrics.update(proxy_metrics(window.proxy_before, proxy_after, proxy_triplets))
     return {prefix + name: value for name, value in metrics.items()}
+
+
+def stall_line(stats: Mapping[str, Any], said: float) -> str | None:
+    """The daemon's line for a stall the server's fleet watch is in, unless said already (``said``: the
+    ``stall_episodes`` of the last stall said, -1 for none); None when there is none to say."""
+    if not stats["stall_ongoing_seconds"] or stats["stall_episodes"] <= said:
+        return None
+    return (
+        f"Stalled for {stats['stall_ongoing_seconds']:.0f}s: {stats['queued']} task(s) queued, none in flight, and no "
+        f"worker asking for one; {stats['stall_stranded_attempts']:.0f} worker(s) never came back from claims the "
+        "server ended (its WARNING, from lightning_attempts.server, says what to do)"
+    )
 
 
 def _held(entry: Mapping[str, Any]) -> float:

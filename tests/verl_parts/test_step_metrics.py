@@ -7,10 +7,17 @@ from typing import Any
 import pytest
 
 from lightning_attempts.llm_proxy.stats import LatencyHistogram
-from lightning_attempts.verl.step_metrics import FROM_COUNTERS, TRAIN_PREFIX, VAL_PREFIX, StepWindow, step_metrics
+from lightning_attempts.verl.step_metrics import (
+    FROM_COUNTERS,
+    TRAIN_PREFIX,
+    VAL_PREFIX,
+    StepWindow,
+    stall_line,
+    step_metrics,
+)
 
 
-def stats(**counts: int) -> dict[str, Any]:
+def stats(**counts: float) -> dict[str, Any]:
     return {counter: counts.get(counter, 0) for counter in FROM_COUNTERS.values()}
 
 
@@ -34,6 +41,8 @@ def test_counts_are_the_steps_own_differences() -> None:
         "p/released": 0.0,
         "p/accepted_unverified": 2.0,
         "p/kept_past_timeout": 0.0,
+        "p/stalls": 0.0,
+        "p/stalled_s": 0.0,
         "p/cancelled": 2.0,
         "p/max_claims_per_task": 2.0,
         "p/longest_kept_claim_s": 0.0,
@@ -64,6 +73,22 @@ def test_claims_kept_past_their_timeout_are_counted_and_the_longest_is_the_batch
     window = StepWindow(before, queued_at=100.0, queued_monotonic=0.0)
     metrics = step_metrics(window, after, [[kept], [quick], [claim(101.0)], None], 0, TRAIN_PREFIX)
     assert (metrics["attempts/kept_past_timeout"], metrics["attempts/longest_kept_claim_s"]) == (2.0, 30.5)
+
+
+def test_a_stall_during_the_step_is_counted_with_its_time() -> None:
+    """Tasks waited while no worker asked for one: the step says how often and how long."""
+    before, after = stats(stall_episodes=1, stall_seconds=100.0), stats(stall_episodes=2, stall_seconds=460.5)
+    metrics = step_metrics(StepWindow(before, queued_at=0.0, queued_monotonic=0.0), after, [], 0, TRAIN_PREFIX)
+    assert (metrics["attempts/stalls"], metrics["attempts/stalled_s"]) == (1.0, 360.5)
+
+
+def test_the_daemon_says_each_stall_once() -> None:
+    stalled = {"stall_episodes": 3, "stall_ongoing_seconds": 61.2, "queued": 2, "stall_stranded_attempts": 1.0}
+    line = stall_line(stalled, said=-1)
+    assert line is not None and line.startswith("Stalled for 61s: 2 task(s) queued, none in flight")
+    assert "1 worker(s) never came back" in line
+    assert stall_line(stalled, said=3) is None  # said already
+    assert stall_line({**stalled, "stall_ongoing_seconds": 0.0}, said=-1) is None  # over
 
 
 def proxy_stats(forwarded: int, refused_not_live: int, added_ms: list[float]) -> dict[str, Any]:
