@@ -27,6 +27,7 @@ FROM_COUNTERS: dict[str, str] = {
     "dropped": "dropped_total",
     "retries": "failure_retries",
     "released": "releases",
+    "released_unrun": "releases_unrun",
     "accepted_unverified": "accepted_unverified",
     "kept_past_timeout": "claims_kept_past_timeout",
     "stalls": "stall_episodes",

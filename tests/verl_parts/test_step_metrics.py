@@ -39,6 +39,7 @@ def test_counts_are_the_steps_own_differences() -> None:
         "p/dropped": 3.0,
         "p/retries": 1.0,
         "p/released": 0.0,
+        "p/released_unrun": 0.0,
         "p/accepted_unverified": 2.0,
         "p/kept_past_timeout": 0.0,
         "p/stalls": 0.0,
@@ -73,6 +74,13 @@ def test_claims_kept_past_their_timeout_are_counted_and_the_longest_is_the_batch
     window = StepWindow(before, queued_at=100.0, queued_monotonic=0.0)
     metrics = step_metrics(window, after, [[kept], [quick], [claim(101.0)], None], 0, TRAIN_PREFIX)
     assert (metrics["attempts/kept_past_timeout"], metrics["attempts/longest_kept_claim_s"]) == (2.0, 30.5)
+
+
+def test_claims_a_broken_worker_gave_back_unrun_are_counted_apart() -> None:
+    """Releases a worker made without running the task (no resources): the step says how many were."""
+    before, after = stats(releases=3, releases_unrun=2), stats(releases=10, releases_unrun=8)
+    metrics = step_metrics(StepWindow(before, queued_at=0.0, queued_monotonic=0.0), after, [], 0, TRAIN_PREFIX)
+    assert (metrics["attempts/released"], metrics["attempts/released_unrun"]) == (7.0, 6.0)
 
 
 def test_a_stall_during_the_step_is_counted_with_its_time() -> None:
