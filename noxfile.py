@@ -17,9 +17,10 @@ has imported agentlightning's third-party modules once (``tests/prewarmed.py``).
 ``--parallel``, set below). Measured on clean clones on 2 cores: 57 minutes and about 100 CPU-minutes three at a
 time before the scopes and the fork server (each child importing agentlightning afresh, 6 s of CPU on 0.2+);
 25 minutes (1,515 s and 1,525 s) and 37 to 38 CPU-minutes four at a time after, the machine 1.5 of its 2 cores
-busy on average. Each tier's output is printed whole when it ends, then a table of tier against result. A tier
-fails when its environment cannot be built (nox prints the failing command and its output), when pytest fails
-or collects nothing (exit 5), or when no test passed.
+busy on average; 27 minutes (1,638 s) with the liveness tests added since. Each tier's output is printed
+whole when it ends, then a table of tier against result. A tier fails when its environment cannot be built
+(nox prints the failing command and its output), when pytest fails or collects nothing (exit 5), or when no
+test passed.
 
     python3 -m pip install 'nox[uv]>=2026.10.20' && python3 -m nox  # every tier (README's test command)
     nox -s 'tests(0.3.0)' -- -x                               # one tier; anything after -- goes to pytest
