@@ -307,14 +307,11 @@ class Transitions:
         self._book.end_claim(claimed, outcome)
         attempt = claimed.attempts[-1]
         attempt.release_reason = reason
-        attempt_id, claims = attempt.attempt_id, len(claimed.attempts)
-        if attempt.unrun:  # says nothing of the task: not counted toward max_claims
-            self._counters.add("releases")
-            self._counters.add("releases_unrun")
-            self._book.requeue(claimed)
-            return True
+        attempt_id, claims, unrun = attempt.attempt_id, len(claimed.attempts), attempt.unrun
         if outcome == "released":
             self._counters.add("releases")
+            if unrun:
+                self._counters.add("releases_unrun")
             why = "was released by its worker" + (f" ({reason})" if reason else "")
         elif outcome == "unresponsive":
             self._counters.add("requeues_unresponsive")
@@ -322,7 +319,7 @@ class Transitions:
         else:
             why = f"passed its {self._options.task_timeout_seconds}s timeout"
         rollout_id, max_claims, counted = claimed.rollout_id, self._options.max_claims, claimed.counted_claims()
-        if max_claims is not None and counted >= max_claims:
+        if max_claims is not None and counted >= max_claims and not unrun:  # unrun: says nothing of the task
             self._give_up(claimed, "max_claims_exceeded")
             logger.warning(
                 "Giving up on task %s: attempt %s (claim %d of at most %d%s) %s; completed empty, marked "
@@ -340,8 +337,9 @@ class Transitions:
             self._over_budget(claimed)
             return False
         self._book.requeue(claimed)
-        if outcome == "released":  # a worker's deliberate act, not a fault
-            logger.info("Requeuing task %s: attempt %s (claim %d) %s", rollout_id, attempt_id, claims, why)
+        if outcome == "released":  # a worker's deliberate act, not a fault (given_back logs a release unrun)
+            if not unrun:
+                logger.info("Requeuing task %s: attempt %s (claim %d) %s", rollout_id, attempt_id, claims, why)
             return True
         self._counters.add("requeues")
         logger.warning("Requeuing task %s: attempt %s (claim %d) %s", rollout_id, attempt_id, claims, why)

@@ -124,3 +124,18 @@ async def test_a_claim_kept_past_its_timeout_spends_the_budget_it_held() -> None
     clock.advance(0.3)
     assert store.requeue_expired() == 1
     assert outcome(store, rid) == {"lightning_attempts": {"outcome": "task_budget_exceeded", "claims": 1}}
+
+
+async def test_a_claim_given_back_unrun_after_the_budget_ran_out_ends_the_task() -> None:
+    """Not counted toward max_claims, but not a way past the budget either (the timer may fire a moment late)."""
+    clock = ManualClock()
+    store = store_with(clock, unresponsive_seconds=0.5)
+    rid = await store.add_task({"slow": True})
+    _, attempt = claim(store, leased=True)
+    for _ in range(12):
+        clock.advance(0.25)
+        assert store.heartbeat(rid, attempt).current
+    clock.advance(0.05)  # 3.05 s held; the deadline timer has not fired yet
+    answer = store.release(rid, attempt, "no_resources", "worker")
+    assert answer.released and answer.gave_up
+    assert outcome(store, rid) == {"lightning_attempts": {"outcome": "task_budget_exceeded", "claims": 1}}
