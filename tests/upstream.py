@@ -14,6 +14,8 @@ from agentlightning.types import PromptTemplate
 from lightning_attempts.compat import AgentLightningClient, LegacyRunner
 from lightning_attempts.testing import NullTracer
 
+from .waiting import until
+
 RESOURCES: dict[str, Any] = {"prompt": PromptTemplate(template="hi", engine="f-string")}
 """The runner skips tasks when the server has no resources, and upstream 404s an empty dict."""
 
@@ -55,23 +57,13 @@ class StragglerAgent(LitAgent):  # pyright: ignore[reportMissingTypeArgument]
             return 0.0
         if call == 2:
             reclaimed.set()
-            _wait_for(lambda: self._stale_posted(rollout_id))
+            until(lambda: self._stale_posted(rollout_id))
         return 1.0
 
     async def training_rollout_async(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
         if task.get("stop"):  # here, in the runner's thread, not in to_thread's
             return self.training_rollout(task, rollout_id, resources)
         return await asyncio.to_thread(self.training_rollout, task, rollout_id, resources)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait for a condition another thread makes true (not for a timeout to pass)."""
-    done = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        done.wait(0.01)
-    raise AssertionError("condition not reached")
 
 
 class Stoppable(Protocol):

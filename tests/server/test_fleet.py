@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -56,14 +55,6 @@ def served(clock: ManualClock) -> Iterator[Served]:
     with serve_in_thread(server) as running:
         running.call(server.update_resources(RESOURCES))
         yield running
-
-
-def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait for other threads (workers) to make ``condition`` true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def check(served: Served) -> None:

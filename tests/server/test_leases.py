@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from lightning_attempts.testing import ManualClock, ServerThread, serve_in_threa
 from .. import prewarmed
 from ..paths import SCRIPTS
 from ..upstream import RESOURCES, make_runner, run_until_stopped, stop_fleet
+from ..waiting import until
 
 TIMEOUT, WINDOW = 300.0, 10.0
 Served = ServerThread[AttemptAwareServer]
@@ -42,14 +43,6 @@ def leased(clock: ManualClock) -> Iterator[Served]:
     )
     with serve_in_thread(server) as running:
         yield running
-
-
-def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait for other threads and processes to make ``condition`` true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def claim(store: AttemptAwareDataStore, *, leased: bool = False) -> tuple[str, str]:

@@ -6,7 +6,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +18,8 @@ from lightning_attempts import AttemptAwareDataStore, AttemptAwareServer
 from lightning_attempts.models import WAIT_HEADER
 from lightning_attempts.server import ParkedPolls
 from lightning_attempts.testing import ServerThread, serve_in_thread
+
+from ..waiting import until
 
 Served = ServerThread[AttemptAwareServer]
 LONG = 30.0
@@ -36,14 +38,6 @@ def long_poll(endpoint: str, wait: float = LONG) -> httpx.Response:
 
 def parked(served: Served) -> int:
     return served.server.attempt_stats()["polls_parked"]
-
-
-def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for something another thread or process makes true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def answered(poll: Future[httpx.Response], within: float = 10.0) -> dict[str, Any]:

@@ -50,6 +50,14 @@ def run_queue_of(store: AttemptAwareDataStore, clock: ManualClock, tasks: int, s
         store.requeue_expired()
 
 
+def heartbeat_for(store: AttemptAwareDataStore, clock: ManualClock, rid: str, attempt: str, beats: int) -> None:
+    """The worker of the live claim heartbeats every 0.25 s, ``beats`` times; nothing expires meanwhile."""
+    for _ in range(beats):
+        clock.advance(0.25)
+        assert store.heartbeat(rid, attempt).current
+        assert store.requeue_expired() == 0
+
+
 def given_back_by_release(store: AttemptAwareDataStore, clock: ManualClock) -> None:
     rid, attempt = claim(store)
     assert store.release(rid, attempt).released
@@ -115,10 +123,7 @@ async def test_a_claim_kept_past_its_timeout_spends_the_budget_it_held() -> None
     store = store_with(clock, unresponsive_seconds=0.5)
     rid = await store.add_task({"slow": True})
     _, attempt = claim(store, leased=True)
-    for _ in range(11):
-        clock.advance(0.25)
-        assert store.heartbeat(rid, attempt).current
-        assert store.requeue_expired() == 0
+    heartbeat_for(store, clock, rid, attempt, 11)
     lease = store.heartbeat(rid, attempt)
     assert lease.current and lease.expires_in == pytest.approx(BUDGET - 2.75)
     clock.advance(0.3)
@@ -132,10 +137,8 @@ async def test_a_claim_given_back_unrun_after_the_budget_ran_out_ends_the_task()
     store = store_with(clock, unresponsive_seconds=0.5)
     rid = await store.add_task({"slow": True})
     _, attempt = claim(store, leased=True)
-    for _ in range(12):
-        clock.advance(0.25)
-        assert store.heartbeat(rid, attempt).current
-    clock.advance(0.05)  # 3.05 s held; the deadline timer has not fired yet
+    heartbeat_for(store, clock, rid, attempt, 11)
+    clock.advance(0.3)  # 3.05 s held; the deadline timer has not fired yet
     answer = store.release(rid, attempt, "no_resources", "worker")
     assert answer.released and answer.gave_up
     assert outcome(store, rid) == {"lightning_attempts": {"outcome": "task_budget_exceeded", "claims": 1}}

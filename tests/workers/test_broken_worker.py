@@ -26,6 +26,7 @@ from lightning_attempts.switch.variables import SWITCH_DEFAULTS
 from lightning_attempts.testing import ServerThread, serve_in_thread
 
 from ..upstream import RESOURCES, make_runner
+from ..waiting import until
 
 Served = ServerThread[AttemptAwareServer]
 TASKS = 20
@@ -144,9 +145,7 @@ def test_when_no_worker_can_run_a_task_nothing_is_completed_empty_and_the_server
         rids = [served.call(served.server.queue_task({"n": n}, mode="train")) for n in range(2)]
         agent = Agent(0.0)
         with workers((Client(served.endpoint), agent)):
-            deadline = time.monotonic() + 30
-            while served.server.attempt_stats()["releases_unrun"] < 20 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            until(lambda: served.server.attempt_stats()["releases_unrun"] >= 20)
         stats = served.server.attempt_stats()
         assert stats["releases_unrun"] >= 20 and stats["given_up"] == 0
         assert stats["workers_giving_back"] == 1 and stats["unrun_since_last_result"] == stats["releases_unrun"]
