@@ -92,6 +92,7 @@ def test_old_clients_still_get_one_result_per_task_but_not_the_right_one(served:
     assert stored[rids[3]].final_reward == 0.0
     assert result["stats"]["accepted_unverified"] == TASKS + WORKERS  # the stop tasks too
     # Flagged: it may be the stale one. The server's timer may also have requeued another claim
-    # when the clock jumped, so that task's unverified result counts too.
+    # when the clock jumped, so that task's unverified result counts too, and its re-claim's
+    # result is dropped too.
     assert result["stats"]["accepted_unverified_reclaimed"] >= 1
-    assert result["stats"]["dropped"]["already_completed"] == 1
+    assert result["stats"]["dropped"]["already_completed"] >= 1
