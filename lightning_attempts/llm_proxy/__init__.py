@@ -9,6 +9,7 @@ attempt's calls and counts what it did; ``serve_proxy`` serves it on the running
 from __future__ import annotations
 
 from .app import Liveness, LlmProxy
+from .bodies import BodyBudget
 from .records import CallRecord, CallRecords
 from .routing import BackendRouter, Backends
 from .serving import ProxyServer, serve_proxy
@@ -19,6 +20,7 @@ __all__ = [
     "Attempt",
     "BackendRouter",
     "Backends",
+    "BodyBudget",
     "CallRecord",
     "CallRecords",
     "Liveness",

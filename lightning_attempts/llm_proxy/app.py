@@ -2,12 +2,18 @@
 
 ``/v1/{path}`` is forwarded as upstream's proxy forwards it (old workers), with the key when
 one is set. ``/rollout/{rollout_id}/attempt/{attempt_id}/v1/{path}`` needs no key (the
-attempt id is an unguessable UUID4, and the URL works only while its attempt is live):
-``liveness(rollout_id, attempt_id)`` is asked once the request's body is in, right before a
-backend is chosen and the call sent, with no await in between on the proxy's side. The
-store answering it runs on the same event loop, so an attempt can turn stale while the call
-is in flight (or while aiohttp takes a connection); that call is not taken back, but
-liveness never comes back, so nothing refused could have been stored.
+attempt id is an unguessable UUID4, and the URL works only while its attempt is live).
+
+A refused call costs its caller nothing but the refusal: the key (plain calls) and
+``liveness(rollout_id, attempt_id)`` (attempt-scoped calls) are checked before a byte of the
+body is read, and a refusal sent before the body was read closes the connection, so that
+the server does not read the rest. Bodies are then read within ``max_body_bytes``,
+``body_timeout_seconds`` and a ``BodyBudget`` shared by all calls (``bodies``). Liveness is
+asked again once the body is in, right before a backend is chosen and the call sent, with
+no await in between on the proxy's side. The store answering it runs on the same event loop,
+so an attempt can turn stale while the call is in flight (or while aiohttp takes a
+connection); that call is not taken back, but liveness never comes back, so nothing refused
+could have been stored.
 
 The backend leg is ``forwarding.Forwarder``'s: answers pass through as they come.
 """
@@ -25,12 +31,23 @@ import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from ..keys import KeyCheck, validate_key
-from .asgi import read_body, send_error
+from .asgi import send_error
+from .bodies import (
+    BODY_TIMEOUT_SECONDS,
+    BodyBudget,
+    BodyRefused,
+    ClientGone,
+    OverBudget,
+    TimedOut,
+    TooLarge,
+    declared_length,
+    read_body,
+)
 from .forwarding import Call, Forwarder
 from .records import CallRecord, CallRecords
 from .routing import BackendRouter, Backends
 from .stats import LatencyHistogram, RefusalSummary, latency_summary
-from .targets import Attempt, parse_target
+from .targets import Attempt, DotSegments, parse_target
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +60,17 @@ TIMEOUT_SECONDS = 1200.0
 CONNECT_TIMEOUT_SECONDS = 30.0
 _NOT_LIVE = (("x-should-retry", "false"),)  # the openai client retries a 409 unless told not to
 _UNAUTHORIZED = (("www-authenticate", "Bearer"),)
+_CLOSE = (("connection", "close"),)
+"""On an answer sent with the body unread: uvicorn then closes the connection instead of reading the rest."""
+_CLOSE_RAW = ((b"connection", b"close"),)
+_RETRY = (("retry-after", "1"),)
+
+
+class BackendCut(Exception):
+    """The backend broke off an answer already begun: raised to the server, which drops the connection.
+
+    ``serving`` keeps uvicorn from logging it (the proxy has logged one WARNING line).
+    """
 
 
 class LlmProxy:
@@ -57,6 +85,8 @@ class LlmProxy:
         timeout_seconds: float | None = TIMEOUT_SECONDS,
         connect_timeout_seconds: float | None = CONNECT_TIMEOUT_SECONDS,
         max_body_bytes: int = MAX_BODY_BYTES,
+        body_budget: BodyBudget | None = None,
+        body_timeout_seconds: float | None = BODY_TIMEOUT_SECONDS,
         max_connections_per_backend: int = 0,
         records: CallRecords | None = None,
         router: BackendRouter | None = None,
@@ -69,6 +99,9 @@ class LlmProxy:
         """Token ids of each live attempt's calls (``calls_of``, ``discard``, ``clear``)."""
         self.refusals = refusals if refusals is not None else RefusalSummary()
         self.max_body_bytes = max_body_bytes
+        self.body_budget = body_budget if body_budget is not None else BodyBudget()
+        """Body bytes held across all calls (``bodies.MAX_BUFFERED_BYTES`` by default)."""
+        self.body_timeout_seconds = body_timeout_seconds
         key = validate_key(api_key)
         self._key = KeyCheck(key) if key is not None else None
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds, sock_read=timeout_seconds)
@@ -110,6 +143,7 @@ class LlmProxy:
             "refused": sum(self.refused.values()),
             "refused_by_reason": dict(self.refused),
             "in_flight": sum(self.router.in_flight().values()),
+            "body_bytes_held": self.body_budget.held,
             "routed_attempts": self.router.routes(),
             "added_latency_p50_ms": summary["p50_ms"],
             "added_latency_p99_ms": summary["p99_ms"],
@@ -120,7 +154,8 @@ class LlmProxy:
         }
 
     async def aclose(self) -> None:
-        """Close the connections to the backends (after the server stopped)."""
+        """Close the connections to the backends (after the server stopped); log the refusals not yet logged."""
+        self.refusals.flush()
         await self._forwarder.aclose()
 
     # -- serving -----------------------------------------------------------------------
@@ -129,36 +164,60 @@ class LlmProxy:
         if scope["type"] != "http":
             return  # served with lifespan="off"; no websockets
         started = self._clock()
-        target = parse_target(scope.get("raw_path") or scope["path"].encode())
+        try:
+            target = parse_target(scope.get("raw_path") or scope["path"].encode())
+        except DotSegments:
+            message = "Dot segments ('.', '..') are not allowed in the path"
+            await self._refuse(send, 400, "dot_segments", "invalid_request_error", message, _CLOSE)
+            return
         attempt = target.attempt if target is not None else None
         if attempt is None and self._key is not None and not self._key.presented(scope["headers"]):
             await self._refuse(
-                send, 401, "unauthorized", "invalid_request_error", "Invalid or missing API key", _UNAUTHORIZED
+                send, 401, "unauthorized", "invalid_request_error", "Invalid or missing API key", _UNAUTHORIZED + _CLOSE
             )
             return
         if target is None:
-            await send_error(send, 404, "Not found: use /v1/...", type_="invalid_request_error", code="not_found")
+            await send_error(
+                send, 404, "Not found: use /v1/...", type_="invalid_request_error", code="not_found", headers=_CLOSE_RAW
+            )
             return
-        body = await read_body(receive, self.max_body_bytes)
-        if body is None:
-            await send_error(send, 413, "Request body too large", type_="invalid_request_error", code="too_large")
+        if attempt is not None and not await self._live(send, attempt, _CLOSE):  # before a byte of the body is read
             return
-        if attempt is not None:
-            reason = self._why_not_live(attempt)
-            if reason is not None:
-                self.router.forget(attempt)
-                self.counts["refused_not_live"] += 1
-                message = f"Attempt {attempt.attempt_id} of rollout {attempt.rollout_id} is no longer live: {reason}"
-                await self._refuse(send, 409, reason, "attempt_not_live", message, _NOT_LIVE)
-                return
+        try:
+            body = await read_body(
+                receive,
+                declared_length(scope["headers"]),
+                limit=self.max_body_bytes,
+                budget=self.body_budget,
+                timeout_seconds=self.body_timeout_seconds,
+            )
+        except BodyRefused as refused:
+            await self._refuse_body(send, refused)
+            return
+        try:
+            await self._forward(scope, receive, send, target.upstream_path, attempt, body, started)
+        finally:
+            self.body_budget.give(len(body))
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        attempt: Attempt | None,
+        body: bytes,
+        started: float,
+    ) -> None:
+        if attempt is not None and not await self._live(send, attempt):  # again, right before the backend is chosen
+            return
         backend = self.router.acquire(attempt)
         if backend is None:
             self.counts["no_backend"] += 1
             await send_error(send, 503, "No backend LLM server available", type_="server_error", code="no_backend")
             return
-        self.counts["forwarded_attempt" if attempt is not None else "forwarded_plain"] += 1
         query = scope["query_string"]
-        url = f"http://{backend}{target.upstream_path}" + (f"?{query.decode('latin-1')}" if query else "")
+        url = f"http://{backend}{path}" + (f"?{query.decode('latin-1')}" if query else "")
         try:
             call = await self._forwarder.forward(
                 scope, receive, send, url, body, strip_keys=self._key is not None, record=attempt is not None
@@ -166,15 +225,40 @@ class LlmProxy:
         finally:
             self.router.release(backend)
         self.latency.add(self._clock() - started - call.waited)
+        if call.status:  # the backend answered: the call reached it
+            self.counts["forwarded_attempt" if attempt is not None else "forwarded_plain"] += 1
         if call.client_gone:
             self.counts["client_disconnected"] += 1
         elif call.error is not None:
             self._failed(backend, attempt, call)
-        elif attempt is not None:
-            record = CallRecord.of(
-                scope["method"], target.upstream_path, call.status, call.streamed, backend, call.tokens
-            )
+        elif attempt is not None and 200 <= call.status < 300:  # an error answer has no token ids to train on
+            record = CallRecord.of(scope["method"], path, call.status, call.streamed, backend, call.tokens)
             self.records.add(attempt, record)
+
+    async def _live(self, send: Send, attempt: Attempt, headers: tuple[tuple[str, str], ...] = ()) -> bool:
+        """Whether ``attempt`` is live; if not, forget its route and answer 409."""
+        reason = self._why_not_live(attempt)
+        if reason is None:
+            return True
+        self.router.forget(attempt)
+        self.counts["refused_not_live"] += 1
+        message = f"Attempt {attempt.attempt_id} of rollout {attempt.rollout_id} is no longer live: {reason}"
+        await self._refuse(send, 409, reason, "attempt_not_live", message, _NOT_LIVE + headers)
+        return False
+
+    async def _refuse_body(self, send: Send, refused: BodyRefused) -> None:
+        """Answer a body not read whole (nothing to answer when its client left)."""
+        if isinstance(refused, ClientGone):
+            self.counts["client_disconnected"] += 1
+        elif isinstance(refused, TooLarge):
+            await self._refuse(send, 413, "too_large", "invalid_request_error", "Request body too large", _CLOSE)
+        elif isinstance(refused, OverBudget):
+            message = "The LLM proxy holds too many request bodies at once: retry shortly"
+            await self._refuse(send, 503, "body_budget", "server_error", message, _RETRY + _CLOSE)
+        else:
+            assert isinstance(refused, TimedOut)
+            message = f"Request body not received within {self.body_timeout_seconds:g} s"
+            await self._refuse(send, 408, "body_timeout", "invalid_request_error", message, _CLOSE)
 
     def _failed(self, backend: str, attempt: Attempt | None, call: Call) -> None:
         """Count and log a backend that could not be reached or broke off; cut an answer that began short."""
@@ -183,9 +267,10 @@ class LlmProxy:
         if not timed_out:
             self.router.failed(backend, attempt)
         name = type(call.error).__name__
-        logger.warning("LLM backend %s %s: %s", backend, "timed out" if timed_out else "failed", name)
+        what = "timed out" if timed_out else "failed"
+        logger.warning("LLM backend %s %s%s: %s", backend, what, " mid-answer" if call.started else "", name)
         if call.started and call.error is not None:
-            raise call.error  # only dropping the connection tells the client that its answer is cut short
+            raise BackendCut(backend) from call.error  # only dropping the connection tells the client it is cut short
 
     def _why_not_live(self, attempt: Attempt) -> str | None:
         try:

@@ -2,7 +2,8 @@
 
 Each attempt keeps at most ``max_calls_per_attempt`` records (later calls are counted, not
 kept, and the attempt is marked truncated). All attempts together keep at most
-``max_tokens`` token ids (each call also counts ``CALL_COST`` for its own overhead) and
+``max_tokens`` token ids (each call also counts ``CALL_COST`` for its own overhead, and its
+path's length in four-byte units, as long as a token id: a caller chooses the path) and
 ``max_attempts`` attempts: past either, the attempts recorded first are evicted whole, and
 counted. An attempt's records stay until ``discard`` or ``clear`` (or eviction): the daemon
 reads the stored attempt's after its result arrived, when it is no longer live.
@@ -46,6 +47,11 @@ class CallRecord:
         prompt = len(self.prompt_token_ids) if self.prompt_token_ids is not None else 0
         return prompt + sum(len(ids) for ids in self.response_token_ids or ())
 
+    @property
+    def cost(self) -> int:
+        """What the record counts against ``max_tokens``: its ids, ``CALL_COST``, and its path (4 bytes a unit)."""
+        return self.size + CALL_COST + (len(self.path) + 3) // 4
+
     @classmethod
     def of(cls, method: str, path: str, status: int, streamed: bool, backend: str, tokens: Tokens) -> CallRecord:
         return cls(method, path, status, streamed, backend, tokens.prompt, tokens.response_list())
@@ -82,7 +88,7 @@ class CallRecords:
 
     def add(self, attempt: Attempt, record: CallRecord) -> None:
         """Keep ``record`` as ``attempt``'s next call, within the limits."""
-        cost = record.size + CALL_COST
+        cost = record.cost
         calls = self._attempts.get(attempt)
         if cost > self.max_tokens or (calls is not None and len(calls.calls) >= self.max_calls_per_attempt):
             self.calls_not_recorded += 1

@@ -4,7 +4,8 @@
 returns once uvicorn serves, and ``stop()`` returns once it has shut down and the
 connections to the backends are closed. uvicorn's logging setup and access log are off:
 the process keeps its own logging, and an access log line would hold attempt ids, which are
-capabilities.
+capabilities. A backend that cut an answer short is logged by the proxy in one WARNING line;
+uvicorn's traceback of the ``BackendCut`` that drops the client's connection is left out.
 """
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ from starlette.types import ASGIApp
 
 from ..hosts import is_loopback_host
 from ..server.lifecycle import Serving
-from .app import LlmProxy
+from .app import BackendCut, LlmProxy
 
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 30.0
 """How long a worker's idle connection to the proxy is kept (uvicorn's default is 5 s)."""
+
+
+class _QuietBackendCuts(logging.Filter):
+    """Leave out uvicorn's "Exception in ASGI application" for a ``BackendCut`` (already logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info is not None and isinstance(record.exc_info[1], BackendCut))
+
+
+_QUIET_BACKEND_CUTS = _QuietBackendCuts()
 
 
 class ProxyServer:
@@ -48,6 +59,7 @@ class ProxyServer:
             timeout_keep_alive=int(KEEPALIVE_SECONDS),
         )
         self._serving = Serving(config, on_shutdown=lambda: None)
+        logging.getLogger("uvicorn.error").addFilter(_QUIET_BACKEND_CUTS)  # once: the same filter is not added twice
 
     @property
     def endpoint(self) -> str:

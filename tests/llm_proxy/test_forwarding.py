@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import httpx
+import pytest
 
 from lightning_attempts.llm_proxy import LlmProxy, serve_proxy
 
@@ -109,3 +112,42 @@ async def test_a_body_over_the_limit_is_refused_unread(
     answer = await http.post(f"{server.endpoint}/v1/chat/completions", content=b"x" * 101)
     assert answer.status_code == 413
     assert not any(backend.received for backend in backends)
+
+
+async def test_a_call_no_backend_answered_is_not_counted_as_forwarded(
+    attempts: Attempts, http: httpx.AsyncClient, backends: list[StandInVllm]
+) -> None:
+    server = await serve_proxy(LlmProxy(lambda: ["127.0.0.1:1"], attempts))  # nothing listens on port 1
+    try:
+        assert (await http.post(f"{server.endpoint}/v1/chat/completions", json=CHAT)).status_code == 502
+        stats = server.proxy.stats()
+        assert (stats["forwarded"], stats["forwarded_plain"], stats["failed_upstream"]) == (0, 0, 1)
+    finally:
+        await server.stop()
+
+
+async def test_a_backend_cutting_a_stream_short_logs_one_warning_and_no_traceback(
+    attempts: Attempts, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"d\r\ndata: first\n\n\r\n")  # one chunk of the stream, then the connection drops
+        await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(cut, "127.0.0.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    server = await serve_proxy(LlmProxy(lambda: [f"127.0.0.1:{port}"], attempts))
+    try:
+        with caplog.at_level(logging.INFO):
+            with pytest.raises(httpx.RemoteProtocolError):  # the client learns that its answer is cut short
+                await http.post(f"{server.endpoint}/v1/chat/completions", json={**CHAT, "stream": True})
+            await asyncio.sleep(0.1)  # uvicorn logs after the connection dropped
+        logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+        assert logged == [("WARNING", f"LLM backend 127.0.0.1:{port} failed mid-answer: ClientPayloadError")]
+        assert server.proxy.stats()["forwarded"] == 1
+    finally:
+        await server.stop()
+        backend.close()
+        await backend.wait_closed()

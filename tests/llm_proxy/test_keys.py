@@ -77,3 +77,13 @@ async def test_refusals_are_summarised_once_per_interval_by_reason_and_no_body_i
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == ["LLM proxy refused 4 call(s) in the last 60s: superseded x3, unauthorized x1"]
     assert not any(SECRET_PROMPT in r.getMessage() or KEY in r.getMessage() for r in caplog.records)
+
+
+async def test_refusals_not_yet_summarised_are_logged_when_the_proxy_stops(
+    start_proxy: StartProxy, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_proxy(api_key=KEY, refusals=RefusalSummary(lambda delay, callback: None))  # never due
+    await http.post(f"{server.endpoint}/v1/chat/completions", json=CHAT)
+    with caplog.at_level(logging.WARNING):
+        await server.stop()
+    assert [r.getMessage() for r in caplog.records] == ["LLM proxy refused 1 call(s) in the last 60s: unauthorized x1"]

@@ -25,7 +25,7 @@ async def test_a_live_attempt_is_forwarded_and_liveness_is_asked_on_the_proxys_l
     answer = await http.post(attempt_url(server, attempt), json=CHAT)
     assert answer.status_code == 200
     assert sum(len(backend.received) for backend in backends) == 1
-    assert attempts.asked == [attempt]
+    assert attempts.asked == [attempt, attempt]  # before the body is read, and again before forwarding
     assert attempts.on_threads == {threading.get_ident()}
     assert attempts.in_loops == {id(asyncio.get_running_loop())}
 

@@ -84,7 +84,7 @@ def test_each_attempt_keeps_at_most_its_cap_and_says_it_was_truncated() -> None:
 
 
 def test_past_the_total_the_oldest_attempts_are_evicted_and_counted() -> None:
-    records = CallRecords(max_tokens=3 * (100 + 64))
+    records = CallRecords(max_tokens=3 * _record(100).cost)
     for name in ("old", "middle", "new"):
         records.add(Attempt("r", name), _record(100))
     records.add(Attempt("r", "newest"), _record(100))
@@ -102,7 +102,26 @@ def test_past_the_most_attempts_the_oldest_is_evicted() -> None:
     assert records.calls_of("r", "a") == [] and records.stats()["recorded_attempts"] == 2
 
 
+def test_each_record_counts_its_path() -> None:
+    """A caller chooses the path: 1,000 calls with 8 KB paths count their 8 MB, not 64 bytes each."""
+    records = CallRecords(max_tokens=64 * 2**20 // 4)
+    long = CallRecord("POST", "/v1/" + "a" * 8192, 200, False, "a:1", None, None)
+    for _ in range(1000):
+        records.add(Attempt("r", "a"), long)
+    assert records.stats()["recorded_cost"] * 4 >= 1000 * 8192
+
+
 def test_a_call_larger_than_the_whole_budget_is_not_recorded() -> None:
     records = CallRecords(max_tokens=100)
     records.add(Attempt("r", "a"), _record(1000))
     assert records.calls_of("r", "a") == [] and records.stats()["calls_not_recorded"] == 1
+
+
+async def test_a_call_the_backend_answered_with_an_error_is_not_recorded(
+    start_proxy: StartProxy, attempts: Attempts, http: httpx.AsyncClient
+) -> None:
+    server = await start_proxy()
+    attempt = attempts.live()
+    answer = await http.post(attempt_url(server, attempt, "no/" + "a" * 60_000), json=CHAT)
+    assert answer.status_code == 404  # the stand-in's own answer, passed through
+    assert server.proxy.calls_of(*attempt) == [] and server.proxy.stats()["recorded_cost"] == 0
