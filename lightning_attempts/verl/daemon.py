@@ -244,6 +244,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
             proxy_after = None if proxy is None else proxy.stats()
             if proxy is not None:
                 proxy.forget()  # the step's records are used: memory stays bounded by one step's calls
+                proxy.log_refusals()  # the step's, before its metrics
             return server.attempt_stats(), histories, proxy_after
 
         after, histories, proxy_after = self._on_loop(read)

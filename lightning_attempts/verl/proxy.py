@@ -58,6 +58,10 @@ class DaemonProxy:
                 found[rollout_id] = calls
         return found
 
+    def log_refusals(self) -> None:
+        """Log the calls refused since the last summary now (a step ends), not up to a minute later."""
+        self.proxy.refusals.flush()
+
     def forget(self) -> None:
         """Forget every attempt's recorded calls (a step's, once used; or before a batch is queued)."""
         self.proxy.clear()
