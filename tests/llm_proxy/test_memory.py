@@ -57,8 +57,8 @@ async def _peak_rss(process: psutil.Process, done: asyncio.Event) -> int:
 @pytest.mark.timeout(120)
 async def test_key_less_callers_sending_large_bodies_cost_the_proxy_under_10_mb() -> None:
     command = [sys.executable, "-m", "tests.llm_proxy.proxy_process"]
-    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    with subprocess.Popen(command, cwd=ROOT, text=True, **pipes) as child:
+    pipe = subprocess.PIPE
+    with subprocess.Popen(command, cwd=ROOT, text=True, stdin=pipe, stdout=pipe, stderr=pipe) as child:
         try:
             assert child.stdout is not None and child.stdin is not None
             port = int(child.stdout.readline())
