@@ -6,6 +6,7 @@ serves on the server's loop (a thread of its own, as in the daemon) in front of 
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 
@@ -99,3 +100,16 @@ def test_it_stops_when_the_server_stops(clock: ManualClock) -> None:
     assert server.llm_proxy_port is None
     with pytest.raises(httpx.ConnectError):
         httpx.get(url)
+
+
+def test_the_refusals_of_a_step_are_logged_when_it_ends(
+    running: tuple[ServerThread[AttemptAwareServer], DaemonProxy, StandInVllm], caplog: pytest.LogCaptureFixture
+) -> None:
+    served, proxy, _ = running
+    with httpx.Client(timeout=30) as http, caplog.at_level(logging.WARNING):
+        assert http.post(attempt_url(proxy, ("rollout-x", "made-up")), json=CHAT).status_code == 409
+        assert not caplog.records  # the summary is due a minute later
+        served.run(proxy.log_refusals)  # what the daemon calls as it takes a step's metrics
+    assert [r.getMessage() for r in caplog.records] == [
+        "LLM proxy refused 1 call(s) in the last 60s: unknown_rollout x1"
+    ]
