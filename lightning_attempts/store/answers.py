@@ -23,7 +23,8 @@ class Submission:
     claim_sequence_id: int | None = None
     """Claim sequence id of the submitted attempt, when it was issued for this task."""
     current_attempt_id: str | None = None
-    """The attempt the server holds as current: live claim, or the one whose result is stored."""
+    """The attempt the server holds as current: live claim, or the one whose result is stored (not in the HTTP
+    answer: a live attempt's id is the capability of its LLM proxy URLs)."""
     current_claim_sequence_id: int | None = None
     reason: DropReason | None = None
     verified: bool = True
@@ -60,7 +61,7 @@ class Submission:
         if self.status in ("dropped", "refused"):
             body["reason"] = self.reason_text
         body["claim_sequence_id"] = self.claim_sequence_id
-        body["current_attempt_id"] = self.current_attempt_id
+        # Not current_attempt_id: the live attempt's id lets its holder call the LLM proxy without a key.
         body["current_claim_sequence_id"] = self.current_claim_sequence_id
         if self.status == "ok":
             body["verified"] = self.verified

@@ -31,6 +31,19 @@ from .tasks import TaskBook
 
 logger = logging.getLogger("lightning_attempts.store")
 
+SHOWN_ID_CHARACTERS = 8
+"""Of a live attempt's id, what a WARNING or INFO line shows: the id lets its holder call the LLM proxy.
+
+The whole id is logged at DEBUG."""
+
+
+def shortened(attempt_id: str | None) -> str | None:
+    """``attempt_id``'s first characters, enough to tell attempts apart in a log and too few to use it."""
+    if attempt_id is None or len(attempt_id) <= SHOWN_ID_CHARACTERS:
+        return attempt_id
+    return attempt_id[:SHOWN_ID_CHARACTERS] + "..."
+
+
 _STORED = frozenset({Action.ACCEPT, Action.SALVAGE})
 """What the outcome table does with an ordinary result of a live attempt."""
 COMPLETED = "completed"
@@ -267,6 +280,7 @@ class Transitions:
         assert reason is not None
         attempts: Sequence[Attempt] = ()
         current: str | None = None
+        live = found.claimed.current if found.claimed is not None else None  # its id is a capability: not shown
         if found.claimed is not None:
             attempts = found.claimed.attempts
             current = found.claimed.current if reason is DropReason.UNKNOWN_ATTEMPT else found.claimed.latest
@@ -281,9 +295,11 @@ class Transitions:
             reason.value,
             attempt_id,
             sequence,
-            current,
+            shortened(current) if live is not None and current == live else current,
             current_sequence,
         )
+        if live is not None:
+            logger.debug("Dropped result for %s: the live attempt is %s", submitted.rollout_id, live)
         return Submission("dropped", submitted.rollout_id, attempt_id, sequence, current, current_sequence, reason)
 
     # -- claims that end without a result -------------------------------------

@@ -75,9 +75,9 @@ def test_answers_for_each_outcome(served: Served, http: httpx.Client, clock: Man
         "rollout_id": rid,
         "attempt_id": early["attempt_id"],
         "claim_sequence_id": 1,
-        "current_attempt_id": late["attempt_id"],
         "current_claim_sequence_id": 2,
     }
+    assert late["attempt_id"] not in dropped.text  # the live attempt's id lets its holder call the LLM proxy
     accepted = post(http, rid, late["attempt_id"], final_reward=1.0)
     assert (accepted.status_code, accepted.json()["status"]) == (200, "ok")
     retry = post(http, rid, late["attempt_id"], final_reward=1.0)

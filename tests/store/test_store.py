@@ -371,3 +371,21 @@ async def test_stored_attempt_names_the_attempt_credited_with_the_result(
     store.cancel([cancelled])
     assert store.stored_attempt(cancelled) is None
     assert store.stored_attempt("never-queued") is None
+
+
+async def test_a_drop_names_the_live_attempt_only_in_part_below_debug(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The live attempt's id is its LLM proxy URLs' capability: a WARNING shows 8 characters of it, DEBUG all."""
+    store = AttemptAwareDataStore(task_timeout_seconds=TIMEOUT, clock=clock)
+    rid = await store.add_task("x")
+    early = claim(store)
+    expire(store, clock)
+    late = claim(store)
+    assert late.attempt_id is not None
+    with caplog.at_level(logging.DEBUG, logger="lightning_attempts.store"):
+        store.submit(result(rid, early.attempt_id), early.attempt_id)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert any("current attempt " + late.attempt_id[:8] + "..." in line for line in warnings), warnings
+    assert not any(late.attempt_id in line for line in warnings)
+    assert any(late.attempt_id in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
