@@ -12,18 +12,24 @@ needs verl and flask in ``--upstream-python``'s environment, else its column is 
 the reason said). For 1, 64 and 256 concurrent calls, streamed and not: p50 and p99 of each,
 the added latency (a proxy's quantile less the direct one), calls per second and each
 proxy's CPU per call; then the throughput at 64 concurrent against a backend that answers
-at once. Writes ``benchmarks/results/llm_proxy.{json,md}`` and prints the markdown.
+at once. Then the memory held by key-less callers: N connections at once, each sending a
+large body (ours: to a made-up attempt, with no key; upstream's: to ``/v1``, which needs
+none), and how much each proxy's RSS grew at its peak while they sent. Writes
+``benchmarks/results/llm_proxy.{json,md}`` and prints the markdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Generator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -35,7 +41,7 @@ import httpx
 import psutil
 
 from benchmarks.__main__ import RESULTS, background, free_port
-from benchmarks.llm_proxy_roles import CHUNKS
+from benchmarks.llm_proxy_roles import BENCH_ATTEMPT_ID, CHUNKS
 from lightning_attempts.llm_proxy import latency_between
 
 ROOT = Path(__file__).parent.parent
@@ -45,7 +51,10 @@ TARGETS = {
     "ours_attempt": "ours, attempt-scoped",
     "upstream": "upstream's Flask proxy",
 }
-ATTEMPT_PATH = "/rollout/rollout-bench/attempt/0b7f3a52-1f54-4c55-9c1e-3f0b5c3cf1a2"
+ATTEMPT_PATH = f"/rollout/rollout-bench/attempt/{BENCH_ATTEMPT_ID}"
+HELD = [(6, 60 * 2**20), (100, 4 * 2**20)]
+"""Key-less callers at once and the body each sends: the issue's six of 60 MiB, and a hundred."""
+QUICK_HELD = [(20, 2**20)]
 
 
 class Skipped(RuntimeError):
@@ -113,6 +122,75 @@ def measure(
     return rows
 
 
+async def _send_large(port: int, path: str, size: int) -> int:
+    """One key-less caller: ``size`` bytes of body to ``path``; the answer's status (0: its connection was cut)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    chunk = b" " * 2**18
+    try:
+        writer.write(head.encode())
+        for offset in range(0, size, len(chunk)):
+            writer.write(chunk[: size - offset])
+            await writer.drain()
+        first = await asyncio.wait_for(reader.readline(), 120)
+        return int(first.split()[1]) if len(first.split()) > 1 else 0
+    except (OSError, asyncio.TimeoutError):  # the proxy closed the connection: what ours does after its 409
+        return 0
+    finally:
+        writer.close()
+
+
+def held_by_key_less(process: psutil.Process, port: int, paths: list[str], size: int) -> dict[str, Any]:
+    """``len(paths)`` callers at once, each sending ``size`` bytes: the process's RSS growth at its peak (MB)."""
+    baseline = process.memory_info().rss
+    peak = baseline
+    sending = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sending:
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+
+    async def callers() -> list[int]:
+        return list(await asyncio.gather(*(_send_large(port, path, size) for path in paths)))
+
+    try:
+        statuses = asyncio.run(callers())
+    finally:
+        sending = False
+        sampler.join()
+    return {
+        "callers": len(paths),
+        "body_mib": size / 2**20,
+        "rss_growth_mb": (peak - baseline) / 2**20,
+        "seconds": time.perf_counter() - started,
+        "statuses": {str(status): statuses.count(status) for status in sorted(set(statuses))},
+    }
+
+
+def memory_rows(ports: dict[str, int], processes: dict[str, psutil.Process], held: list[tuple[int, int]]) -> list[Any]:
+    """``held_by_key_less`` for ours (made-up attempts) and upstream's (``/v1``), for each (callers, body size)."""
+    rows: list[dict[str, Any]] = []
+    for callers, size in held:
+        row: dict[str, Any] = {"callers": callers, "body_mib": size / 2**20}
+        for target, port in ports.items():
+            paths = [
+                f"/rollout/rollout-{n}/attempt/made-up-{n}/v1/chat/completions"
+                if target == "ours_attempt"
+                else "/v1/chat/completions"
+                for n in range(callers)
+            ]
+            row[target] = held_by_key_less(processes[target], port, paths, size)
+            print(f"key-less x{callers} of {size / 2**20:g} MiB {target}: {row[target]}", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
 def proxy_stats(target: str, url: str) -> dict[str, Any] | None:
     """Our proxy's ``stats()``, from its process's ``/bench/stats``; None for the other targets."""
     if not target.startswith("ours"):
@@ -166,7 +244,31 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {label} | {row['concurrency']} | {direct['p50_ms']:.2f} / {direct['p99_ms']:.2f} "
             f"({direct['calls_per_s']:.0f}/s) | " + " | ".join(cells) + " |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + memory_markdown(results.get("memory", [])))
+
+
+def memory_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The table of memory held by key-less callers (statuses: how many callers read which answer; 0: cut)."""
+    if not rows:
+        return []
+    present = [t for t in ("ours_attempt", "upstream") if t in rows[0]]
+    names = {"ours_attempt": "ours, made-up attempt ids", "upstream": "upstream's Flask proxy, /v1"}
+    lines = [
+        "",
+        "Memory held by key-less callers: each sends its whole body at once; the proxy process's RSS growth at "
+        "its peak while they send (MB), and the answers they read.",
+        "",
+        "| callers x body | " + " | ".join(f"{names[t]}: RSS growth (MB), answers" for t in present) + " |",
+        "| --- |" + " --- |" * len(present),
+    ]
+    for row in rows:
+        cells = [
+            f"{row[t]['rss_growth_mb']:+.1f}, "
+            + ", ".join(f"{status}: {count}" for status, count in row[t]["statuses"].items())
+            for t in present
+        ]
+        lines.append(f"| {row['callers']} x {row['body_mib']:g} MiB | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -179,8 +281,10 @@ def main() -> None:
     parser.add_argument("--upstream-python", default=sys.executable, help="a Python with verl and flask")
     parser.add_argument("--output", type=Path, default=RESULTS)
     options = parser.parse_args()
+    held = HELD
     if options.quick:
         options.seconds, options.concurrency, options.rounds = 1.0, [1, 16], 1
+        held = QUICK_HELD
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "delay_ms": options.delay_ms,
@@ -210,6 +314,8 @@ def main() -> None:
         loads = [(stream, concurrency) for stream in (False, True) for concurrency in options.concurrency]
         results["latency"] = measure(urls, processes, options.seconds, options.rounds, loads, options.delay_ms)
         results["throughput"] = measure(urls, processes, options.seconds, options.rounds, [(False, 64)], 0.0)
+        ports = {"ours_attempt": ours_port} | ({"upstream": upstream_port} if "upstream" in processes else {})
+        results["memory"] = memory_rows(ports, processes, held)
     options.output.mkdir(parents=True, exist_ok=True)
     (options.output / "llm_proxy.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)

@@ -32,6 +32,8 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 CHUNKS = 10
+BENCH_ATTEMPT_ID = "0b7f3a52-1f54-4c55-9c1e-3f0b5c3cf1a2"
+"""The one attempt live in ``ours``: any other id is unknown, as a made-up one is."""
 PROMPT_TOKENS = 200
 RESPONSE_TOKENS = 50
 REQUEST = {
@@ -92,10 +94,12 @@ def serve(app: Any, port: int) -> None:
 
 
 async def run_ours(port: int, backend: str) -> None:
-    """Our proxy, every attempt live, with ``/bench/stats`` beside it."""
+    """Our proxy, ``BENCH_ATTEMPT_ID`` live and every other attempt unknown, with ``/bench/stats`` beside it."""
     from lightning_attempts.llm_proxy import LlmProxy, serve_proxy
 
-    proxy = LlmProxy(lambda: [backend], lambda rollout_id, attempt_id: None)
+    proxy = LlmProxy(
+        lambda: [backend], lambda rollout_id, attempt_id: None if attempt_id == BENCH_ATTEMPT_ID else "unknown_attempt"
+    )
 
     async def with_stats(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/bench/stats":
