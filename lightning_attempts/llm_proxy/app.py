@@ -6,8 +6,9 @@ attempt id is an unguessable UUID4, and the URL works only while its attempt is 
 
 A refused call costs its caller nothing but the refusal: the key (plain calls) and
 ``liveness(rollout_id, attempt_id)`` (attempt-scoped calls) are checked before a byte of the
-body is read, and a refusal sent before the body was read closes the connection, so that
-the server does not read the rest. Bodies are then read within ``max_body_bytes``,
+body is read; a refusal sent with more than ``bodies.DISCARDED_BYTES`` of body unread closes
+the connection, so that the server does not read the rest (less is read and dropped, so that
+the caller reads its answer rather than a reset). Bodies are then read within ``max_body_bytes``,
 ``body_timeout_seconds`` and a ``BodyBudget`` shared by all calls (``bodies``). Liveness is
 asked again once the body is in, right before a backend is chosen and the call sent, with
 no await in between on the proxy's side. The store answering it runs on the same event loop,
@@ -41,6 +42,7 @@ from .bodies import (
     TimedOut,
     TooLarge,
     declared_length,
+    little_left,
     read_body,
 )
 from .forwarding import Call, Forwarder
@@ -61,8 +63,7 @@ CONNECT_TIMEOUT_SECONDS = 30.0
 _NOT_LIVE = (("x-should-retry", "false"),)  # the openai client retries a 409 unless told not to
 _UNAUTHORIZED = (("www-authenticate", "Bearer"),)
 _CLOSE = (("connection", "close"),)
-"""On an answer sent with the body unread: uvicorn then closes the connection instead of reading the rest."""
-_CLOSE_RAW = ((b"connection", b"close"),)
+"""On an answer sent with much body unread: uvicorn then closes the connection instead of reading the rest."""
 _RETRY = (("retry-after", "1"),)
 
 
@@ -164,24 +165,26 @@ class LlmProxy:
         if scope["type"] != "http":
             return  # served with lifespan="off"; no websockets
         started = self._clock()
+        unread = () if little_left(scope["headers"]) else _CLOSE  # for a refusal before the body is read
         try:
             target = parse_target(scope.get("raw_path") or scope["path"].encode())
         except DotSegments:
             message = "Dot segments ('.', '..') are not allowed in the path"
-            await self._refuse(send, 400, "dot_segments", "invalid_request_error", message, _CLOSE)
+            await self._refuse(send, 400, "dot_segments", "invalid_request_error", message, unread)
             return
         attempt = target.attempt if target is not None else None
         if attempt is None and self._key is not None and not self._key.presented(scope["headers"]):
             await self._refuse(
-                send, 401, "unauthorized", "invalid_request_error", "Invalid or missing API key", _UNAUTHORIZED + _CLOSE
+                send, 401, "unauthorized", "invalid_request_error", "Invalid or missing API key", _UNAUTHORIZED + unread
             )
             return
         if target is None:
+            headers = tuple((name.encode(), value.encode()) for name, value in unread)
             await send_error(
-                send, 404, "Not found: use /v1/...", type_="invalid_request_error", code="not_found", headers=_CLOSE_RAW
+                send, 404, "Not found: use /v1/...", type_="invalid_request_error", code="not_found", headers=headers
             )
             return
-        if attempt is not None and not await self._live(send, attempt, _CLOSE):  # before a byte of the body is read
+        if attempt is not None and not await self._live(send, attempt, unread):  # before a byte of the body is read
             return
         try:
             body = await read_body(
@@ -192,7 +195,7 @@ class LlmProxy:
                 timeout_seconds=self.body_timeout_seconds,
             )
         except BodyRefused as refused:
-            await self._refuse_body(send, refused)
+            await self._refuse_body(send, refused, unread)
             return
         try:
             await self._forward(scope, receive, send, target.upstream_path, attempt, body, started)
@@ -246,7 +249,7 @@ class LlmProxy:
         await self._refuse(send, 409, reason, "attempt_not_live", message, _NOT_LIVE + headers)
         return False
 
-    async def _refuse_body(self, send: Send, refused: BodyRefused) -> None:
+    async def _refuse_body(self, send: Send, refused: BodyRefused, unread: tuple[tuple[str, str], ...]) -> None:
         """Answer a body not read whole (nothing to answer when its client left)."""
         if isinstance(refused, ClientGone):
             self.counts["client_disconnected"] += 1
@@ -254,7 +257,7 @@ class LlmProxy:
             await self._refuse(send, 413, "too_large", "invalid_request_error", "Request body too large", _CLOSE)
         elif isinstance(refused, OverBudget):
             message = "The LLM proxy holds too many request bodies at once: retry shortly"
-            await self._refuse(send, 503, "body_budget", "server_error", message, _RETRY + _CLOSE)
+            await self._refuse(send, 503, "body_budget", "server_error", message, _RETRY + unread)
         else:
             assert isinstance(refused, TimedOut)
             message = f"Request body not received within {self.body_timeout_seconds:g} s"

@@ -19,6 +19,10 @@ from starlette.types import Receive
 
 MAX_BUFFERED_BYTES = 256 * 2**20
 """Body bytes held across all calls at once: four bodies of the largest size, or thousands of usual ones."""
+DISCARDED_BYTES = 2**20
+"""A refusal leaves the connection open when at most this much body is left unread: the server reads the rest
+and drops it (nothing is kept), so that a caller still sending reads its answer rather than a reset. A larger
+(or chunked) body's connection is closed."""
 BODY_TIMEOUT_SECONDS = 60.0
 """Longest time from a call's headers to the last byte of its body (a body that trickles in is cut)."""
 
@@ -62,6 +66,14 @@ class TimedOut(BodyRefused):
 
 class ClientGone(BodyRefused):
     """The client hung up before the body was in."""
+
+
+def little_left(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request's body, unread, is at most ``DISCARDED_BYTES`` (none at all without either header)."""
+    declared = declared_length(headers)
+    if declared is not None:
+        return declared <= DISCARDED_BYTES
+    return not any(name == b"transfer-encoding" for name, _ in headers)
 
 
 def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:

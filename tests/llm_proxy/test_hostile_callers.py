@@ -10,7 +10,7 @@ import pytest
 from lightning_attempts.llm_proxy import BodyBudget
 
 from .conftest import CHAT, Attempts, StartProxy, attempt_url
-from .raw_http import exchange, head, status_of
+from .raw_http import ask, exchange, head, read_answer, status_of
 from .stand_in_vllm import StandInVllm
 
 KEY = "proxy-key-0123456789"
@@ -25,6 +25,24 @@ async def test_an_unknown_attempt_is_refused_before_its_body_is_read_and_its_con
     status, answer = await exchange(server.port, head("POST", path, LARGE) + b"x" * 1024)  # 60 MiB said, 1 KiB sent
     assert status == 409 and b"unknown_attempt" in answer
     assert b"connection: close" in answer.lower()
+    assert not any(backend.received for backend in backends)
+
+
+async def test_a_refused_call_with_little_body_left_keeps_its_connection_and_reads_its_answer(
+    start_proxy: StartProxy, backends: list[StandInVllm]
+) -> None:
+    """A stale worker's usual call: the rest of its body is read and dropped, so it reads the 409, not a reset."""
+    server = await start_proxy()
+    path = "/rollout/rollout-1/attempt/made-up/v1/chat/completions"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for _ in range(2):  # the same connection, twice
+            writer.write(head("POST", path, 2**20) + b"x" * 2**20)
+            await writer.drain()
+            status, answer = await read_answer(reader)
+            assert status == 409 and b"connection: close" not in answer.lower()
+    finally:
+        writer.close()
     assert not any(backend.received for backend in backends)
 
 
@@ -66,7 +84,7 @@ async def test_dot_segments_are_refused_in_every_shape_of_path(
     server = await start_proxy()
     rollout, attempt_id = attempts.live()
     for shaped in (path, f"/rollout/{rollout}/attempt/{attempt_id}{path}"):
-        status, answer = await exchange(server.port, head("POST", shaped, 2) + b"{}")
+        status, answer = await ask(server.port, head("POST", shaped, 2) + b"{}")
         assert status == 400 and b"dot_segments" in answer, shaped
     assert not any(backend.received for backend in backends)
     assert server.proxy.stats()["refused_by_reason"] == {"dot_segments": 2}
@@ -77,7 +95,7 @@ async def test_a_declared_body_past_the_budget_is_refused_with_retry_after_unrea
 ) -> None:
     server = await start_proxy(body_budget=BodyBudget(1000))
     path = attempt_url(server, attempts.live()).removeprefix(server.endpoint)
-    status, answer = await exchange(server.port, head("POST", path, 1001) + b"x" * 10)
+    status, answer = await ask(server.port, head("POST", path, 1001) + b"x" * 10)
     assert status == 503 and b"body_budget" in answer and b"retry-after: 1" in answer.lower()
     assert not any(backend.received for backend in backends)
     ok = await http.post(attempt_url(server, attempts.live()), json=CHAT)  # the budget was given back
