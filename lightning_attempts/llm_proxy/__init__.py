@@ -3,13 +3,16 @@
 ``LlmProxy`` (ASGI) forwards ``/v1/...`` and ``/rollout/{rollout_id}/attempt/{attempt_id}/v1/...``
 to the backends, streams answers through, refuses the calls of attempts that are no longer
 live (409, OpenAI-style), keeps each attempt on one backend, records the token ids of each
-attempt's calls and counts what it did; ``serve_proxy`` serves it on the running event loop.
+attempt's calls, passes over a backend that keeps failing (``BackendHealth``), re-sends a call
+to another backend while no byte of its answer went out, and counts what it did;
+``serve_proxy`` serves it on the running event loop.
 """
 
 from __future__ import annotations
 
 from .app import Liveness, LlmProxy
 from .bodies import BodyBudget
+from .health import BackendHealth
 from .records import CallRecord, CallRecords
 from .routing import BackendRouter, Backends
 from .serving import ProxyServer, serve_proxy
@@ -18,6 +21,7 @@ from .targets import Attempt
 
 __all__ = [
     "Attempt",
+    "BackendHealth",
     "BackendRouter",
     "Backends",
     "BodyBudget",

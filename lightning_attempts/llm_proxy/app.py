@@ -47,6 +47,7 @@ from .bodies import (
 )
 from .forwarding import Call, Forwarder
 from .records import CallRecord, CallRecords
+from .resending import Resends
 from .routing import BackendRouter, Backends
 from .stats import LatencyHistogram, RefusalSummary, latency_summary
 from .targets import Attempt, DotSegments, parse_target
@@ -59,7 +60,11 @@ Liveness = Callable[[str, str], "str | None"]
 MAX_BODY_BYTES = 64 * 2**20
 TIMEOUT_SECONDS = 1200.0
 """Longest wait for the backend's next bytes (verl's ``llm_timeout_seconds`` on 0.2 and 0.3)."""
-CONNECT_TIMEOUT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+"""Longest wait for a backend's connection. A call that waited twice as long for its answer's headers has its
+backend probed, the probe bounded by twice as long too (``forwarding``)."""
+FIRST_BYTE_TIMEOUT_SECONDS = 60.0
+"""Longest wait for a streamed answer's first chunk (queueing and prefill), before the call goes elsewhere."""
 _NOT_LIVE = (("x-should-retry", "false"),)  # the openai client retries a 409 unless told not to
 _UNAUTHORIZED = (("www-authenticate", "Bearer"),)
 _CLOSE = (("connection", "close"),)
@@ -85,6 +90,7 @@ class LlmProxy:
         api_key: str | None = None,
         timeout_seconds: float | None = TIMEOUT_SECONDS,
         connect_timeout_seconds: float | None = CONNECT_TIMEOUT_SECONDS,
+        first_byte_timeout_seconds: float | None = FIRST_BYTE_TIMEOUT_SECONDS,
         max_body_bytes: int = MAX_BODY_BYTES,
         body_budget: BodyBudget | None = None,
         body_timeout_seconds: float | None = BODY_TIMEOUT_SECONDS,
@@ -106,7 +112,14 @@ class LlmProxy:
         key = validate_key(api_key)
         self._key = KeyCheck(key) if key is not None else None
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds, sock_read=timeout_seconds)
-        self._forwarder = Forwarder(timeout, max_connections_per_backend, clock)
+        self._forwarder = Forwarder(
+            timeout,
+            max_connections_per_backend,
+            clock,
+            first_byte_timeout=first_byte_timeout_seconds,
+            probe_after=None if connect_timeout_seconds is None else 2 * connect_timeout_seconds,
+            probe_timeout=2 * (connect_timeout_seconds or CONNECT_TIMEOUT_SECONDS),
+        )
         self._clock = clock
         self.latency = LatencyHistogram()
         """Time each forwarded call spent in the proxy: its whole time less its waits on the backend."""
@@ -146,6 +159,8 @@ class LlmProxy:
             "in_flight": sum(self.router.in_flight().values()),
             "body_bytes_held": self.body_budget.held,
             "routed_attempts": self.router.routes(),
+            "resent": self.router.resent,
+            **self.router.health.stats(),
             "added_latency_p50_ms": summary["p50_ms"],
             "added_latency_p99_ms": summary["p99_ms"],
             "added_latency_sum_s": self.latency.sum,
@@ -214,19 +229,26 @@ class LlmProxy:
     ) -> None:
         if attempt is not None and not await self._live(send, attempt):  # again, right before the backend is chosen
             return
-        backend = self.router.acquire(attempt)
+        route = Resends(self.router, attempt)
+        backend = route.first()
         if backend is None:
             self.counts["no_backend"] += 1
             await send_error(send, 503, "No backend LLM server available", type_="server_error", code="no_backend")
             return
         query = scope["query_string"]
-        url = f"http://{backend}{path}" + (f"?{query.decode('latin-1')}" if query else "")
-        try:
-            call = await self._forwarder.forward(
-                scope, receive, send, url, body, strip_keys=self._key is not None, record=attempt is not None
-            )
-        finally:
-            self.router.release(backend)
+        target_path = path + (f"?{query.decode('latin-1')}" if query else "")
+        call = await self._forwarder.forward(
+            scope,
+            receive,
+            send,
+            backend,
+            route,
+            target_path,
+            body,
+            strip_keys=self._key is not None,
+            record=attempt is not None,
+        )
+        backend = call.backend
         self.latency.add(self._clock() - started - call.waited)
         if call.status:  # the backend answered: the call reached it
             self.counts["forwarded_attempt" if attempt is not None else "forwarded_plain"] += 1
@@ -267,8 +289,6 @@ class LlmProxy:
         """Count and log a backend that could not be reached or broke off; cut an answer that began short."""
         timed_out = isinstance(call.error, asyncio.TimeoutError)
         self.counts["timed_out_upstream" if timed_out else "failed_upstream"] += 1
-        if not timed_out:
-            self.router.failed(backend, attempt)
         name = type(call.error).__name__
         what = "timed out" if timed_out else "failed"
         logger.warning("LLM backend %s %s%s: %s", backend, what, " mid-answer" if call.started else "", name)

@@ -3,23 +3,23 @@
 All calls of one attempt go to one backend, so its turns reuse that vLLM server's prefix
 cache (each turn's prompt extends the last one's). A new attempt, and each plain ``/v1``
 call, goes to the backend with the fewest calls in flight, ties taken in turn. A backend
-that could not be reached is passed over for ``cooldown`` seconds (unless every one is
-cooling down): having no calls in flight, it would otherwise draw every new call.
+whose circuit is open (``health.BackendHealth``: it kept failing) is passed over, unless
+every one is: failing fast, it has no calls in flight and would otherwise draw every new
+call. An attempt routed to it moves: losing its prefix cache is better than failing.
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
+from .health import BackendHealth
 from .targets import Attempt
 
 Backends = Callable[[], Sequence[str]]
 """The backends' ``host:port`` addresses now (verl's ``server_addresses``, which may change every step)."""
 
 MAX_ROUTES = 65536
-COOLDOWN_SECONDS = 5.0
 
 
 class BackendRouter:
@@ -30,27 +30,32 @@ class BackendRouter:
         backends: Backends,
         *,
         max_routes: int = MAX_ROUTES,
-        cooldown: float = COOLDOWN_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
+        health: BackendHealth | None = None,
     ) -> None:
         self._backends = backends
         self._max_routes = max_routes
-        self._cooldown = cooldown
-        self._clock = clock
+        self.health = health if health is not None else BackendHealth()
         self._routes: OrderedDict[Attempt, str] = OrderedDict()
         self._in_flight: dict[str, int] = {}
-        self._failed_until: dict[str, float] = {}
         self._turn = 0
         self.evicted_routes = 0
         """Routes forgotten because more than ``max_routes`` attempts had one (the least recently used first)."""
+        self.resent = 0
+        """Calls sent to another backend after a try failed before their answer began (``resending.Resends``)."""
 
-    def acquire(self, attempt: Attempt | None) -> str | None:
-        """The backend for a call of ``attempt`` (None: a plain call), counted in flight; None if there is none."""
-        backends = self._backends()
+    def count(self) -> int:
+        """How many backends there are now."""
+        return len(self._backends())
+
+    def acquire(self, attempt: Attempt | None, exclude: Collection[str] = ()) -> str | None:
+        """The backend for a call of ``attempt`` (None: a plain call), counted in flight; None if there is none.
+
+        ``exclude``: backends this call already failed on (it is being re-sent)."""
+        backends = [backend for backend in self._backends() if backend not in exclude]
         if not backends:
             return None
         chosen = self._routes.get(attempt) if attempt is not None else None
-        if attempt is not None and chosen is not None and chosen in backends:
+        if attempt is not None and chosen is not None and chosen in backends and self.health.admits(chosen):
             self._routes.move_to_end(attempt)
         else:
             chosen = self._least_loaded(backends)
@@ -60,6 +65,7 @@ class BackendRouter:
                     self._routes.popitem(last=False)
                     self.evicted_routes += 1
         self._in_flight[chosen] = self._in_flight.get(chosen, 0) + 1
+        self.health.taken(chosen)
         return chosen
 
     def release(self, backend: str) -> None:
@@ -69,12 +75,6 @@ class BackendRouter:
             self._in_flight[backend] = left
         else:
             del self._in_flight[backend]
-
-    def failed(self, backend: str, attempt: Attempt | None) -> None:
-        """``backend`` could not be reached: pass it over for a while, and route ``attempt`` afresh next time."""
-        self._failed_until[backend] = self._clock() + self._cooldown
-        if attempt is not None:
-            self.forget(attempt)
 
     def forget(self, attempt: Attempt) -> None:
         """Forget the backend of ``attempt`` (it is over, or its backend failed)."""
@@ -96,17 +96,12 @@ class BackendRouter:
         count = len(backends)
         start = self._turn % count
         self._turn = start + 1
-        if self._failed_until:
-            now = self._clock()
-            for backend, until in list(self._failed_until.items()):
-                if until <= now:
-                    del self._failed_until[backend]
         best, best_load = backends[start], None
         for offset in range(count):
             backend = backends[(start + offset) % count]
             load = self._in_flight.get(backend, 0)
-            if backend in self._failed_until:
-                load += 1 << 40  # only when every backend failed lately
+            if not self.health.admits(backend):
+                load += 1 << 40  # only when every backend's circuit is open
             if best_load is None or load < best_load:
                 best, best_load = backend, load
                 if not load:

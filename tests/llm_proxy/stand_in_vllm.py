@@ -6,7 +6,10 @@ choice), as ``agentlightning.instrumentation.vllm`` adds them; ``"stream": true`
 server-sent events, and with ``"return_token_ids": true`` each chunk carries the ids as vLLM
 0.10.2+ does (``prompt_token_ids`` in the first, ``choices[].token_ids`` in each). Every
 request is recorded. ``gate``, when set to an unset event, holds each answer (a stream after
-its first chunk) until the test sets it; a client hanging up meanwhile is noted.
+its first chunk) until the test sets it; a client hanging up meanwhile is noted. Faults:
+``fail_with`` answers that status to every request at once (a failing server), ``stall_streams``
+sends a stream's headers and then nothing, ``cut_streams`` drops the connection after a
+stream's first chunk (and the gate, if any).
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class StandInVllm:
         self.gate: asyncio.Event | None = None
         self.hung_up = asyncio.Event()
         """Set when a client hung up while an answer was held."""
+        self.fail_with: int | None = None
+        self.stall_streams = False
+        self.cut_streams = False
         self._arrived = asyncio.Condition()
         self._serving = Serving(
             uvicorn.Config(self, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False),
@@ -67,8 +73,8 @@ class StandInVllm:
         self.address = ""
         """``host:port``, as verl's ``server_addresses`` name a backend."""
 
-    async def start(self) -> None:
-        port = self._serving.bind("127.0.0.1", 0)
+    async def start(self, port: int = 0) -> None:
+        port = self._serving.bind("127.0.0.1", port)
         self.address = f"127.0.0.1:{port}"
         assert await self._serving.start(30, endpoint=f"http://{self.address}", address=self.address)
 
@@ -91,7 +97,9 @@ class StandInVllm:
         async with self._arrived:
             self.received.append(request)
             self._arrived.notify_all()
-        if scope["path"] == "/v1/models":
+        if self.fail_with is not None:
+            await _send_json(send, self.fail_with, {"error": {"message": "failing", "type": "Failing", "code": 0}})
+        elif scope["path"] == "/v1/models":
             await _send_json(send, 200, {"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
         elif scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
             parsed = request.json()
@@ -118,6 +126,11 @@ class StandInVllm:
             return False
         return True
 
+    async def _held_until_hang_up(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.hung_up.set()
+
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         ids = response_ids(self.name)
         return {
@@ -141,6 +154,9 @@ class StandInVllm:
         with_ids = bool(body.get("return_token_ids"))
         headers = [(b"content-type", b"text/event-stream"), (b"x-backend", self.name.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if self.stall_streams:
+            await self._held_until_hang_up(receive)
+            return
         ids = response_ids(self.name)
         for position, token in enumerate(ids):
             chunk: dict[str, Any] = {
@@ -160,6 +176,8 @@ class StandInVllm:
             await send({"type": "http.response.body", "body": event, "more_body": True})
             if position == 0 and not await self._held(receive):
                 return
+            if position == 0 and self.cut_streams:
+                raise ConnectionResetError("the stand-in breaks off mid-stream")
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 

@@ -7,6 +7,8 @@ import asyncio
 import httpx
 
 from lightning_attempts.llm_proxy import Attempt, BackendRouter
+from lightning_attempts.llm_proxy.health import BackendHealth, Circuit
+from lightning_attempts.testing import ManualClock
 
 from .conftest import CHAT, Attempts, StartProxy, attempt_url
 from .stand_in_vllm import StandInVllm
@@ -82,20 +84,36 @@ def test_an_attempt_whose_backend_left_the_list_moves_to_another() -> None:
     assert router.acquire(attempt) == backends[0]
 
 
-def test_a_backend_that_failed_is_passed_over_for_a_while() -> None:
-    now = [0.0]
-    router = BackendRouter(lambda: ["a:1", "b:1"], cooldown=5.0, clock=lambda: now[0])
-    router.failed("a:1", None)
+def test_a_backend_whose_circuit_is_open_is_passed_over_until_a_trial_call_re_admits_it() -> None:
+    clock = ManualClock()
+    router = BackendRouter(lambda: ["a:1", "b:1"], health=BackendHealth(failures_to_open=1, cooldown=5.0, clock=clock))
+    router.health.failed("a:1", "connect_error")
     picks = {router.acquire(None) for _ in range(4)}  # never released: a:1 would have the fewest in flight
     assert picks == {"b:1"}
-    now[0] = 5.0
-    assert router.acquire(None) == "a:1"
+    clock.advance(5.0)
+    assert router.acquire(None) == "a:1"  # the trial call
+    assert router.acquire(None) == "b:1"  # one trial at a time
+    router.health.succeeded("a:1")
+    assert router.health.circuit("a:1") is Circuit.CLOSED
 
 
-def test_when_every_backend_failed_lately_the_calls_still_go_somewhere() -> None:
-    router = BackendRouter(lambda: ["a:1"], clock=lambda: 0.0)
-    router.failed("a:1", None)
+def test_an_attempt_moves_off_a_backend_whose_circuit_opened() -> None:
+    router = BackendRouter(lambda: ["a:1", "b:1"], health=BackendHealth(failures_to_open=1, clock=ManualClock()))
+    attempt = Attempt("r", "1")
+    first = router.acquire(attempt)
+    assert first is not None
+    router.release(first)
+    router.health.failed(first, "status_503")
+    second = router.acquire(attempt)
+    assert second is not None and second != first
+    assert router.backend_of(attempt) == second
+
+
+def test_when_every_backend_is_open_the_calls_still_go_somewhere() -> None:
+    router = BackendRouter(lambda: ["a:1"], health=BackendHealth(failures_to_open=1, clock=ManualClock()))
+    router.health.failed("a:1", "connect_error")
     assert router.acquire(None) == "a:1"
+    assert router.acquire(None, exclude=["a:1"]) is None  # a re-sent call never goes back where it failed
 
 
 async def _first_to_receive(backends: list[StandInVllm]) -> StandInVllm:
