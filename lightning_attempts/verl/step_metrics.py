@@ -5,7 +5,8 @@ moment the daemon set the batch up and the moment verl asked for its metrics, so
 straggler of an earlier batch dropped during this step is counted in this step. The
 per-task figures come from the batch's own tasks (``attempt_history``). With the daemon's
 attempt-aware LLM proxy, the same window of its ``stats()`` gives the step's LLM calls, those
-refused because their attempt was no longer live, and the time the proxy added to each call. ``stall_line`` is
+refused because their attempt was no longer live, the calls that failed on a vLLM server, were re-sent to another or
+opened a server's circuit, and the time the proxy added to each call. ``stall_line`` is
 the daemon's progress line for a stalled fleet (tasks waiting while no worker asks for one).
 """
 
@@ -38,6 +39,9 @@ FROM_COUNTERS: dict[str, str] = {
 FROM_PROXY: dict[str, str] = {
     "llm_calls": "forwarded",
     "llm_calls_refused_stale": "refused_not_live",
+    "llm_backend_failures": "backend_failures",
+    "llm_resent": "resent",
+    "llm_backends_opened": "backends_opened",
 }
 """Metric name: the LLM proxy's ``stats()`` counter it is the step's difference of."""
 
@@ -109,9 +113,11 @@ def _held(entry: Mapping[str, Any]) -> float:
 
 
 def proxy_metrics(before: Mapping[str, Any], after: Mapping[str, Any], triplets: int) -> dict[str, float]:
-    """The step's LLM calls through the proxy, those refused as stale, the triplets built from its records, and the
-    p50 and p99 of the time it added to each call (left out when no call was forwarded)."""
+    """The step's LLM calls through the proxy, those refused as stale, its backends' failures, the triplets built from
+    its records, the backends passed over at the step's end, and the p50 and p99 of the time it added to each call
+    (left out when no call was forwarded)."""
     metrics = {name: float(after[key] - before[key]) for name, key in FROM_PROXY.items()}
+    metrics["llm_backends_open"] = float(after["backends_open"])
     metrics["proxy_triplets"] = float(triplets)
     added = latency_between(before, after)
     if added["p50_ms"] is not None and added["p99_ms"] is not None:

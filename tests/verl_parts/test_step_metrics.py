@@ -99,14 +99,18 @@ def test_the_daemon_says_each_stall_once() -> None:
     assert stall_line({**stalled, "stall_ongoing_seconds": 0.0}, said=-1) is None  # over
 
 
-def proxy_stats(forwarded: int, refused_not_live: int, added_ms: list[float]) -> dict[str, Any]:
-    """The LLM proxy's ``stats()`` after calls that spent ``added_ms`` each in the proxy."""
+def proxy_stats(
+    forwarded: int, refused_not_live: int, added_ms: list[float], failures: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> dict[str, Any]:
+    """The LLM proxy's ``stats()`` after calls that spent ``added_ms`` each in the proxy; ``failures``: the backends'
+    failures, calls re-sent, circuits opened in all and open now."""
     histogram = LatencyHistogram()
     for milliseconds in added_ms:
         histogram.add(milliseconds / 1000)
     return {
         "forwarded": forwarded,
         "refused_not_live": refused_not_live,
+        **dict(zip(("backend_failures", "resent", "backends_opened", "backends_open"), failures, strict=True)),
         "added_latency_buckets": list(histogram.counts),
         "added_latency_sum_s": histogram.sum,
     }
@@ -125,6 +129,15 @@ def test_the_proxys_calls_refusals_triplets_and_added_time_are_the_steps_own() -
     assert metrics["attempts/llm_proxy_added_p50_ms"] == pytest.approx(1.0, rel=0.08)  # buckets 7.5% wide
     assert metrics["attempts/llm_proxy_added_p99_ms"] == pytest.approx(1.0, rel=0.08)
     assert any("refused" in key for key in metrics)
+
+
+def test_the_backends_failures_and_re_sent_calls_are_the_steps_own_the_open_circuits_as_they_end_it() -> None:
+    before = proxy_stats(5, 0, [1.0], failures=(10, 9, 1, 0))
+    after = proxy_stats(9, 0, [1.0], failures=(14, 12, 2, 1))
+    window = StepWindow(stats(), queued_at=0.0, queued_monotonic=0.0, proxy_before=before)
+    metrics = step_metrics(window, stats(), [], 0, TRAIN_PREFIX, proxy_after=after)
+    names = ("llm_backend_failures", "llm_resent", "llm_backends_opened", "llm_backends_open")
+    assert [metrics[f"attempts/{name}"] for name in names] == [4.0, 3.0, 1.0, 1.0]
 
 
 def test_no_call_forwarded_leaves_the_added_time_out_and_no_proxy_leaves_every_proxy_metric_out() -> None:
