@@ -14,7 +14,12 @@ the added latency (a proxy's quantile less the direct one), calls per second and
 proxy's CPU per call; then the throughput at 64 concurrent against a backend that answers
 at once. Then the memory held by key-less callers: N connections at once, each sending a
 large body (ours: to a made-up attempt, with no key; upstream's: to ``/v1``, which needs
-none), and how much each proxy's RSS grew at its peak while they sent. Writes
+none), and how much each proxy's RSS grew at its peak while they sent. Then the faults:
+four backends, one of them hung (a socket whose kernel accepts connections nobody reads),
+blackholed (its accept queue full: SYNs dropped) or failing fast
+(503 at once), a fresh proxy each, 16 concurrent whole calls for 4x ``--seconds`` with no
+warm-up (the proxy meets the fault cold), each call bounded by 60 s: the share answered 200
+and p50 / p99 of every call (a failed one at the time it failed). Writes
 ``benchmarks/results/llm_proxy.{json,md}`` and prints the markdown.
 """
 
@@ -25,6 +30,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +61,12 @@ ATTEMPT_PATH = f"/rollout/rollout-bench/attempt/{BENCH_ATTEMPT_ID}"
 HELD = [(6, 60 * 2**20), (100, 4 * 2**20)]
 """Key-less callers at once and the body each sends: the issue's six of 60 MiB, and a hundred."""
 QUICK_HELD = [(20, 2**20)]
+FAULTS = {
+    "hung": "hung (accepts, never answers)",
+    "blackholed": "blackholed (SYNs dropped)",
+    "failing": "failing fast (503 at once)",
+}
+FAULT_CONCURRENCY = 16
 
 
 class Skipped(RuntimeError):
@@ -76,8 +88,8 @@ def role(python: str, name: str, port: int, *args: str) -> Generator[psutil.Proc
         yield psutil.Process(process.pid)
 
 
-def load(url: str, concurrency: int, seconds: float, stream: bool, delay_ms: float) -> dict[str, Any]:
-    arguments = ["--concurrency", str(concurrency), "--seconds", str(seconds), "--delay-ms", str(delay_ms)]
+def load(url: str, concurrency: int, seconds: float, stream: bool, delay_ms: float, *extra: str) -> dict[str, Any]:
+    arguments = ["--concurrency", str(concurrency), "--seconds", str(seconds), "--delay-ms", str(delay_ms), *extra]
     command = [sys.executable, "-m", "benchmarks.llm_proxy_roles", "load", url, *arguments]
     done = subprocess.run(command + (["--stream"] if stream else []), cwd=ROOT, capture_output=True, text=True)
     done.check_returncode()
@@ -215,6 +227,91 @@ def in_proxy(result: dict[str, Any]) -> str:
     return f" [in proxy {result['in_proxy_p50_ms']:.2f} / {result['in_proxy_p99_ms']:.2f}]"
 
 
+@contextmanager
+def faulty_backend(fault: str) -> Generator[str]:
+    """The ``host:port`` of a backend with ``fault`` while the block runs."""
+    if fault == "failing":
+        port = free_port()
+        with role(sys.executable, "backend", port, "--fail-status", "503"):
+            yield f"127.0.0.1:{port}"
+        return
+    with ExitStack() as sockets:
+        listener = sockets.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        listener.listen(4096 if fault == "hung" else 0)  # hung: the kernel accepts, nobody reads
+        if fault == "blackholed":
+            for _ in range(2):  # the first fills the accept queue; from then on SYNs are dropped
+                filler = sockets.enter_context(socket.socket())
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+        yield f"127.0.0.1:{port}"
+
+
+def faults(healthy: list[str], options: argparse.Namespace, skipped: list[str]) -> list[dict[str, Any]]:
+    """Each fault on one backend of four: ours (and upstream's) fresh for it, under one load."""
+    seconds = 3.0 if options.quick else options.seconds * 4
+    call_timeout = 10.0 if options.quick else 60.0
+    ours_options = ["--connect-timeout", "0.5"] if options.quick else []  # probes after 1 s, not 10 s
+    rows: list[dict[str, Any]] = []
+    for fault in FAULTS:
+        row: dict[str, Any] = {"fault": fault, "seconds": seconds, "call_timeout_s": call_timeout}
+        with ExitStack() as stack:
+            backends = [stack.enter_context(faulty_backend(fault)), *healthy]
+            arguments = [argument for backend in backends for argument in ("--backend", backend)]
+            ours_port = free_port()
+            stack.enter_context(role(sys.executable, "ours", ours_port, *arguments, *ours_options))
+            urls = {"ours": f"http://127.0.0.1:{ours_port}/v1/chat/completions"}
+            if not skipped:
+                upstream_port = free_port()
+                try:
+                    stack.enter_context(role(options.upstream_python, "upstream", upstream_port, *arguments))
+                    urls["upstream"] = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+                except Skipped as reason:
+                    skipped.append(str(reason))
+            for target, url in urls.items():
+                extra = ("--warmup", "0", "--call-timeout", str(call_timeout))
+                row[target] = load(url, FAULT_CONCURRENCY, seconds, False, options.delay_ms, *extra)
+                if target == "ours":
+                    stats = proxy_stats(target, url) or {}
+                    row[target].update({key: stats[key] for key in ("resent", "backend_failures", "backends_open")})
+                print(f"fault {fault} {target}: {row[target]}", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+def fault_cell(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "skipped"
+    total = result["calls"] + result["failed"]
+    cell = f"{100 * result['calls'] / max(total, 1):.2f}% of {total}"
+    if "all_p50_ms" in result:
+        cell += f", {result['all_p50_ms']:.0f} / {result['all_p99_ms']:.0f}"
+    if "resent" in result:
+        cell += f" [{result['resent']} re-sent, {result['backends_open']} open at the end]"
+    return cell
+
+
+def fault_markdown(results: dict[str, Any]) -> list[str]:
+    rows = results.get("faults", [])
+    if not rows:
+        return []
+    return [
+        "",
+        f"Faults: 4 backends ({results['delay_ms']:g} ms per call), one of them faulty; a fresh proxy each, "
+        f"{FAULT_CONCURRENCY} concurrent whole calls for {rows[0]['seconds']:g} s with no warm-up, each call bounded "
+        f"by {rows[0]['call_timeout_s']:g} s. Answered 200, and p50 / p99 of every call (ms; a failed one at the "
+        "time it failed).",
+        "",
+        "| faulty backend | ours | upstream's Flask proxy |",
+        "| --- | --- | --- |",
+        *(
+            f"| {FAULTS[row['fault']]} | {fault_cell(row.get('ours'))} | {fault_cell(row.get('upstream'))} |"
+            for row in rows
+        ),
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     present = [t for t in TARGETS if t != "direct" and any(t in row for row in results["latency"])]
     lines = [
@@ -244,7 +341,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {label} | {row['concurrency']} | {direct['p50_ms']:.2f} / {direct['p99_ms']:.2f} "
             f"({direct['calls_per_s']:.0f}/s) | " + " | ".join(cells) + " |"
         )
-    return "\n".join(lines + memory_markdown(results.get("memory", [])))
+    return "\n".join(lines + memory_markdown(results.get("memory", [])) + fault_markdown(results))
 
 
 def memory_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -280,6 +377,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda s: [int(n) for n in s.split(",")], default=[1, 64, 256])
     parser.add_argument("--upstream-python", default=sys.executable, help="a Python with verl and flask")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--no-faults", action="store_true", help="leave the fault scenarios out")
     options = parser.parse_args()
     held = HELD
     if options.quick:
@@ -316,6 +414,13 @@ def main() -> None:
         results["throughput"] = measure(urls, processes, options.seconds, options.rounds, [(False, 64)], 0.0)
         ports = {"ours_attempt": ours_port} | ({"upstream": upstream_port} if "upstream" in processes else {})
         results["memory"] = memory_rows(ports, processes, held)
+        if not options.no_faults:
+            healthy = [backend]
+            for _ in range(2):
+                port = free_port()
+                stack.enter_context(role(sys.executable, "backend", port))
+                healthy.append(f"127.0.0.1:{port}")
+            results["faults"] = faults(healthy, options, results["skipped"])
     options.output.mkdir(parents=True, exist_ok=True)
     (options.output / "llm_proxy.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)

@@ -1,15 +1,18 @@
 """The processes of ``benchmarks.llm_proxy``: a stand-in backend, each proxy, and the aiohttp load generator.
 
-    python -m benchmarks.llm_proxy_roles backend PORT
-    python -m benchmarks.llm_proxy_roles ours PORT --backend HOST:PORT
-    python -m benchmarks.llm_proxy_roles upstream PORT --backend HOST:PORT   # needs verl and flask
+    python -m benchmarks.llm_proxy_roles backend PORT [--fail-status 503]
+    python -m benchmarks.llm_proxy_roles ours PORT --backend HOST:PORT [--backend ...] [--connect-timeout 5]
+    python -m benchmarks.llm_proxy_roles upstream PORT --backend HOST:PORT [--backend ...]   # needs verl and flask
     python -m benchmarks.llm_proxy_roles load URL --concurrency 64 --seconds 5 [--stream] [--delay-ms 100]
+        [--warmup 1] [--call-timeout 120]
 
 The backend answers OpenAI chat completions after ``x-bench-delay-ms`` milliseconds (a
 header the load generator sets), with the token ids agentlightning's vLLM instrumentation
-adds; streamed, it spreads ``CHUNKS`` chunks over that delay. ``upstream`` runs upstream's
+adds; streamed, it spreads ``CHUNKS`` chunks over that delay; with ``--fail-status`` it answers
+that status at once to every request (a failing server). ``upstream`` runs upstream's
 own proxy: ``AgentModeDaemon._start_proxy_server_v0`` called with a stand-in ``self``.
-``load`` prints one JSON object: calls, failures, calls per second, p50 and p99 in ms.
+``load`` prints one JSON object: calls, failures, calls per second, p50 and p99 in ms (of the
+calls answered 200; ``all_*``: of every call, a failed one at the time it failed).
 """
 
 from __future__ import annotations
@@ -93,12 +96,28 @@ def serve(app: Any, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
 
 
-async def run_ours(port: int, backend: str) -> None:
+def failing_app(status: int) -> Any:
+    """A backend that answers ``status`` at once to every request."""
+    body = json.dumps({"error": {"message": "failing", "type": "Failing", "code": status}}).encode()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def run_ours(port: int, backends: list[str], connect_timeout: float) -> None:
     """Our proxy, ``BENCH_ATTEMPT_ID`` live and every other attempt unknown, with ``/bench/stats`` beside it."""
     from lightning_attempts.llm_proxy import LlmProxy, serve_proxy
 
     proxy = LlmProxy(
-        lambda: [backend], lambda rollout_id, attempt_id: None if attempt_id == BENCH_ATTEMPT_ID else "unknown_attempt"
+        lambda: backends,
+        lambda rollout_id, attempt_id: None if attempt_id == BENCH_ATTEMPT_ID else "unknown_attempt",
+        connect_timeout_seconds=connect_timeout,
     )
 
     async def with_stats(scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,26 +132,30 @@ async def run_ours(port: int, backend: str) -> None:
     await asyncio.Event().wait()
 
 
-def run_upstream(port: int, backend: str) -> None:
+def run_upstream(port: int, backends: list[str]) -> None:
     """Upstream's Flask proxy, its own code, with a stand-in ``self``."""
     try:
         from agentlightning.verl.daemon import AgentModeDaemon
     except ImportError as error:
         print(f"upstream's proxy needs verl and flask: {error}", file=sys.stderr)
         sys.exit(3)
-    this: Any = SimpleNamespace(backend_llm_server_addresses=[backend], proxy_port=port, llm_timeout_seconds=600)
+    this: Any = SimpleNamespace(backend_llm_server_addresses=backends, proxy_port=port, llm_timeout_seconds=600)
     AgentModeDaemon._start_proxy_server_v0(this)  # pyright: ignore[reportPrivateUsage]
     threading.Event().wait()
 
 
-async def load(url: str, concurrency: int, seconds: float, stream: bool, delay_ms: float) -> dict[str, Any]:
-    """``concurrency`` closed loops of calls for ``seconds``, after one second of warm-up."""
+async def load(
+    url: str, concurrency: int, seconds: float, stream: bool, delay_ms: float, warmup: float = 1.0, timeout: float = 120
+) -> dict[str, Any]:
+    """``concurrency`` closed loops of calls for ``seconds``, after ``warmup`` seconds of warm-up; each call bounded
+    by ``timeout`` seconds."""
     body = json.dumps({**REQUEST, "stream": stream}).encode()
     headers = {"content-type": "application/json", "x-bench-delay-ms": str(delay_ms)}
     samples: list[float] = []
+    every: list[float] = []
     failed = 0
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
 
         async def loop(until: float, measured: bool) -> None:
             nonlocal failed
@@ -142,14 +165,16 @@ async def load(url: str, concurrency: int, seconds: float, stream: bool, delay_m
                     async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, asyncio.TimeoutError):
                     ok = False
+                if measured:
+                    every.append((time.perf_counter() - started) * 1000)
                 if measured and ok:
                     samples.append((time.perf_counter() - started) * 1000)
                 elif measured:
                     failed += 1
 
-        warm = time.perf_counter() + 1.0
+        warm = time.perf_counter() + warmup
         await asyncio.gather(*(loop(warm, False) for _ in range(concurrency)))
         started = time.perf_counter()
         await asyncio.gather(*(loop(started + seconds, True) for _ in range(concurrency)))
@@ -157,6 +182,8 @@ async def load(url: str, concurrency: int, seconds: float, stream: bool, delay_m
     result: dict[str, Any] = {"calls": len(samples), "failed": failed, "calls_per_s": len(samples) / elapsed}
     if len(samples) >= 2:
         result.update(p50_ms=statistics.median(samples), p99_ms=statistics.quantiles(samples, n=100)[98])
+    if len(every) >= 2:
+        result.update(all_p50_ms=statistics.median(every), all_p99_ms=statistics.quantiles(every, n=100)[98])
     return result
 
 
@@ -164,21 +191,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("role", choices=["backend", "ours", "upstream", "load"])
     parser.add_argument("target", help="the port to serve on, or the URL to load")
-    parser.add_argument("--backend", default="")
+    parser.add_argument("--backend", action="append", default=[])
+    parser.add_argument("--fail-status", type=int, default=0)
+    parser.add_argument("--connect-timeout", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--call-timeout", type=float, default=120.0)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--delay-ms", type=float, default=100.0)
     options = parser.parse_args()
     if options.role == "backend":
-        serve(backend_app, int(options.target))
+        serve(failing_app(options.fail_status) if options.fail_status else backend_app, int(options.target))
     elif options.role == "ours":
-        asyncio.run(run_ours(int(options.target), options.backend))
+        asyncio.run(run_ours(int(options.target), options.backend, options.connect_timeout))
     elif options.role == "upstream":
         run_upstream(int(options.target), options.backend)
     else:
         result = asyncio.run(
-            load(options.target, options.concurrency, options.seconds, options.stream, options.delay_ms)
+            load(
+                options.target,
+                options.concurrency,
+                options.seconds,
+                options.stream,
+                options.delay_ms,
+                options.warmup,
+                options.call_timeout,
+            )
         )
         print(json.dumps(result))
 
