@@ -184,6 +184,7 @@ async def load(
         result.update(p50_ms=statistics.median(samples), p99_ms=statistics.quantiles(samples, n=100)[98])
     if len(every) >= 2:
         result.update(all_p50_ms=statistics.median(every), all_p99_ms=statistics.quantiles(every, n=100)[98])
+        result["all_max_ms"] = max(every)
     return result
 
 
