@@ -213,7 +213,7 @@ class Forwarder:
                 return
             waiting = self._clock()
             first = response.content.readany()
-            if first_byte_by is not None:
+            if first_byte_by is not None and response.content_type == "text/event-stream":
                 first = asyncio.wait_for(first, max(first_byte_by - loop.time(), 0.0))
             try:
                 chunk = await first

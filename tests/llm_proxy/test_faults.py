@@ -28,8 +28,9 @@ from .stand_in_vllm import StandInVllm
 CALLS = 1200
 CONCURRENCY = 24
 COOLDOWN = 5.0
-FAST: dict[str, Any] = {"connect_timeout_seconds": 0.25, "first_byte_timeout_seconds": 1.0, "timeout_seconds": 10.0}
-"""Timeouts for the tests: a connect, a probe after 0.5 s (bounded by 0.5 s), a stream's first chunk, a read."""
+FAST: dict[str, Any] = {"connect_timeout_seconds": 0.5, "first_byte_timeout_seconds": 2.0, "timeout_seconds": 10.0}
+"""Timeouts for the tests: a connect, a probe after 1 s (bounded by 1 s), a stream's first chunk, a read. One event
+loop runs the proxy, the stand-ins and the clients on a shared machine: a healthy stand-in must answer a probe."""
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,7 +111,7 @@ def _check_served(fleet: Fleet, statuses: Counter[int], slowest: float) -> dict[
     faulty = stats["backends"][fleet.faulty]
     assert faulty["circuit"] == "open" and faulty["opened"] == 1
     assert faulty["failures"] <= CONCURRENCY  # passed over once open: only the calls sent before count
-    assert slowest < 5.0  # a call costs at most a probe or a connect timeout before it goes elsewhere
+    assert slowest < 8.0  # a call costs at most a probe or a connect timeout before it goes elsewhere
     assert stats["resent"] == faulty["failures"]
     return stats
 
@@ -215,7 +216,7 @@ async def test_a_half_streamed_answer_is_cut_never_sent_twice(
 async def test_a_stream_whose_first_chunk_does_not_come_goes_elsewhere(
     start_proxy: StartProxy, backends: list[StandInVllm], http: httpx.AsyncClient
 ) -> None:
-    server = await start_proxy(**{**FAST, "first_byte_timeout_seconds": 0.5})
+    server = await start_proxy(**{**FAST, "first_byte_timeout_seconds": 1.0})
     stalled, other = backends
     stalled.stall_streams = True  # its headers come at once, as vLLM's do; its first chunk never
     answer = await http.post(f"{server.endpoint}/v1/chat/completions", json={**CHAT, "stream": True})
@@ -231,7 +232,7 @@ async def test_a_whole_answer_slower_than_the_probes_is_waited_for(
     server = await start_proxy(addresses=[backends[0].address], **FAST)
     backends[0].gate = asyncio.Event()  # a long generation: vLLM sends a whole answer's headers when it is done
     call = asyncio.ensure_future(http.post(f"{server.endpoint}/v1/chat/completions", json=CHAT))
-    await backends[0].wait_received(3)  # the call, then two probes (each after 0.5 s of waiting)
+    await backends[0].wait_received(3)  # the call, then two probes (each after 1 s of waiting)
     backends[0].gate.set()
     assert (await call).status_code == 200
     assert [r.path for r in backends[0].received[:3]] == ["/v1/chat/completions", "/v1/models", "/v1/models"]
