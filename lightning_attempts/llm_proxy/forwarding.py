@@ -116,6 +116,7 @@ class Forwarder:
         self._alive_at: dict[str, float] = {}
         """When each backend last answered a probe (the loop's time)."""
         self._session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
 
     async def forward(
         self,
@@ -269,9 +270,15 @@ class Forwarder:
         return await asyncio.shield(probe)
 
     async def _probe(self, backend: str) -> bool:
-        timeout = aiohttp.ClientTimeout(total=self._probe_timeout)
+        if self._probe_session is None:  # its own connections: a full pool of calls never delays a probe
+            self._probe_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                timeout=aiohttp.ClientTimeout(total=self._probe_timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
         try:
-            async with self._client().get(f"http://{backend}{PROBE_PATH}", timeout=timeout) as response:
+            async with self._probe_session.get(f"http://{backend}{PROBE_PATH}") as response:
                 alive = response.status < 500
         except UPSTREAM_ERRORS:
             alive = False
@@ -294,11 +301,13 @@ class Forwarder:
         return self._session
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
+        sessions = (self._session, self._probe_session)
+        self._session = self._probe_session = None
         for probe in list(self._probes.values()):
             probe.cancel()
-        if session is not None:
-            await session.close()
+        for session in sessions:
+            if session is not None:
+                await session.close()
 
 
 def failure_of(error: BaseException) -> str:

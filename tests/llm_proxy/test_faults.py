@@ -229,10 +229,11 @@ async def test_a_stream_whose_first_chunk_does_not_come_goes_elsewhere(
 async def test_a_whole_answer_slower_than_the_probes_is_waited_for(
     start_proxy: StartProxy, backends: list[StandInVllm], http: httpx.AsyncClient
 ) -> None:
-    server = await start_proxy(addresses=[backends[0].address], **FAST)
+    server = await start_proxy(addresses=[backends[0].address], max_connections_per_backend=1, **FAST)
     backends[0].gate = asyncio.Event()  # a long generation: vLLM sends a whole answer's headers when it is done
+    # The call holds the only pooled connection: the probes have their own.
     call = asyncio.ensure_future(http.post(f"{server.endpoint}/v1/chat/completions", json=CHAT))
-    await backends[0].wait_received(3)  # the call, then two probes (each after 1 s of waiting)
+    await asyncio.wait_for(backends[0].wait_received(3), 10)  # the call, then two probes (each after 1 s waiting)
     backends[0].gate.set()
     assert (await call).status_code == 200
     assert [r.path for r in backends[0].received[:3]] == ["/v1/chat/completions", "/v1/models", "/v1/models"]
