@@ -8,7 +8,8 @@ generating). ``Call.waited`` adds up the time spent waiting on the backend.
 A call goes to one backend after another (``Route``) while no byte of the answer has
 reached the client: the backend could not be reached, broke off, answered 502, 503 or 504,
 did not answer a liveness probe while the call waited for its headers, or a streamed
-answer's first chunk did not come within ``first_byte_timeout``. Once the answer's headers
+answer's first chunk did not come within ``first_byte_timeout`` (unless no other backend is
+left to try: a late first chunk is better than none). Once the answer's headers
 went to the client, a failure cuts the answer short: it is never sent twice.
 
 Waiting for the headers: vLLM sends a whole answer's headers with its last byte, after the
@@ -214,7 +215,7 @@ class Forwarder:
                 return
             waiting = self._clock()
             first = response.content.readany()
-            if first_byte_by is not None and response.content_type == "text/event-stream":
+            if first_byte_by is not None and resend and response.content_type == "text/event-stream":
                 first = asyncio.wait_for(first, max(first_byte_by - loop.time(), 0.0))
             try:
                 chunk = await first

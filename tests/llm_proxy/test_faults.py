@@ -266,3 +266,17 @@ async def test_a_stream_broken_off_before_its_first_chunk_reached_the_agent_is_r
     answer = await http.post(f"{server.endpoint}/v1/chat/completions", json={**CHAT, "stream": True})
     assert answer.status_code == 200 and answer.headers["x-backend"] == other.name
     assert (len(cut.received), len(other.received), server.proxy.stats()["resent"]) == (1, 1, 1)
+
+
+async def test_with_no_other_backend_left_a_late_first_chunk_is_waited_for(
+    start_proxy: StartProxy, backends: list[StandInVllm], http: httpx.AsyncClient
+) -> None:
+    server = await start_proxy(addresses=[backends[0].address], **{**FAST, "first_byte_timeout_seconds": 0.2})
+    backends[0].stall_streams = True  # headers at once, the first chunk late: a queue on the only server
+    call = asyncio.ensure_future(http.post(f"{server.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}))
+    await asyncio.sleep(0.6)  # three times the bound: cutting the call would leave the agent nothing
+    assert not call.done()
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    await asyncio.wait_for(backends[0].hung_up.wait(), 10)
+    assert server.proxy.stats()["backend_failures"] == 0
