@@ -129,11 +129,14 @@ async def test_a_call_no_backend_answered_is_not_counted_as_forwarded(
 async def test_a_backend_cutting_a_stream_short_logs_one_warning_and_no_traceback(
     attempts: Attempts, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    first_chunk_read = asyncio.Event()
+
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         writer.write(b"d\r\ndata: first\n\n\r\n")  # one chunk of the stream, then the connection drops
         await writer.drain()
+        await first_chunk_read.wait()  # the agent has it: the answer began, so it cannot go to another backend
         writer.close()
 
     backend = await asyncio.start_server(cut, "127.0.0.1", 0)
@@ -142,7 +145,10 @@ async def test_a_backend_cutting_a_stream_short_logs_one_warning_and_no_tracebac
     try:
         with caplog.at_level(logging.INFO):
             with pytest.raises(httpx.RemoteProtocolError):  # the client learns that its answer is cut short
-                await http.post(f"{server.endpoint}/v1/chat/completions", json={**CHAT, "stream": True})
+                url = f"{server.endpoint}/v1/chat/completions"
+                async with http.stream("POST", url, json={**CHAT, "stream": True}) as answer:
+                    async for _ in answer.aiter_raw():
+                        first_chunk_read.set()
             await asyncio.sleep(0.1)  # uvicorn logs after the connection dropped
         logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
         assert logged == [("WARNING", f"LLM backend 127.0.0.1:{port} failed mid-answer: ClientPayloadError")]
