@@ -363,6 +363,16 @@ class AttemptAwareDataStore(ServerDataStore):
             "longest_kept_claim_seconds": self._longest_kept,
         }
 
+    @property
+    def book(self) -> TaskBook:
+        """Where every task is, for readers (the dashboard): read it on the server's loop, never change it."""
+        return self._book
+
+    def resource_ids(self) -> tuple[list[str], str | None]:
+        """The ids of the resource versions set, oldest first, and the latest one's (None: none set)."""
+        versions: dict[str, object] = getattr(self, "_resource_versions", {})
+        return list(versions), self._latest_resources_id
+
     def given_back_by_worker(self) -> dict[str, int]:
         """How many claims each worker gave back without running them (the most recent worker last)."""
         return self._given_back.by_worker()

@@ -44,6 +44,10 @@ class TaskQueue:
     def discard(self, rollout_id: str) -> Task | None:
         return self._tasks.pop(rollout_id, None)
 
+    def peek(self, rollout_id: str) -> Task | None:
+        """The waiting task of that id, left in place; None if it does not wait."""
+        return self._tasks.get(rollout_id)
+
     def qsize(self) -> int:
         return len(self._tasks)
 
