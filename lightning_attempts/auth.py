@@ -15,10 +15,11 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .keys import KeyCheck, carries_a_key
+from .keys import COOKIE, KeyCheck, carries_a_key
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,27 @@ _HEADERS = [
     (b"content-length", str(len(_BODY)).encode()),
     (b"www-authenticate", b"Bearer"),
 ]
+
+BROWSER_READS = ("/dashboard", "/dashboard/summary", "/metrics", "/attempts/", "/v1/agl/")
+"""Where a GET may present the key in the dashboard's cookie instead of a header (exact paths, or prefixes ending in
+``/``): read-only routes, so that a browser, which cannot set headers on a page it opens, can read the run."""
+_LOGIN_MAX_AGE = 7 * 24 * 3600
+_HTML_401 = (
+    b"<!doctype html><title>401: API key needed</title><p>This server requires its API key. Open "
+    b"<code>/dashboard?key=&lt;the key&gt;</code> once: the browser keeps it in a cookie for this server.</p>"
+)
+
+
+def _browser_read(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return scope["method"] in ("GET", "HEAD") and any(
+        path.startswith(read) if read.endswith("/") else path == read for read in BROWSER_READS
+    )
+
+
+def _wants_html(scope: Scope) -> bool:
+    return any(name == b"accept" and b"text/html" in value for name, value in scope["headers"])
+
 
 Schedule = Callable[[float, Callable[[], None]], Any]
 """``schedule(delay, callback)``: call ``callback`` in ``delay`` seconds (``loop.call_later``'s shape)."""
@@ -135,6 +157,7 @@ class ApiKeyMiddleware:
     ) -> None:
         self.app = app
         self._key = KeyCheck(key)
+        self._key_text = key
         self._on_refused = on_refused
         self.refusals = RefusalLog() if refusals is None else refusals
 
@@ -142,12 +165,44 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or self._key.presented(scope["headers"]):
             await self.app(scope, receive, send)
             return
+        if _browser_read(scope):
+            if self._key.in_cookie(scope["headers"]):
+                await self.app(scope, receive, send)
+                return
+            if scope["path"] == "/dashboard" and self._login(scope):
+                await _send_login(send, self._key_text)
+                return
         self._refuse(scope)
+        if scope["path"] == "/dashboard" and _wants_html(scope):  # a person at a browser: say how to log in
+            html = [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"content-length", str(len(_HTML_401)).encode()),
+                (b"www-authenticate", b"Bearer"),
+            ]
+            await send({"type": "http.response.start", "status": 401, "headers": html})
+            await send({"type": "http.response.body", "body": _HTML_401})
+            return
         await send({"type": "http.response.start", "status": 401, "headers": _HEADERS})
         await send({"type": "http.response.body", "body": _BODY})
+
+    def _login(self, scope: Scope) -> bool:
+        """Whether ``/dashboard?key=...`` carries the key (the browser is then given the cookie)."""
+        query: bytes = scope.get("query_string", b"")
+        if b"key=" not in query:
+            return False
+        keys = parse_qs(query.decode("latin-1")).get("key", [])
+        return len(keys) == 1 and self._key.matches(keys[0].encode("latin-1"))
 
     def _refuse(self, scope: Scope) -> None:
         client = scope.get("client")
         peer = str(client[0]) if client else "unknown peer"  # not the port: each connection has its own
         self.refusals.refused(peer, scope["method"], scope["path"], carries_a_key(scope["headers"]))
         self._on_refused()
+
+
+async def _send_login(send: Send, key: str) -> None:
+    """303 to ``/dashboard``, setting the key's cookie: the key leaves the address bar and the history."""
+    cookie = f"{COOKIE}={key}; Path=/; HttpOnly; SameSite=Strict; Max-Age={_LOGIN_MAX_AGE}"
+    headers = [(b"location", b"dashboard"), (b"set-cookie", cookie.encode()), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})

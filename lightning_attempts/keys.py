@@ -8,6 +8,9 @@ from collections.abc import Iterable
 
 KEY_ENV = "AGL_KEY"
 """The environment variable agentlightning 1.0 hands its workers the key in."""
+COOKIE = "lightning_attempts_key"
+"""The cookie a browser presents the key in, set by ``GET /dashboard?key=...`` (HttpOnly, SameSite=Strict), accepted
+only on the read routes (``auth.BROWSER_READS``)."""
 
 
 def validate_key(key: str | None) -> str | None:
@@ -42,6 +45,21 @@ class KeyCheck:
                     return True
             elif name == b"x-api-key" and hmac.compare_digest(value, self._key):
                 return True
+        return False
+
+    def matches(self, value: bytes) -> bool:
+        """Whether ``value`` is the key (constant time)."""
+        return hmac.compare_digest(value, self._key)
+
+    def in_cookie(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Whether ASGI ``headers`` carry the key in the dashboard's cookie (``COOKIE``)."""
+        prefix = COOKIE.encode() + b"="
+        for name, value in headers:
+            if name == b"cookie":
+                for part in value.split(b";"):
+                    part = part.strip()
+                    if part.startswith(prefix) and self.matches(part[len(prefix) :]):
+                        return True
         return False
 
 

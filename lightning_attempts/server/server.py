@@ -20,6 +20,7 @@ from typing import Any
 from typing_extensions import Unpack
 
 from ..compat import AgentLightningServer, LegacyRollout, ServerDataStore
+from ..dashboard import DashboardRoutes, ProxyReadout, StepLog
 from ..errors import ServerNotRunning, ServerStartError, ServerStopped
 from ..options import DEFAULTS, Options, ServerArguments, option_attributes
 from ..store import AttemptAwareDataStore
@@ -85,6 +86,12 @@ class AttemptAwareServer(AgentLightningServer):
             llm_proxy_port=lambda: self.llm_proxy_port,
         )
         self._producer_routes = ProducerRoutes(self)  # a trainer in another process: queue, publish, take, wait
+        self._dashboard = DashboardRoutes(self)
+        self.steps = StepLog()
+        """The last steps' ``attempts/*`` figures (verl's daemon adds them), for the dashboard's chart."""
+        self.llm_proxy_readout: ProxyReadout | None = None
+        """The attempt-aware LLM proxy serving beside this server, if any (verl's daemon sets it): the dashboard and
+        ``/metrics`` show its figures."""
         self.llm_proxy_port: int | None = None
         """The port of an attempt-aware LLM proxy serving beside this server (verl's daemon sets it): the tasks
         handed out say so (``AttemptTask.llm_proxy_port``), and shim workers call it attempt by attempt."""
@@ -149,6 +156,11 @@ class AttemptAwareServer(AgentLightningServer):
         return self._fleet
 
     @property
+    def running_store(self) -> AttemptAwareDataStore | None:
+        """The running server's store; None between runs."""
+        return self._attempt_store
+
+    @property
     def store(self) -> AttemptAwareDataStore:
         """The running server's store."""
         if self._attempt_store is None:
@@ -160,6 +172,7 @@ class AttemptAwareServer(AgentLightningServer):
     def _setup_routes(self) -> None:
         super()._setup_routes()
         self._routes.install(self._app)
+        self._dashboard.install(self._app)
         if self.options.producer_api:  # a trainer in another process (serve): not on a server a trainer owns
             self._producer_routes.install(self._app)
 

@@ -249,7 +249,9 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
 
         after, histories, proxy_after = self._on_loop(read)
         cancelled, self._cancelled_unreported = self._cancelled_unreported, 0
-        return step_metrics(window, after, histories, cancelled, prefix, proxy_after, self._proxy_triplets)
+        metrics = step_metrics(window, after, histories, cancelled, prefix, proxy_after, self._proxy_triplets)
+        server.steps.add(metrics)  # the dashboard's chart (a deque's append: safe from this thread)
+        return metrics
 
     # -- the server's loop --------------------------------------------------------
 

@@ -35,10 +35,13 @@ class DaemonProxy:
         """Serve on ``port`` (``ServerStartError`` if it cannot); from now on, tasks handed out name it."""
         self._served = await serve_proxy(self.proxy, HOST, self.port)
         self.server.llm_proxy_port = self.port
+        self.server.llm_proxy_readout = self  # the dashboard and /metrics show its figures
 
     async def stop(self) -> None:
         """Stop serving (the server stopped): tasks no longer name it, connections to the backends close."""
         self.server.llm_proxy_port = None
+        if self.server.llm_proxy_readout is self:
+            self.server.llm_proxy_readout = None
         served, self._served = self._served, None
         if served is not None:
             await served.stop()
@@ -46,6 +49,23 @@ class DaemonProxy:
     def stats(self) -> dict[str, Any]:
         """The proxy's counters since it started (``LlmProxy.stats``)."""
         return self.proxy.stats()
+
+    def call_summaries(self, rollout_id: str, attempt_id: str) -> list[dict[str, Any]]:
+        """An attempt's recorded calls, without their token ids (their counts instead): for the dashboard."""
+        return [
+            {
+                "method": call.method,
+                "path": call.path,
+                "status": call.status,
+                "streamed": call.streamed,
+                "backend": call.backend,
+                "prompt_tokens": None if call.prompt_token_ids is None else len(call.prompt_token_ids),
+                "response_tokens": None
+                if call.response_token_ids is None
+                else sum(len(ids) for ids in call.response_token_ids),
+            }
+            for call in self.proxy.calls_of(rollout_id, attempt_id)
+        ]
 
     def stored_calls(self, rollout_ids: Iterable[str]) -> dict[str, list[CallRecord]]:
         """For each of ``rollout_ids`` whose stored result is credited to an attempt, that attempt's recorded calls

@@ -1,0 +1,175 @@
+"""The dashboard's GET routes: the page at ``/dashboard``, agentlightning 0.3.0's read routes, and a summary.
+
+``/v1/agl/rollouts``, ``/v1/agl/rollouts/{id}``, ``/v1/agl/rollouts/{id}/attempts``, ``/v1/agl/workers``,
+``/v1/agl/resources`` and ``/v1/agl/spans`` answer as a LightningStore server does (``{items, limit, offset,
+total}``), from the store of the run in progress (503 between runs); ``/dashboard/summary`` gives the counters,
+the refusals, the LLM proxy's figures and the last steps' ``attempts/*`` in one answer. Each reads on the server's
+loop, changes nothing, and answers one bounded page (``views``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from fastapi import FastAPI, HTTPException, Query
+from starlette.responses import Response
+
+from ..store import AttemptAwareDataStore
+from . import views
+from .steps import StepLog
+
+DEFAULT_LIMIT = 50
+_PAGE_HEADERS = {"cache-control": "no-store"}
+PAGE = Path(__file__).with_name("static") / "index.html"
+"""The page, shipped in the wheel beside this module."""
+
+
+class ProxyReadout(Protocol):
+    """What the dashboard reads of an attempt-aware LLM proxy serving beside the server (verl's ``DaemonProxy``)."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def call_summaries(self, rollout_id: str, attempt_id: str) -> list[dict[str, Any]]: ...
+
+
+class Source(Protocol):
+    """What the dashboard reads: the server (``AttemptAwareServer``)."""
+
+    steps: StepLog
+    llm_proxy_readout: ProxyReadout | None
+
+    @property
+    def running_store(self) -> AttemptAwareDataStore | None: ...
+
+    def attempt_stats(self) -> dict[str, Any]: ...
+
+
+def _bounded(limit: int, offset: int) -> tuple[int, int]:
+    """``limit`` (-1: as many as a page holds) and ``offset``, checked; 400 for bad ones."""
+    if limit == 0 or limit < -1:
+        raise HTTPException(400, "limit must be greater than 0, or -1 for a full page")
+    if offset < 0:
+        raise HTTPException(400, "offset must be 0 or more")
+    return (views.MAX_LIMIT if limit == -1 else min(limit, views.MAX_LIMIT)), offset
+
+
+REFUSAL_KEYS = ("dropped", "dropped_total", "refused", "heartbeats_stale", "releases_stale", "unauthorized")
+"""The counters of refused requests, shown together."""
+
+
+def summary(source: Source, store: AttemptAwareDataStore) -> dict[str, Any]:
+    """The counters, the tasks by status, the refusals, the stranded claims, the proxy's figures and the steps."""
+    stats = source.attempt_stats()
+    stranded = store.stranded()
+    proxy = source.llm_proxy_readout
+    resource_ids, latest = store.resource_ids()
+    return {
+        "statuses": views.status_counts(store),
+        "stats": stats,
+        "refusals": {key: stats[key] for key in REFUSAL_KEYS},
+        "stranded": {"total": stranded.total, "counts": dict(stranded.counts), "latest": stranded.latest},
+        "given_back_by_worker": dict(list(store.given_back_by_worker().items())[-views.MAX_LIMIT :]),
+        "resources": {"versions": len(resource_ids), "latest": latest},
+        "proxy": None if proxy is None else _proxy_summary(proxy.stats()),
+        "steps": source.steps.recent(),
+        "options": {
+            "task_timeout_seconds": store.options.task_timeout_seconds,
+            "unresponsive_seconds": store.options.unresponsive_seconds,
+            "max_claims": store.options.max_claims,
+            "stale_policy": store.options.stale_policy,
+        },
+    }
+
+
+def _proxy_summary(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The proxy's counters, without its latency buckets (``/metrics`` has the histogram)."""
+    return {key: value for key, value in stats.items() if key != "added_latency_buckets"}
+
+
+class DashboardRoutes:
+    """The dashboard's routes on one server's app (``install``)."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+
+    def _store(self) -> AttemptAwareDataStore:
+        store = self._source.running_store
+        if store is None:
+            raise HTTPException(503, "Server not fully initialized.")
+        return store
+
+    def install(self, app: FastAPI) -> None:
+        add: Callable[..., None] = app.add_api_route
+        add("/dashboard", self._page, methods=["GET"], include_in_schema=False)
+        add("/dashboard/summary", self._summary, methods=["GET"], summary="Dashboard: counters, refusals, steps")
+        add("/v1/agl/rollouts", self._rollouts, methods=["GET"], summary="Tasks as rollouts, a page")
+        add("/v1/agl/rollouts/{rollout_id}", self._rollout, methods=["GET"], summary="A task as a rollout")
+        add("/v1/agl/rollouts/{rollout_id}/attempts", self._attempts, methods=["GET"], summary="A task's claims")
+        add("/v1/agl/workers", self._workers, methods=["GET"], summary="Workers known by name, a page")
+        add("/v1/agl/resources", self._resources, methods=["GET"], summary="Resource versions, a page")
+        add("/v1/agl/spans", self._spans, methods=["GET"], summary="An attempt's LLM calls through the proxy")
+
+    @staticmethod
+    async def _page() -> Response:
+        return Response(PAGE.read_bytes(), media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    async def _summary(self) -> dict[str, Any]:
+        return summary(self._source, self._store())
+
+    async def _rollouts(
+        self,
+        status_in: list[views.RolloutStatus] | None = Query(None),  # noqa: B008 # FastAPI's way
+        limit: int = DEFAULT_LIMIT,
+        offset: int = 0,
+        sort_order: Literal["asc", "desc"] = "asc",
+    ) -> dict[str, Any]:
+        limit, offset = _bounded(limit, offset)
+        return views.rollouts(self._store(), status_in or (), limit, offset, newest_first=sort_order == "desc")
+
+    async def _rollout(self, rollout_id: str) -> dict[str, Any]:
+        found = views.rollout(self._store(), rollout_id)
+        if found is None:
+            raise HTTPException(404, f"Rollout ID '{rollout_id}' is neither live nor remembered.")
+        return found
+
+    async def _attempts(self, rollout_id: str, limit: int = -1, offset: int = 0) -> dict[str, Any]:
+        limit, offset = _bounded(limit, offset)
+        found = views.attempts(self._store(), rollout_id, limit, offset)
+        if found is None:
+            raise HTTPException(404, f"Rollout ID '{rollout_id}' is neither live nor remembered.")
+        return found
+
+    async def _workers(self, limit: int = DEFAULT_LIMIT, offset: int = 0) -> dict[str, Any]:
+        limit, offset = _bounded(limit, offset)
+        return views.workers(self._store(), limit, offset)
+
+    async def _resources(self, limit: int = DEFAULT_LIMIT, offset: int = 0) -> dict[str, Any]:
+        limit, offset = _bounded(limit, offset)
+        store = self._store()
+        ids, latest = store.resource_ids()
+        items: list[dict[str, Any]] = []
+        for version, resources_id in enumerate(ids[offset : offset + limit], offset + 1):
+            update = await store.get_resources_by_id(resources_id)
+            named: Any = {} if update is None else update.model_dump(mode="json").get("resources", {})
+            items.append({"resources_id": resources_id, "version": version, "resources": named})
+            if resources_id == latest:
+                items[-1]["latest"] = True
+        return views.page(items, len(ids), limit, offset)
+
+    async def _spans(self, rollout_id: str, attempt_id: str | None = None, limit: int = -1, offset: int = 0) -> Any:
+        limit, offset = _bounded(limit, offset)
+        store, proxy = self._store(), self._source.llm_proxy_readout
+        found = views.find(store, rollout_id)
+        if found is None:
+            raise HTTPException(404, f"Rollout ID '{rollout_id}' is neither live nor remembered.")
+        spans: list[dict[str, Any]] = []
+        for sequence, attempt in enumerate(found[1], 1):
+            if proxy is None or attempt_id not in (None, attempt.attempt_id):
+                continue
+            for index, call in enumerate(proxy.call_summaries(rollout_id, attempt.attempt_id)):
+                name = f"llm {call.get('method', '')} {call.get('path', '')}".strip()
+                span = {"rollout_id": rollout_id, "attempt_id": attempt.attempt_id, "sequence_id": sequence}
+                spans.append({**span, "span_id": f"{attempt.attempt_id}-{index}", "name": name, "attributes": call})
+        return views.page(spans[offset : offset + limit], len(spans), limit, offset)

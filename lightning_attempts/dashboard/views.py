@@ -1,0 +1,227 @@
+"""The store as agentlightning 0.3.0's LightningStore shows a run: tasks as rollouts, claims as attempts, in pages.
+
+Every function here only reads the store (``AttemptAwareDataStore.book``), on the server's loop, and answers
+one page: at most ``MAX_LIMIT`` items, each with its task input cut to ``MAX_INPUT_CHARS``. Totals by status are
+read from the sizes the store keeps, but those of finished tasks, which take one pass over the remembered ones
+(``max_remembered``); a page of one status takes one pass over at most the tasks of its place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+from ..store import AttemptAwareDataStore
+from ..store.records import Attempt, AttemptOutcome, ClaimedTask, FinishedTask
+
+MAX_LIMIT = 500
+"""The most items one page holds (a request asking for more, or for all with ``limit=-1``, gets this many)."""
+MAX_INPUT_CHARS = 2000
+"""A task input longer than this, as JSON, is shown cut (a page stays small whatever the inputs)."""
+
+RolloutStatus = Literal["queuing", "running", "requeuing", "succeeded", "failed", "cancelled"]
+ROLLOUT_STATUSES: tuple[RolloutStatus, ...] = ("queuing", "running", "requeuing", "succeeded", "failed", "cancelled")
+"""agentlightning's rollout statuses a legacy task can be in (``preparing`` is never used: a claim runs at once)."""
+
+_ATTEMPT_STATUS: dict[AttemptOutcome, str] = {
+    "in_flight": "running",
+    "completed": "succeeded",
+    "failed": "failed",
+    "timed_out": "timeout",
+    "unresponsive": "unresponsive",
+    "superseded": "failed",
+    "cancelled": "failed",
+    "released": "failed",
+}
+"""agentlightning's attempt status for each outcome; the outcome itself is in the attempt's ``metadata``."""
+
+
+def page(items: Iterable[dict[str, Any]], total: int, limit: int, offset: int) -> dict[str, Any]:
+    """agentlightning's ``PaginatedResult``: ``{items, limit, offset, total}``."""
+    return {"items": list(items), "limit": limit, "offset": offset, "total": total}
+
+
+def attempt_item(rollout_id: str, sequence: int, attempt: Attempt) -> dict[str, Any]:
+    """A claim as agentlightning's ``Attempt``; how it ended, as this server says it, in ``metadata``."""
+    return {
+        "rollout_id": rollout_id,
+        "attempt_id": attempt.attempt_id,
+        "sequence_id": sequence,
+        "start_time": attempt.claimed_at,
+        "end_time": attempt.ended_at,
+        "status": _ATTEMPT_STATUS[attempt.outcome],
+        "worker_id": None,
+        "last_heartbeat_time": attempt.last_heartbeat_at,
+        "metadata": {
+            "outcome": attempt.outcome,
+            "note": attempt.note,
+            "failure": attempt.failure,
+            "release_reason": attempt.release_reason,
+            "leased": attempt.leased,
+            "kept_past_timeout": attempt.kept_past_timeout,
+        },
+    }
+
+
+def _input(value: Any) -> Any:
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return value if len(text) <= MAX_INPUT_CHARS else text[:MAX_INPUT_CHARS] + f"... ({len(text)} chars)"
+
+
+def _finished_status(finished: FinishedTask) -> RolloutStatus:
+    if finished.cancelled:
+        return "cancelled"
+    return "failed" if finished.stored is None else "succeeded"
+
+
+def _rollout(
+    rollout_id: str,
+    status: RolloutStatus,
+    attempts: Sequence[Attempt],
+    task: Any = None,
+) -> dict[str, Any]:
+    first = attempts[0].claimed_at if attempts else None
+    ended = attempts[-1].ended_at if attempts and status in ("succeeded", "failed", "cancelled") else None
+    item: dict[str, Any] = {
+        "rollout_id": rollout_id,
+        "input": None if task is None else _input(getattr(task, "input", None)),
+        "start_time": getattr(task, "create_time", None) or first or 0.0,
+        "end_time": ended,
+        "mode": getattr(task, "mode", None),
+        "resources_id": getattr(task, "resources_id", None),
+        "status": status,
+        "config": {"max_attempts": 1, "retry_condition": []},
+        "metadata": {"claims": len(attempts)},
+    }
+    if attempts:
+        item["attempt"] = attempt_item(rollout_id, len(attempts), attempts[-1])
+    return item
+
+
+def status_counts(store: AttemptAwareDataStore) -> dict[RolloutStatus, int]:
+    """How many tasks are in each status (a pass over the remembered finished tasks; the rest from sizes)."""
+    book = store.book
+    running = len(book.in_flight)
+    requeuing = len(book.claimed) - running
+    finished = {"succeeded": 0, "failed": 0, "cancelled": 0}
+    for _, record in book.finished.items():
+        finished[_finished_status(record)] += 1
+    return {
+        "queuing": len(book.queue) - requeuing,
+        "running": running,
+        "requeuing": requeuing,
+        "succeeded": finished["succeeded"],
+        "failed": finished["failed"],
+        "cancelled": finished["cancelled"],
+    }
+
+
+def _of_status(store: AttemptAwareDataStore, status: RolloutStatus, newest_first: bool) -> Iterator[dict[str, Any]]:
+    """The tasks of one status, oldest first (queue order, claim order, finishing order) or newest first."""
+    book = store.book
+    if status == "queuing":
+        ids: Iterable[str] = reversed(list(book.queue)) if newest_first else book.queue
+        for rollout_id in ids:
+            if rollout_id not in book.claimed:
+                yield _rollout(rollout_id, status, (), _queued_task(store, rollout_id))
+    elif status in ("running", "requeuing"):
+        live = status == "running"
+        claimed: Iterable[ClaimedTask] = reversed(book.claimed.values()) if newest_first else book.claimed.values()
+        for record in claimed:
+            if record.live == live:
+                yield _rollout(record.rollout_id, status, record.attempts, record.task)
+    else:
+        items: Iterable[tuple[str, FinishedTask]] = book.finished.items()
+        if newest_first:
+            items = reversed(list(items))
+        for rollout_id, finished in items:
+            if _finished_status(finished) == status:
+                yield _rollout(rollout_id, status, finished.attempts)
+
+
+def _queued_task(store: AttemptAwareDataStore, rollout_id: str) -> Any:
+    return store.book.queue.peek(rollout_id)
+
+
+def rollouts(
+    store: AttemptAwareDataStore,
+    statuses: Sequence[RolloutStatus],
+    limit: int,
+    offset: int,
+    newest_first: bool = False,
+) -> dict[str, Any]:
+    """A page of the tasks in ``statuses`` (all by default), status by status in ``ROLLOUT_STATUSES``' order."""
+    chosen: list[RolloutStatus] = [status for status in ROLLOUT_STATUSES if not statuses or status in statuses]
+    counts = status_counts(store)
+    total = sum(counts[status] for status in chosen)
+    skip, wanted, found = offset, limit, list[dict[str, Any]]()
+    for status in chosen:
+        if wanted <= 0:
+            break
+        if skip >= counts[status]:
+            skip -= counts[status]
+            continue
+        found.extend(itertools.islice(_of_status(store, status, newest_first), skip, skip + wanted))
+        wanted, skip = limit - len(found), 0
+    return page(found, total, limit, offset)
+
+
+def find(store: AttemptAwareDataStore, rollout_id: str) -> tuple[RolloutStatus, Sequence[Attempt], Any] | None:
+    """A task's status, its attempts and (while not finished) the task itself; None if unknown or forgotten."""
+    book = store.book
+    claimed = book.claimed.get(rollout_id)
+    if claimed is not None:
+        return ("running" if claimed.live else "requeuing"), claimed.attempts, claimed.task
+    finished = book.finished.get(rollout_id)
+    if finished is not None:
+        return _finished_status(finished), finished.attempts, None
+    if rollout_id in book.queue:
+        return "queuing", (), book.queue.peek(rollout_id)
+    return None
+
+
+def rollout(store: AttemptAwareDataStore, rollout_id: str) -> dict[str, Any] | None:
+    """One task as a rollout; None if unknown or forgotten."""
+    found = find(store, rollout_id)
+    return None if found is None else _rollout(rollout_id, *found)
+
+
+def attempts(store: AttemptAwareDataStore, rollout_id: str, limit: int, offset: int) -> dict[str, Any] | None:
+    """A page of a task's claims, as agentlightning's attempts, by claim sequence; None if unknown or forgotten."""
+    found = find(store, rollout_id)
+    if found is None:
+        return None
+    claims = found[1]
+    chosen = itertools.islice(enumerate(claims, 1), offset, offset + limit)
+    items = (attempt_item(rollout_id, sequence, attempt) for sequence, attempt in chosen)
+    return page(items, len(claims), limit, offset)
+
+
+def workers(store: AttemptAwareDataStore, limit: int, offset: int) -> dict[str, Any]:
+    """The workers the server knows by name: those that gave claims back unrun (``given_back``), most recent first.
+
+    A worker that only claims and posts results is not named to the legacy server (its requests carry no
+    worker id); the claims it holds are in the running rollouts.
+    """
+    given_back = store.given_back_by_worker()
+    names = list(reversed(given_back))
+    items = (
+        {
+            "worker_id": name,
+            "status": "unknown",
+            "heartbeat_stats": {"given_back_unrun": given_back[name]},
+            "last_heartbeat_time": None,
+            "last_dequeue_time": None,
+            "last_busy_time": None,
+            "last_idle_time": None,
+            "current_rollout_id": None,
+            "current_attempt_id": None,
+        }
+        for name in names[offset : offset + limit]
+    )
+    return page(items, len(names), limit, offset)

@@ -1,0 +1,145 @@
+"""The dashboard's read routes on a real server: agentlightning 0.3.0's shapes, bounded pages, the key's cookie."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from lightning_attempts import AttemptAwareServer
+from lightning_attempts.dashboard import views
+from lightning_attempts.keys import COOKIE
+from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
+
+from ..upstream import RESOURCES
+
+Served = ServerThread[AttemptAwareServer]
+KEY = "dash-Key_0123456789"
+PAGE_KEYS = {"items", "limit", "offset", "total"}
+
+
+@pytest.fixture
+def open_server() -> Iterator[Served]:
+    server = AttemptAwareServer(port=0, task_timeout_seconds=60, unresponsive_seconds=30, clock=ManualClock())
+    with serve_in_thread(server) as served:
+        served.call(server.update_resources(RESOURCES))
+        yield served
+
+
+@pytest.fixture
+def keyed() -> Iterator[Served]:
+    server = AttemptAwareServer(port=0, task_timeout_seconds=60, api_key=KEY, clock=ManualClock())
+    with serve_in_thread(server) as served:
+        yield served
+
+
+def test_tasks_and_claims_in_agentlightnings_shapes(open_server: Served) -> None:
+    server, url = open_server.server, open_server.endpoint
+    ids = [open_server.call(server.queue_task(f"sample {n}")) for n in range(3)]
+    first = open_server.run(lambda: server.store.claim())
+    assert first is not None and first.rollout_id == ids[0] and first.attempt_id is not None
+    open_server.run(lambda: server.store.release(first.rollout_id, first.attempt_id, "interrupted"))  # requeued
+    second = open_server.run(lambda: server.store.claim())  # takes ids[1]; ids[0] waits again, last
+    assert second is not None
+
+    everything = httpx.get(f"{url}/v1/agl/rollouts").json()
+    assert set(everything) == PAGE_KEYS and everything["total"] == 3
+    by_id = {item["rollout_id"]: item for item in everything["items"]}
+    assert by_id[ids[0]]["status"] == "requeuing" and by_id[ids[1]]["status"] == "running"
+    assert by_id[ids[2]]["status"] == "queuing" and by_id[ids[2]]["input"] == "sample 2"
+    assert by_id[ids[1]]["attempt"]["attempt_id"] == second.attempt_id
+
+    running = httpx.get(f"{url}/v1/agl/rollouts", params={"status_in": "running"}).json()
+    assert [item["rollout_id"] for item in running["items"]] == [ids[1]] and running["total"] == 1
+    paged = httpx.get(f"{url}/v1/agl/rollouts", params={"limit": 1, "offset": 1}).json()
+    assert paged["total"] == 3 and len(paged["items"]) == 1 and paged["offset"] == 1
+
+    attempts = httpx.get(f"{url}/v1/agl/rollouts/{ids[0]}/attempts").json()
+    assert set(attempts) == PAGE_KEYS and attempts["total"] == 1
+    (attempt,) = attempts["items"]
+    assert attempt["sequence_id"] == 1 and attempt["attempt_id"] == first.attempt_id
+    assert attempt["status"] == "failed" and attempt["metadata"]["outcome"] == "released"
+    assert attempt["metadata"]["release_reason"] == "interrupted" and attempt["end_time"] is not None
+
+    assert httpx.get(f"{url}/v1/agl/rollouts/no-such").status_code == 404
+    assert httpx.get(f"{url}/v1/agl/rollouts", params={"limit": 0}).status_code == 400
+    assert httpx.get(f"{url}/v1/agl/rollouts", params={"status_in": "bogus"}).status_code == 422
+    resources = httpx.get(f"{url}/v1/agl/resources").json()
+    assert resources["total"] == 1 and resources["items"][0]["latest"] is True
+    assert httpx.get(f"{url}/v1/agl/workers").json()["total"] == 0
+    assert httpx.get(f"{url}/v1/agl/spans", params={"rollout_id": ids[0]}).json()["total"] == 0  # no proxy here
+
+    summary = httpx.get(f"{url}/dashboard/summary").json()
+    assert summary["statuses"] == {
+        "queuing": 1, "running": 1, "requeuing": 1, "succeeded": 0, "failed": 0, "cancelled": 0,
+    }  # fmt: skip
+    page = httpx.get(f"{url}/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+def test_reading_changes_nothing(open_server: Served) -> None:
+    server, url = open_server.server, open_server.endpoint
+    for n in range(3):
+        open_server.call(server.queue_task(n))
+    open_server.run(lambda: server.store.claim())
+    before = server.attempt_stats(), list(server.store.book.queue)
+    for path in ("/v1/agl/rollouts", "/dashboard/summary", "/v1/agl/workers", "/v1/agl/resources", "/dashboard"):
+        assert httpx.get(url + path).status_code == 200
+    assert (server.attempt_stats(), list(server.store.book.queue)) == before
+
+
+def test_a_browser_presents_the_key_in_a_cookie(keyed: Served) -> None:
+    url = keyed.endpoint
+    with httpx.Client(base_url=url) as browser:
+        refused = browser.get("/dashboard", headers={"accept": "text/html"})
+        assert refused.status_code == 401 and "/dashboard?key=" in refused.text
+        assert browser.get("/dashboard", params={"key": "wrong"}).status_code == 401
+        assert browser.get("/v1/agl/rollouts").status_code == 401
+        login = browser.get("/dashboard", params={"key": KEY})
+        assert login.status_code == 303 and login.headers["location"] == "dashboard"
+        cookie = login.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert browser.get("/dashboard").status_code == 200  # the cookie, from here on
+        assert browser.get("/v1/agl/rollouts").json()["total"] == 0
+        assert browser.get("/dashboard/summary").status_code == 200
+        # The cookie reads; it never claims, posts or changes anything.
+        assert browser.get("/task").status_code == 401
+        assert browser.post("/heartbeat", json={"rollout_id": "r", "attempt_id": "a"}).status_code == 401
+    wrong_cookie = httpx.get(f"{url}/v1/agl/rollouts", cookies={COOKIE: "wrong"})
+    assert wrong_cookie.status_code == 401
+    assert keyed.server.attempt_stats()["unauthorized"] >= 5
+
+
+def test_a_page_at_20000_tasks_in_flight_is_bounded(open_server: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    """What one refresh of the page costs with 20,000 tasks claimed: printed, for README's figures."""
+    server, url = open_server.server, open_server.endpoint
+
+    async def queue_all() -> None:
+        for n in range(20_000):
+            await server.queue_task({"prompt": f"task {n}"})
+
+    open_server.call(queue_all())
+    open_server.run(lambda: [server.store.claim() for _ in range(20_000)])
+    assert server.store.in_flight() == 20_000
+    refresh = [
+        "/dashboard/summary",
+        "/v1/agl/rollouts?limit=50&status_in=queuing&status_in=running&status_in=requeuing",
+    ]
+    with httpx.Client(base_url=url) as client:
+        for path in refresh:  # warm
+            client.get(path)
+        started, size = time.perf_counter(), 0
+        for path in refresh * 5:
+            answer = client.get(path)
+            assert answer.status_code == 200
+            size += len(answer.content)
+        per_refresh = (time.perf_counter() - started) / 5
+        last = client.get("/v1/agl/rollouts", params={"limit": 50, "offset": 19_950, "status_in": "running"}).json()
+    assert last["total"] == 20_000 and len(last["items"]) == 50
+    assert size / 5 < 100_000  # one page and the summary, never the whole store
+    with capsys.disabled():
+        print(f"\ndashboard refresh at 20,000 in flight: {per_refresh * 1000:.1f} ms, {size / 5 / 1000:.1f} kB")
+    assert json.loads(json.dumps(views.status_counts(server.store)))["running"] == 20_000
