@@ -41,7 +41,8 @@ def test_tasks_and_claims_in_agentlightnings_shapes(open_server: Served) -> None
     ids = [open_server.call(server.queue_task(f"sample {n}")) for n in range(3)]
     first = open_server.run(lambda: server.store.claim())
     assert first is not None and first.rollout_id == ids[0] and first.attempt_id is not None
-    open_server.run(lambda: server.store.release(first.rollout_id, first.attempt_id, "interrupted"))  # requeued
+    first_attempt = first.attempt_id
+    open_server.run(lambda: server.store.release(ids[0], first_attempt, "interrupted"))  # requeued
     second = open_server.run(lambda: server.store.claim())  # takes ids[1]; ids[0] waits again, last
     assert second is not None
 
