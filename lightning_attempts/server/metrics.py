@@ -1,11 +1,14 @@
 """Prometheus exposition of the attempt counters, served at ``/metrics`` when prometheus_client is installed.
 
-The counters are read from the store when scraped, so serving metrics costs nothing per request.
+The counters are read from the store when scraped, so serving metrics costs nothing per request. With an
+attempt-aware LLM proxy beside the server (verl's daemon), its counters and added-latency histogram are exposed
+too, as ``lightning_attempts_llm_proxy_*``, read from its ``stats()`` when scraped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import bisect
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..store.counters import COUNTERS
@@ -25,15 +28,54 @@ _GAUGES = {
 }
 _SERVER_COUNTERS = fleet.counters()
 
+PROXY_PREFIX = f"{PREFIX}_llm_proxy"
+PROXY_COUNTERS = {
+    "forwarded": "LLM calls forwarded to a backend.",
+    "forwarded_plain": "LLM calls forwarded without an attempt in their path.",
+    "forwarded_attempt": "LLM calls forwarded for a live attempt.",
+    "failed_upstream": "LLM calls whose backend failed.",
+    "timed_out_upstream": "LLM calls whose backend did not answer in time.",
+    "client_disconnected": "LLM calls whose client left before the answer.",
+    "no_backend": "LLM calls refused for want of a backend.",
+    "refused_not_live": "LLM calls refused (409) because their attempt no longer held its claim.",
+    "evicted_attempts": "Attempts whose recorded calls were forgotten to stay within bounds.",
+    "calls_not_recorded": "LLM calls not recorded (over an attempt's cap, or too large).",
+}
+PROXY_GAUGES = {
+    "in_flight": "LLM calls in flight.",
+    "routed_attempts": "Attempts with a backend remembered.",
+    "recorded_attempts": "Attempts with recorded calls.",
+    "recorded_calls": "LLM calls recorded.",
+}
+LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+"""The buckets (seconds) of ``lightning_attempts_llm_proxy_added_latency_seconds``: the proxy's finer ones summed."""
+_FINE_PER_DECADE, _FINE_LOWEST = 32, 1e-6  # llm_proxy.stats' buckets: 32 a decade from 1 us
 
-def exposition(stats: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bytes, str]] | None:
-    """A function rendering ``stats()`` in Prometheus' text format with its content type.
+
+def coarse_buckets(fine: Sequence[int]) -> list[tuple[str, float]]:
+    """The proxy's fine latency counts as Prometheus' cumulative buckets at ``LATENCY_BOUNDS`` and ``+Inf``."""
+    uppers = [_FINE_LOWEST * 10 ** ((i + 1) / _FINE_PER_DECADE) for i in range(len(fine) - 1)]
+    cumulative = [0] * (len(fine) + 1)
+    for index, count in enumerate(fine):
+        cumulative[index + 1] = cumulative[index] + count
+    buckets = [
+        (format(bound, "g"), float(cumulative[bisect.bisect_right(uppers, bound * (1 + 1e-9))]))
+        for bound in LATENCY_BOUNDS
+    ]
+    return [*buckets, ("+Inf", float(cumulative[-1]))]
+
+
+def exposition(
+    stats: Callable[[], dict[str, Any]], proxy_stats: Callable[[], dict[str, Any] | None] = lambda: None
+) -> Callable[[], tuple[bytes, str]] | None:
+    """A function rendering ``stats()`` (and ``proxy_stats()``, the LLM proxy's, unless None) in Prometheus' text
+    format with its content type.
 
     ``None`` when prometheus_client is not installed (``pip install 'lightning-attempts[metrics]'``).
     """
     try:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
         from prometheus_client.registry import Collector
     except ImportError:
         return None
@@ -49,6 +91,25 @@ def exposition(stats: Callable[[], dict[str, Any]]) -> Callable[[], tuple[bytes,
             yield dropped
             for name, documentation in _GAUGES.items():
                 yield GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=counts[name])
+            proxy = proxy_stats()
+            if proxy is not None:
+                yield from proxy_metrics(proxy)
+
+    def proxy_metrics(proxy: dict[str, Any]) -> Iterator[Metric]:
+        for name, documentation in PROXY_COUNTERS.items():
+            yield CounterMetricFamily(f"{PROXY_PREFIX}_{name}", documentation, value=proxy.get(name, 0))
+        refused = CounterMetricFamily(f"{PROXY_PREFIX}_refused", "LLM calls refused, by reason.", labels=["reason"])
+        for reason, count in proxy.get("refused_by_reason", {}).items():
+            refused.add_metric([reason], count)
+        yield refused
+        for name, documentation in PROXY_GAUGES.items():
+            yield GaugeMetricFamily(f"{PROXY_PREFIX}_{name}", documentation, value=proxy.get(name, 0))
+        yield HistogramMetricFamily(
+            f"{PROXY_PREFIX}_added_latency_seconds",
+            "Time the proxy added to each forwarded LLM call.",
+            buckets=coarse_buckets(proxy["added_latency_buckets"]),
+            sum_value=proxy["added_latency_sum_s"],
+        )
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AttemptCollector())

@@ -89,7 +89,8 @@ class Routes:
     names (``attempt_stats``, ``attempt_history``), overrides included; ``rewrite_endpoints``
     says, per request, whether served LLM endpoints are made reachable (the option can be
     turned on while serving); ``llm_proxy_port``, the port of the attempt-aware LLM proxy the
-    tasks handed out name (``AttemptTask.llm_proxy_port``), if any.
+    tasks handed out name (``AttemptTask.llm_proxy_port``), if any; ``llm_proxy_stats``, that proxy's ``stats()``
+    (None: no proxy), for ``/metrics``.
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class Routes:
         history: Callable[[str], list[dict[str, Any]] | None],
         rewrite_endpoints: Callable[[], bool] = lambda: False,
         llm_proxy_port: Callable[[], int | None] = lambda: None,
+        llm_proxy_stats: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self._options = options
         self._max_poll_wait = options.max_poll_wait  # read per request: an attribute of this object's own
@@ -110,6 +112,7 @@ class Routes:
         self._history = history
         self._rewrite_endpoints = rewrite_endpoints
         self._llm_proxy_port = llm_proxy_port
+        self._llm_proxy_stats = llm_proxy_stats
         self._store: AttemptAwareDataStore | None = None
         self._polls: ParkedPolls | None = None
         self._asks: Asks | None = None
@@ -194,7 +197,7 @@ class Routes:
         )
         app.add_exception_handler(RequestValidationError, self._validation_error)
         app.add_api_route("/attempts/stats", self._attempt_stats_route, methods=["GET"], summary="Attempt counters")
-        render_metrics = exposition(self._stats)
+        render_metrics = exposition(self._stats, self._llm_proxy_stats)
         self.metrics_available = render_metrics is not None
         if render_metrics is not None:
             app.add_api_route(

@@ -84,6 +84,7 @@ class AttemptAwareServer(AgentLightningServer):
             history=self.attempt_history,
             rewrite_endpoints=lambda: self.options.rewrite_loopback_endpoints is True,
             llm_proxy_port=lambda: self.llm_proxy_port,
+            llm_proxy_stats=lambda: None if self.llm_proxy_readout is None else self.llm_proxy_readout.stats(),
         )
         self._producer_routes = ProducerRoutes(self)  # a trainer in another process: queue, publish, take, wait
         self._dashboard = DashboardRoutes(self)
