@@ -30,9 +30,13 @@ _HEADERS = [
     (b"www-authenticate", b"Bearer"),
 ]
 
-BROWSER_READS = ("/dashboard", "/dashboard/summary", "/metrics", "/attempts/", "/v1/agl/")
-"""Where a GET may present the key in the dashboard's cookie instead of a header (exact paths, or prefixes ending in
-``/``): read-only routes, so that a browser, which cannot set headers on a page it opens, can read the run."""
+BROWSER_READS = (
+    *("/dashboard", "/dashboard/summary", "/metrics"),
+    *("/", "/rollouts", "/resources", "/traces", "/runners", "/settings"),  # agentlightning 0.3.0's own page
+)
+"""Where a GET may present the key in the dashboard's cookie instead of a header, with ``BROWSER_READ_PREFIXES``:
+read-only routes, so that a browser, which cannot set headers on a page it opens, can read the run."""
+BROWSER_READ_PREFIXES = ("/attempts/", "/v1/agl/", "/assets/")
 _LOGIN_MAX_AGE = 7 * 24 * 3600
 _HTML_401 = (
     b"<!doctype html><title>401: API key needed</title><p>This server requires its API key. Open "
@@ -42,9 +46,7 @@ _HTML_401 = (
 
 def _browser_read(scope: Scope) -> bool:
     path: str = scope["path"]
-    return scope["method"] in ("GET", "HEAD") and any(
-        path.startswith(read) if read.endswith("/") else path == read for read in BROWSER_READS
-    )
+    return scope["method"] in ("GET", "HEAD") and (path in BROWSER_READS or path.startswith(BROWSER_READ_PREFIXES))
 
 
 def _wants_html(scope: Scope) -> bool:

@@ -9,12 +9,13 @@ loop, changes nothing, and answers one bounded page (``views``).
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, HTTPException, Query
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 
 from ..store import AttemptAwareDataStore
 from . import views
@@ -24,6 +25,19 @@ DEFAULT_LIMIT = 50
 _PAGE_HEADERS = {"cache-control": "no-store"}
 PAGE = Path(__file__).with_name("static") / "index.html"
 """The page, shipped in the wheel beside this module."""
+
+
+UPSTREAM_PAGES = ("/", "/rollouts", "/resources", "/traces", "/runners", "/settings")
+"""Where agentlightning 0.3.0's own page is served when its wheel is installed (its paths, its assets' ``/assets``)."""
+
+
+def upstream_dashboard() -> Path | None:
+    """The directory of agentlightning's own built dashboard (0.3.0's wheel ships it), if installed; else None."""
+    spec = importlib.util.find_spec("agentlightning")
+    if spec is None or spec.origin is None:
+        return None
+    built = Path(spec.origin).parent / "dashboard"
+    return built if (built / "index.html").is_file() else None
 
 
 class ProxyReadout(Protocol):
@@ -110,10 +124,30 @@ class DashboardRoutes:
         add("/v1/agl/workers", self._workers, methods=["GET"], summary="Workers known by name, a page")
         add("/v1/agl/resources", self._resources, methods=["GET"], summary="Resource versions, a page")
         add("/v1/agl/spans", self._spans, methods=["GET"], summary="An attempt's LLM calls through the proxy")
+        add("/v1/agl/health", self._health, methods=["GET"], summary="Whether the server serves a run")
+        built = upstream_dashboard()
+        if built is not None:  # agentlightning 0.3.0's own page, from its wheel, reading the routes above
+            assets = {path.name: path for path in (built / "assets").iterdir() if path.is_file()}
+
+            async def upstream_page() -> Response:
+                return FileResponse(built / "index.html", headers=_PAGE_HEADERS)
+
+            async def upstream_asset(name: str) -> Response:
+                if name not in assets:
+                    raise HTTPException(404, "No such file")
+                return FileResponse(assets[name])
+
+            for path in UPSTREAM_PAGES:  # its client-side routes, so that a reload finds the page
+                add(path, upstream_page, methods=["GET"], include_in_schema=False)
+            add("/assets/{name}", upstream_asset, methods=["GET"], include_in_schema=False)
 
     @staticmethod
     async def _page() -> Response:
         return Response(PAGE.read_bytes(), media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    async def _health(self) -> dict[str, str]:
+        self._store()
+        return {"status": "ok"}
 
     async def _summary(self) -> dict[str, Any]:
         return summary(self._source, self._store())

@@ -32,6 +32,7 @@ KEY = "browser-Key_0123456789"
 LEASE = 1.5
 SHIM_WORKER = SCRIPTS / "shim_worker.py"
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "dashboard.png"
+UPSTREAM_SCREENSHOT = SCREENSHOT.with_name("dashboard_agentlightning_0.3.0.png")
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 
 pytestmark = [
@@ -122,5 +123,10 @@ def test_a_run_in_the_browser(
             expect(page.locator("#refusals")).to_contain_text("dropped: superseded")
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+            # agentlightning 0.3.0's own page, from its wheel, on the same cookie and the same read routes.
+            page.goto(f"{url}/rollouts")
+            expect(page.locator("body")).to_contain_text(watched, timeout=15_000)
+            expect(page.locator("body")).to_contain_text("Running")
+            page.screenshot(path=str(UPSTREAM_SCREENSHOT))
         finally:
             browser.close()
