@@ -144,3 +144,31 @@ def test_a_page_at_20000_tasks_in_flight_is_bounded(open_server: Served, capsys:
     with capsys.disabled():
         print(f"\ndashboard refresh at 20,000 in flight: {per_refresh * 1000:.1f} ms, {size / 5 / 1000:.1f} kB")
     assert json.loads(json.dumps(views.status_counts(server.store)))["running"] == 20_000
+
+
+def test_pages_run_across_statuses_and_finished_tasks_keep_their_claims(open_server: Served) -> None:
+    server, url = open_server.server, open_server.endpoint
+    ids = [open_server.call(server.queue_task(n)) for n in range(5)]
+    done = open_server.run(lambda: server.store.claim())
+    assert done is not None and done.attempt_id is not None
+    done_attempt = done.attempt_id
+    open_server.run(lambda: server.store.submit(done.model_copy(), done_attempt))  # type: ignore[arg-type]
+    open_server.run(lambda: server.store.cancel([ids[1]]))
+    open_server.run(lambda: server.store.claim())  # ids[2] running; ids[3], ids[4] queuing
+    statuses = ["queuing", "running", "succeeded", "cancelled"]
+    pages = [
+        httpx.get(f"{url}/v1/agl/rollouts", params={"limit": 2, "offset": offset, "status_in": statuses}).json()
+        for offset in (0, 2, 4)
+    ]
+    assert [page["total"] for page in pages] == [5, 5, 5]
+    listed = [(item["rollout_id"], item["status"]) for page in pages for item in page["items"]]
+    assert listed == [
+        (ids[3], "queuing"), (ids[4], "queuing"), (ids[2], "running"), (ids[0], "succeeded"), (ids[1], "cancelled"),
+    ]  # fmt: skip
+    newest = httpx.get(f"{url}/v1/agl/rollouts", params={"status_in": "queuing", "sort_order": "desc"}).json()
+    assert [item["rollout_id"] for item in newest["items"]] == [ids[4], ids[3]]
+    succeeded = httpx.get(f"{url}/v1/agl/rollouts/{ids[0]}").json()
+    assert succeeded["status"] == "succeeded" and succeeded["attempt"]["status"] == "succeeded"
+    assert succeeded["end_time"] is not None
+    attempts = httpx.get(f"{url}/v1/agl/rollouts/{ids[0]}/attempts").json()["items"]
+    assert [a["metadata"]["outcome"] for a in attempts] == ["completed"]
