@@ -39,9 +39,17 @@ read-only routes, so that a browser, which cannot set headers on a page it opens
 BROWSER_READ_PREFIXES = ("/attempts/", "/v1/agl/", "/assets/")
 _LOGIN_MAX_AGE = 7 * 24 * 3600
 _HTML_401 = (
-    b"<!doctype html><title>401: API key needed</title><p>This server requires its API key. Open "
-    b"<code>/dashboard?key=&lt;the key&gt;</code> once: the browser keeps it in a cookie for this server.</p>"
+    b"<!doctype html><title>401: API key needed</title><p>This server requires its API key.</p>"
+    b'<form method="post" action="%s"><input type="password" name="key" placeholder="API key" '
+    b"autofocus> <button>Open the dashboard</button></form><p>The browser then keeps it in a cookie for this "
+    b"server (<code>/dashboard?key=...</code> does the same, but leaves the key in the access log).</p>"
 )
+_LOGIN_FORMS = {"/dashboard": _HTML_401 % b"dashboard/login", "/dashboard/login": _HTML_401 % b"login"}
+"""The 401 page a browser gets at each, its form posting to ``LOGIN_PATH`` (relative: behind a path prefix too)."""
+LOGIN_PATH = "/dashboard/login"
+"""``POST`` a form with ``key``: the cookie, as ``/dashboard?key=`` gives it, without the key in any URL or log."""
+MAX_LOGIN_BYTES = 4096
+"""The most of a login form's body read; a longer one is refused."""
 
 
 def _browser_read(scope: Scope) -> bool:
@@ -172,17 +180,23 @@ class ApiKeyMiddleware:
                 await self.app(scope, receive, send)
                 return
             if scope["path"] == "/dashboard" and self._login(scope):
-                await _send_login(send, self._key_text)
+                await _send_login(send, self._key_text, b"dashboard")
+                return
+        elif scope["method"] == "POST" and scope["path"] == LOGIN_PATH:
+            key = await _form_key(receive)
+            if key is not None and self._key.matches(key):
+                await _send_login(send, self._key_text, b"../dashboard")
                 return
         self._refuse(scope)
-        if scope["path"] == "/dashboard" and _wants_html(scope):  # a person at a browser: say how to log in
+        form = _LOGIN_FORMS.get(scope["path"])
+        if form is not None and _wants_html(scope):  # a person: the login form
             html = [
                 (b"content-type", b"text/html; charset=utf-8"),
-                (b"content-length", str(len(_HTML_401)).encode()),
+                (b"content-length", str(len(form)).encode()),
                 (b"www-authenticate", b"Bearer"),
             ]
             await send({"type": "http.response.start", "status": 401, "headers": html})
-            await send({"type": "http.response.body", "body": _HTML_401})
+            await send({"type": "http.response.body", "body": form})
             return
         await send({"type": "http.response.start", "status": 401, "headers": _HEADERS})
         await send({"type": "http.response.body", "body": _BODY})
@@ -202,9 +216,26 @@ class ApiKeyMiddleware:
         self._on_refused()
 
 
-async def _send_login(send: Send, key: str) -> None:
-    """303 to ``/dashboard``, setting the key's cookie: the key leaves the address bar and the history."""
+async def _form_key(receive: Receive) -> bytes | None:
+    """The ``key`` of a login form's body (``application/x-www-form-urlencoded``); None if absent or too long."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        if len(body) > MAX_LOGIN_BYTES:
+            return None
+        if not message.get("more_body", False):
+            break
+    keys = parse_qs(body.decode("latin-1")).get("key", [])
+    return keys[0].encode("latin-1") if len(keys) == 1 else None
+
+
+async def _send_login(send: Send, key: str, location: bytes) -> None:
+    """303 to ``/dashboard`` (``location``, relative: behind a proxy's path prefix too), setting the key's cookie:
+    the key leaves the address bar and the history."""
     cookie = f"{COOKIE}={key}; Path=/; HttpOnly; SameSite=Strict; Max-Age={_LOGIN_MAX_AGE}"
-    headers = [(b"location", b"dashboard"), (b"set-cookie", cookie.encode()), (b"content-length", b"0")]
+    headers = [(b"location", location), (b"set-cookie", cookie.encode()), (b"content-length", b"0")]
     await send({"type": "http.response.start", "status": 303, "headers": headers})
     await send({"type": "http.response.body", "body": b""})

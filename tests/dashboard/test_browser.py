@@ -111,7 +111,14 @@ def test_a_run_in_the_browser(
             assert first_rollout not in page.content()
             answer = page.evaluate("fetch('/v1/agl/rollouts').then(r => r.status)")
             assert answer == 401  # no cookie, no data
-            page.goto(f"{url}/dashboard?key={KEY}")  # 303 to /dashboard, the key now in a cookie
+            page.goto(f"{url}/dashboard")  # 401: the login form
+            page.fill("input[name=key]", "also-wrong")
+            with page.expect_navigation():
+                page.click("button")
+            assert first_rollout not in page.content() and page.locator("input[name=key]").count() == 1
+            page.fill("input[name=key]", KEY)
+            with page.expect_navigation():
+                page.click("button")  # 303 to /dashboard, the key now in a cookie
             assert page.url == f"{url}/dashboard"
             tasks = page.locator("#tasks tbody")
             expect(tasks).to_contain_text(watched, timeout=15_000)  # queued by the producer, shown

@@ -109,9 +109,17 @@ def test_a_browser_presents_the_key_in_a_cookie(keyed: Served) -> None:
         # The cookie reads; it never claims, posts or changes anything.
         assert browser.get("/task").status_code == 401
         assert browser.post("/heartbeat", json={"rollout_id": "r", "attempt_id": "a"}).status_code == 401
+    with httpx.Client(base_url=url) as browser:  # the form: the key in no URL, so in no access log
+        form = browser.get("/dashboard", headers={"accept": "text/html"}).text
+        assert 'action="dashboard/login"' in form and 'name="key"' in form
+        assert browser.post("/dashboard/login", data={"key": "wrong"}).status_code == 401
+        assert browser.post("/dashboard/login", content=b"key=" + b"x" * 5000).status_code == 401  # bounded
+        login = browser.post("/dashboard/login", data={"key": KEY})
+        assert login.status_code == 303 and login.headers["location"] == "../dashboard"
+        assert browser.get("/v1/agl/rollouts").status_code == 200
     wrong_cookie = httpx.get(f"{url}/v1/agl/rollouts", cookies={COOKIE: "wrong"})
     assert wrong_cookie.status_code == 401
-    assert keyed.server.attempt_stats()["unauthorized"] >= 5
+    assert keyed.server.attempt_stats()["unauthorized"] >= 8
 
 
 def test_a_page_at_20000_tasks_in_flight_is_bounded(open_server: Served, capsys: pytest.CaptureFixture[str]) -> None:
