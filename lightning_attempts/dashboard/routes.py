@@ -10,14 +10,16 @@ loop, changes nothing, and answers one bounded page (``views``).
 from __future__ import annotations
 
 import importlib.util
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from fastapi import FastAPI, HTTPException, Query
 from starlette.responses import FileResponse, Response
 
 from ..store import AttemptAwareDataStore
+from ..store.stranded import Stranded
 from . import views
 from .steps import StepLog
 
@@ -60,6 +62,31 @@ class Source(Protocol):
     def attempt_stats(self) -> dict[str, Any]: ...
 
 
+T = TypeVar("T")
+
+RECOUNT_SECONDS = 10.0
+"""How often, at most, the figures that take a pass over every remembered task are recounted while watched (the
+finished tasks by status; the stranded claims), once more than ``RECOUNT_ALWAYS_BELOW`` tasks are held."""
+RECOUNT_ALWAYS_BELOW = 10_000
+"""Held tasks (claimed and remembered) below which those figures are counted afresh on every request."""
+
+
+class Recounted(Generic[T]):
+    """``count(store)``, counted afresh for a new store, a small one, or every ``RECOUNT_SECONDS``; else as last
+    counted: a watching browser costs a pass over 100,000 remembered tasks every 10 s, not every refresh."""
+
+    def __init__(self, count: Callable[[AttemptAwareDataStore], T]) -> None:
+        self._count = count
+        self._last: tuple[AttemptAwareDataStore, float, T] | None = None
+
+    def __call__(self, store: AttemptAwareDataStore) -> T:
+        now, last = time.monotonic(), self._last
+        held = len(store.book.claimed) + len(store.book.finished)
+        if last is None or last[0] is not store or held < RECOUNT_ALWAYS_BELOW or now - last[1] >= RECOUNT_SECONDS:
+            last = self._last = (store, now, self._count(store))
+        return last[2]
+
+
 def _bounded(limit: int, offset: int) -> tuple[int, int]:
     """``limit`` (-1: as many as a page holds) and ``offset``, checked; 400 for bad ones."""
     if limit == 0 or limit < -1:
@@ -73,14 +100,20 @@ REFUSAL_KEYS = ("dropped", "dropped_total", "refused", "heartbeats_stale", "rele
 """The counters of refused requests, shown together."""
 
 
-def summary(source: Source, store: AttemptAwareDataStore) -> dict[str, Any]:
-    """The counters, the tasks by status, the refusals, the stranded claims, the proxy's figures and the steps."""
+def summary(
+    source: Source,
+    store: AttemptAwareDataStore,
+    finished: Mapping[views.RolloutStatus, int] | None = None,
+    stranded: Stranded | None = None,
+) -> dict[str, Any]:
+    """The counters, the tasks by status, the refusals, the stranded claims, the proxy's figures and the steps;
+    ``finished`` (``views.finished_counts``) and ``stranded`` (``store.stranded()``) as last counted, if given."""
     stats = source.attempt_stats()
-    stranded = store.stranded()
+    stranded = store.stranded() if stranded is None else stranded
     proxy = source.llm_proxy_readout
     resource_ids, latest = store.resource_ids()
     return {
-        "statuses": views.status_counts(store),
+        "statuses": views.status_counts(store, finished),
         "stats": stats,
         "refusals": {key: stats[key] for key in REFUSAL_KEYS},
         "stranded": {"total": stranded.total, "counts": dict(stranded.counts), "latest": stranded.latest},
@@ -107,6 +140,8 @@ class DashboardRoutes:
 
     def __init__(self, source: Source) -> None:
         self._source = source
+        self._finished = Recounted(views.finished_counts)
+        self._stranded = Recounted(lambda store: store.stranded())
 
     def _store(self) -> AttemptAwareDataStore:
         store = self._source.running_store
@@ -150,7 +185,8 @@ class DashboardRoutes:
         return {"status": "ok"}
 
     async def _summary(self) -> dict[str, Any]:
-        return summary(self._source, self._store())
+        store = self._store()
+        return summary(self._source, store, self._finished(store), self._stranded(store))
 
     async def _rollouts(
         self,
@@ -160,7 +196,9 @@ class DashboardRoutes:
         sort_order: Literal["asc", "desc"] = "asc",
     ) -> dict[str, Any]:
         limit, offset = _bounded(limit, offset)
-        return views.rollouts(self._store(), status_in or (), limit, offset, newest_first=sort_order == "desc")
+        store = self._store()
+        newest_first = sort_order == "desc"
+        return views.rollouts(store, status_in or (), limit, offset, newest_first, self._finished(store))
 
     async def _rollout(self, rollout_id: str) -> dict[str, Any]:
         found = views.rollout(self._store(), rollout_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from ..store import AttemptAwareDataStore
@@ -103,49 +103,59 @@ def _rollout(
     return item
 
 
-def status_counts(store: AttemptAwareDataStore) -> dict[RolloutStatus, int]:
-    """How many tasks are in each status (a pass over the remembered finished tasks; the rest from sizes)."""
+def finished_counts(store: AttemptAwareDataStore) -> dict[RolloutStatus, int]:
+    """How many remembered finished tasks are ``succeeded``, ``failed``, ``cancelled``: one pass over them."""
+    counts: dict[RolloutStatus, int] = {"succeeded": 0, "failed": 0, "cancelled": 0}
+    for _, record in store.book.finished.items():
+        counts[_finished_status(record)] += 1
+    return counts
+
+
+def status_counts(
+    store: AttemptAwareDataStore, finished: Mapping[RolloutStatus, int] | None = None
+) -> dict[RolloutStatus, int]:
+    """How many tasks are in each status: the live ones from the store's sizes, the finished ones from ``finished``
+    (``finished_counts``, which it calls when not given)."""
     book = store.book
     running = len(book.in_flight)
     requeuing = len(book.claimed) - running
-    finished = {"succeeded": 0, "failed": 0, "cancelled": 0}
-    for _, record in book.finished.items():
-        finished[_finished_status(record)] += 1
+    ended = finished_counts(store) if finished is None else finished
     return {
         "queuing": len(book.queue) - requeuing,
         "running": running,
         "requeuing": requeuing,
-        "succeeded": finished["succeeded"],
-        "failed": finished["failed"],
-        "cancelled": finished["cancelled"],
+        "succeeded": ended.get("succeeded", 0),
+        "failed": ended.get("failed", 0),
+        "cancelled": ended.get("cancelled", 0),
     }
 
 
-def _of_status(store: AttemptAwareDataStore, status: RolloutStatus, newest_first: bool) -> Iterator[dict[str, Any]]:
-    """The tasks of one status, oldest first (queue order, claim order, finishing order) or newest first."""
+Found = tuple[str, RolloutStatus, Sequence[Attempt], Any]
+"""A task as found: rollout id, status, attempts, the task itself (None once finished)."""
+
+
+def _of_status(store: AttemptAwareDataStore, status: RolloutStatus, newest_first: bool) -> Iterator[Found]:
+    """The tasks of one status, oldest first (queue order, claim order, finishing order) or newest first; cheap per
+    task skipped (a page's items are built from what this yields)."""
     book = store.book
     if status == "queuing":
-        ids: Iterable[str] = reversed(list(book.queue)) if newest_first else book.queue
+        queue = book.queue
+        ids: Iterable[str] = reversed(list(queue)) if newest_first else queue
+        claimed = book.claimed
         for rollout_id in ids:
-            if rollout_id not in book.claimed:
-                yield _rollout(rollout_id, status, (), _queued_task(store, rollout_id))
+            if rollout_id not in claimed:
+                yield rollout_id, status, (), queue.peek(rollout_id)
     elif status in ("running", "requeuing"):
         live = status == "running"
-        claimed: Iterable[ClaimedTask] = reversed(book.claimed.values()) if newest_first else book.claimed.values()
-        for record in claimed:
+        records: Iterable[ClaimedTask] = reversed(book.claimed.values()) if newest_first else book.claimed.values()
+        for record in records:
             if record.live == live:
-                yield _rollout(record.rollout_id, status, record.attempts, record.task)
+                yield record.rollout_id, status, record.attempts, record.task
     else:
-        items: Iterable[tuple[str, FinishedTask]] = book.finished.items()
-        if newest_first:
-            items = reversed(list(items))
+        items = book.finished.newest_first() if newest_first else book.finished.items()
         for rollout_id, finished in items:
             if _finished_status(finished) == status:
-                yield _rollout(rollout_id, status, finished.attempts)
-
-
-def _queued_task(store: AttemptAwareDataStore, rollout_id: str) -> Any:
-    return store.book.queue.peek(rollout_id)
+                yield rollout_id, status, finished.attempts, None
 
 
 def rollouts(
@@ -154,12 +164,14 @@ def rollouts(
     limit: int,
     offset: int,
     newest_first: bool = False,
+    finished: Mapping[RolloutStatus, int] | None = None,
 ) -> dict[str, Any]:
-    """A page of the tasks in ``statuses`` (all by default), status by status in ``ROLLOUT_STATUSES``' order."""
+    """A page of the tasks in ``statuses`` (all by default), status by status in ``ROLLOUT_STATUSES``' order;
+    ``finished``: as ``status_counts`` takes it."""
     chosen: list[RolloutStatus] = [status for status in ROLLOUT_STATUSES if not statuses or status in statuses]
-    counts = status_counts(store)
+    counts = status_counts(store, finished)
     total = sum(counts[status] for status in chosen)
-    skip, wanted, found = offset, limit, list[dict[str, Any]]()
+    skip, wanted, found = offset, limit, list[Found]()
     for status in chosen:
         if wanted <= 0:
             break
@@ -168,7 +180,7 @@ def rollouts(
             continue
         found.extend(itertools.islice(_of_status(store, status, newest_first), skip, skip + wanted))
         wanted, skip = limit - len(found), 0
-    return page(found, total, limit, offset)
+    return page((_rollout(*task) for task in found), total, limit, offset)
 
 
 def find(store: AttemptAwareDataStore, rollout_id: str) -> tuple[RolloutStatus, Sequence[Attempt], Any] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import ItemsView
+from collections.abc import ItemsView, Iterator
 
 from .records import FinishedTask
 
@@ -32,3 +32,7 @@ class FinishedTasks:
     def items(self) -> ItemsView[str, FinishedTask]:
         """Each remembered task's rollout id and record, the oldest first."""
         return self._tasks.items()
+
+    def newest_first(self) -> Iterator[tuple[str, FinishedTask]]:
+        """Each remembered task's rollout id and record, the most recently finished first (no copy)."""
+        return reversed(self._tasks.items())
