@@ -75,14 +75,22 @@ class Recounted(Generic[T]):
     """``count(store)``, counted afresh for a new store, a small one, or every ``RECOUNT_SECONDS``; else as last
     counted: a watching browser costs a pass over 100,000 remembered tasks every 10 s, not every refresh."""
 
-    def __init__(self, count: Callable[[AttemptAwareDataStore], T]) -> None:
+    def __init__(
+        self,
+        count: Callable[[AttemptAwareDataStore], T],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        always_below: int = RECOUNT_ALWAYS_BELOW,
+    ) -> None:
         self._count = count
+        self._clock = clock
+        self._always_below = always_below
         self._last: tuple[AttemptAwareDataStore, float, T] | None = None
 
     def __call__(self, store: AttemptAwareDataStore) -> T:
-        now, last = time.monotonic(), self._last
+        now, last = self._clock(), self._last
         held = len(store.book.claimed) + len(store.book.finished)
-        if last is None or last[0] is not store or held < RECOUNT_ALWAYS_BELOW or now - last[1] >= RECOUNT_SECONDS:
+        if last is None or last[0] is not store or held < self._always_below or now - last[1] >= RECOUNT_SECONDS:
             last = self._last = (store, now, self._count(store))
         return last[2]
 

@@ -11,7 +11,9 @@ import pytest
 
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.dashboard import views
+from lightning_attempts.dashboard.routes import RECOUNT_SECONDS, Recounted
 from lightning_attempts.keys import COOKIE
+from lightning_attempts.store import AttemptAwareDataStore
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 
 from ..upstream import RESOURCES
@@ -180,3 +182,20 @@ def test_pages_run_across_statuses_and_finished_tasks_keep_their_claims(open_ser
     assert succeeded["end_time"] is not None
     attempts = httpx.get(f"{url}/v1/agl/rollouts/{ids[0]}/attempts").json()["items"]
     assert [a["metadata"]["outcome"] for a in attempts] == ["completed"]
+
+
+def test_a_large_runs_full_passes_are_recounted_every_10_seconds_not_every_refresh() -> None:
+    clock, passes = ManualClock(), list[int]()
+
+    def count(store: AttemptAwareDataStore) -> int:
+        passes.append(1)
+        return len(passes)
+
+    large = Recounted(count, clock=clock, always_below=0)  # as a store holding 10,000 tasks or more
+    store = AttemptAwareDataStore()
+    assert [large(store) for _ in range(5)] == [1] * 5  # five refreshes, one pass
+    clock.advance(RECOUNT_SECONDS)
+    assert large(store) == 2
+    assert large(AttemptAwareDataStore()) == 3  # a new run's store: counted at once
+    small = Recounted(count, clock=clock)  # fewer tasks than RECOUNT_ALWAYS_BELOW: counted afresh each time
+    assert [small(store), small(store)] == [4, 5]
