@@ -2,8 +2,9 @@
 
 Every function here only reads the store (``AttemptAwareDataStore.book``), on the server's loop, and answers
 one page: at most ``MAX_LIMIT`` items, each with its task input cut to ``MAX_INPUT_CHARS``. Totals by status are
-read from the sizes the store keeps, but those of finished tasks, which take one pass over the remembered ones
-(``max_remembered``); a page of one status takes one pass over at most the tasks of its place.
+read from the sizes the store keeps, but those of finished tasks (``finished_counts``), which take one pass over the
+remembered ones (``max_remembered``: the routes recount them at most every 10 s); a page of one status passes over
+the tasks of its place up to its offset, and builds only its own items.
 """
 
 from __future__ import annotations
