@@ -1,7 +1,9 @@
 """The dashboard as a user sees it: a real run (keyed server, shim workers, a producer) in headless Chromium.
 
 Needs Debian's ``chromium`` (``.ci/run`` installs it) and Playwright's Python client (the test extra); Playwright's
-own browser download is not used. Saves the screenshot README shows (``docs/dashboard.png``).
+own browser download is not used. Takes the screenshots README shows; with ``DASHBOARD_SCREENSHOTS=docs`` they
+replace ``docs/dashboard.png`` and ``docs/dashboard_agentlightning_0.3.0.png`` (else they go to the test's tmp_path,
+so that a test run leaves the checkout as it was).
 """
 
 from __future__ import annotations
@@ -31,8 +33,7 @@ from ..waiting import until
 KEY = "browser-Key_0123456789"
 LEASE = 1.5
 SHIM_WORKER = SCRIPTS / "shim_worker.py"
-SCREENSHOT = Path(__file__).parents[2] / "docs" / "dashboard.png"
-UPSTREAM_SCREENSHOT = SCREENSHOT.with_name("dashboard_agentlightning_0.3.0.png")
+ROOT = Path(__file__).parents[2]
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 
 pytestmark = [
@@ -74,6 +75,7 @@ def test_a_run_in_the_browser(
     from playwright.sync_api import expect, sync_playwright
 
     served, workers = run
+    shots = ROOT / os.environ["DASHBOARD_SCREENSHOTS"] if os.environ.get("DASHBOARD_SCREENSHOTS") else tmp_path
     server, url = served.server, served.endpoint
 
     async def produce(question: str) -> str:
@@ -128,12 +130,11 @@ def test_a_run_in_the_browser(
             expect(attempts.locator("tr").nth(0)).to_contain_text("unresponsive")
             expect(attempts.locator("tr").nth(1)).to_contain_text("running")
             expect(page.locator("#refusals")).to_contain_text("dropped: superseded")
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
             # agentlightning 0.3.0's own page, from its wheel, on the same cookie and the same read routes.
             page.goto(f"{url}/rollouts")
             expect(page.locator("body")).to_contain_text(watched, timeout=15_000)
             expect(page.locator("body")).to_contain_text("Running")
-            page.screenshot(path=str(UPSTREAM_SCREENSHOT))
+            page.screenshot(path=str(shots / "dashboard_agentlightning_0.3.0.png"))
         finally:
             browser.close()
