@@ -46,11 +46,14 @@ def _option_flag(name: str, each: OptionSpec) -> Callable[[FC], FC]:
     """``serve``'s flag for option ``name``: its help says its default there and the variable read in its absence."""
     flag = each.flag or "--" + name.replace("_", "-")
     default = SERVE_DEFAULTS.get(name, getattr(DEFAULTS, name))
-    help = f"{each.help} [default: {_shown(default)}]"
-    if each.variable:
-        help += f" [env var: {variable(name)}]"
     kind = annotation(name)
-    if kind in (bool, bool | None):
+    boolean = kind in (bool, bool | None)
+    shown = ("on" if default else "off") if boolean else _shown(default)  # a flag's None is not on
+    help = f"{each.help} [default: {shown}]"
+    if each.variable:
+        fallback = f", then {each.fallback_variable}" if each.fallback_variable else ""
+        help += f" [env var: {variable(name)}{fallback}]"
+    if boolean:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help)
     if typing.get_origin(kind) is Literal:
         return click.option(flag, name, type=click.Choice(typing.get_args(kind)), default=None, help=help)

@@ -28,7 +28,7 @@ from typing import Any, Literal, TypedDict, TypeVar
 from typing_extensions import Unpack
 
 from .errors import OptionError
-from .keys import validate_key
+from .keys import KEY_ENV, validate_key
 
 __all__ = [
     "DEFAULTS",
@@ -71,6 +71,9 @@ class OptionSpec:
     """The default where the switch, ``install()``, verl's daemon or ``serve`` build the server, if it differs."""
     serve_default: Any = _UNSET
     """The default of ``lightning-attempts serve`` alone, if it differs from the switch's."""
+    fallback_variable: str | None = None
+    """A variable read, where ``LIGHTNING_ATTEMPTS_<OPTION>`` is unset, by the servers built for the user
+    (``switch.variables.resolve``): ``AGL_KEY`` for ``api_key``."""
 
     @property
     def has_switch_default(self) -> bool:
@@ -219,11 +222,12 @@ class Options:
         "variable to a flag: a command line is visible to other users.",
         check=key,
         repr=False,
+        fallback_variable=KEY_ENV,
     )
     rewrite_loopback_endpoints: bool | None = option(
         None,
         "Serve a loopback LLM endpoint in the resources as the host each worker reached this server by, so that "
-        "workers on other machines reach it (verl's daemon turns it on). None: off.",
+        "workers on other machines reach it. Unset: off, but verl's daemon turns it on; false: off there too.",
     )
     producer_api: bool = option(
         False,

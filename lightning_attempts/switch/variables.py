@@ -22,7 +22,6 @@ from typing import Any
 from _lightning_attempts_switch import PREFIX, SWITCH, switched_on
 
 from ..errors import OptionError
-from ..keys import KEY_ENV, validate_key
 from ..options import parse, settable
 
 logger = logging.getLogger("lightning_attempts.environment")  # the switch's logger: the docs and log filters name it
@@ -95,6 +94,17 @@ def from_variables(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     return options
 
 
+def from_fallback_variables(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The options given by their ``fallback_variable`` (``AGL_KEY``), checked; an empty one gives none."""
+    options: dict[str, Any] = {}
+    for name, each in settable():
+        raw = environ.get(each.fallback_variable) if each.fallback_variable else None
+        value = raw if raw is None or each.check is None else each.check(name, raw)
+        if value is not None:
+            options[name] = value
+    return options
+
+
 def resolve(
     *explicit: Mapping[str, Any], environ: Mapping[str, str] = os.environ, defaults: Mapping[str, Any] = SWITCH_DEFAULTS
 ) -> dict[str, Any]:
@@ -103,16 +113,14 @@ def resolve(
     1. ``explicit``: what the code building the server passes, ``install(...)``'s options, ``serve``'s
        flags (where several mappings are given, a later one wins over an earlier one);
     2. its ``LIGHTNING_ATTEMPTS_<OPTION>`` variable;
-    3. for ``api_key``, ``AGL_KEY``;
+    3. the option's ``fallback_variable``: ``AGL_KEY`` for ``api_key``;
     4. ``defaults``: the switch's (``SWITCH_DEFAULTS``), or ``serve``'s (``SERVE_DEFAULTS``);
     5. ``AttemptAwareServer``'s own default: an option none of the above gives is left out.
 
     Built from the last step up, so that each step overrides the ones below it.
     """
     resolved: dict[str, Any] = dict(defaults)  # 4
-    key = validate_key(environ.get(KEY_ENV))
-    if key is not None:
-        resolved["api_key"] = key  # 3
+    resolved.update(from_fallback_variables(environ))  # 3
     resolved.update(from_variables(environ))  # 2
     for arguments in explicit:  # 1
         resolved.update(arguments)

@@ -85,8 +85,18 @@ def test_serve_has_a_flag_for_every_server_option_and_names_its_variable() -> No
     flags = {param.name: param for param in serve.params}
     assert set(option_variables().values()) <= set(flags)
     help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output.split())
-    for variable in option_variables():
-        assert f"[env var: {variable}]" in help_text
+    for variable, option in option_variables().items():
+        fallback = ", then AGL_KEY" if option == "api_key" else ""
+        assert f"[env var: {variable}{fallback}]" in help_text
+
+
+def test_serve_help_names_agl_key_and_gives_a_flags_default_in_words() -> None:
+    """serve reads AGL_KEY when LIGHTNING_ATTEMPTS_API_KEY is unset; a flag's unset default is off, not "none"."""
+    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output.split())
+    assert "[env var: LIGHTNING_ATTEMPTS_API_KEY, then AGL_KEY]" in help_text
+    rewrite = help_text.partition("--no-rewrite-loopback-endpoints")[2].partition("--producer-api")[0]
+    assert "[default: off]" in rewrite
+    assert "None" not in rewrite and "[default: none]" not in rewrite
 
 
 def test_serve_leases_by_default_and_none_turns_them_off() -> None:
