@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
 
 import uvicorn
 
+from .. import ports
 from ..errors import ServerStartError
 from ..hosts import is_loopback_host
 
@@ -48,13 +48,6 @@ class _Uvicorn(uvicorn.Server):
                     logger.exception("Stopping %r with the server failed", stop)
 
 
-def _reason(error: OSError) -> str:
-    """Why a bind failed, in words: ``Address already in use (errno 98)``, or a resolver's message."""
-    if error.errno is not None and error.errno > 0:
-        return f"{os.strerror(error.errno)} (errno {error.errno})"
-    return str(error.strerror or error)  # e.g. a host name that does not resolve
-
-
 class Serving:
     """One server's uvicorn, run in the background from ``start()`` until ``stop()``."""
 
@@ -70,27 +63,12 @@ class Serving:
         self.uvicorn.after_shutdown.append(stop)
 
     def bind(self, host: str, port: int) -> int:
-        """Bind ``host:port`` as uvicorn would, for ``start()``; return the bound port.
+        """Bind ``host:port`` as uvicorn would (``ports.bind``), for ``start()``; return the bound port.
 
-        Raises ``ServerStartError`` naming the address and why, before anything is logged. The socket is
-        ``IPPROTO_TCP``, as asyncio's own are: only then does asyncio turn Nagle's algorithm off on the
-        connections it accepts (``TCP_NODELAY``); with it on, an answer's body, written after its headers,
-        waited for the client's delayed ACK: about 40 ms per answer on a kept-alive connection.
+        Raises ``ServerStartError`` naming the address and why, before anything is logged.
         """
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            if os.name == "posix":  # as asyncio does: elsewhere SO_REUSEADDR would share a port in use
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-        except OSError as error:
-            sock.close()
-            raise ServerStartError(f"Could not serve on {host}:{port}: {_reason(error)}") from None
-        except OverflowError:  # what socket raises for a port outside 0-65535
-            sock.close()
-            raise ServerStartError(f"Could not serve on {host}:{port}: a port is a number from 0 to 65535") from None
-        self._socket = sock
-        return int(sock.getsockname()[1])
+        self._socket = ports.bind(host, port)
+        return int(self._socket.getsockname()[1])
 
     async def start(self, timeout: float, *, endpoint: str, address: str) -> bool:
         """Serve on the socket ``bind()`` bound; True once serving, False if not within ``timeout`` seconds.
@@ -117,7 +95,7 @@ class Serving:
             await self.uvicorn.serve(sockets=[sock])
         except SystemExit as exc:  # uvicorn logs why it could not start (e.g. the lifespan), then exits
             cause = exc.__context__
-            reason = _reason(cause) if isinstance(cause, OSError) else "uvicorn exited; its log above says why"
+            reason = ports.reason(cause) if isinstance(cause, OSError) else "uvicorn exited; its log above says why"
             raise ServerStartError(f"Could not serve on {address}: {reason}") from exc
         finally:
             sock.close()  # already closed once uvicorn served it; not if it stopped before
