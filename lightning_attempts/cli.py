@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -12,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import click
 from click.core import ParameterSource
 
+from . import ports
 from .errors import OptionError, ServerStartError
 from .options import DEFAULTS, STALE_POLICIES, OptionSpec, StalePolicy, annotation, flagged, parse
 from .releases import AGENTLIGHTNING_VERSION
@@ -96,16 +98,24 @@ def serve(ctx: click.Context, host: str, port: int, log_level: str, **options: A
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     try:
-        click.echo(
-            f"lightning-attempts: starting on {host}:{port} (loading agentlightning {AGENTLIGHTNING_VERSION})", err=True
-        )
-        _serve(host, port, log_level, resolved)
+        port_held = ports.bind(host, port)  # a port in use is said now, not once agentlightning is loaded
+    except ServerStartError as error:
+        click.echo(f"lightning-attempts: {error}", err=True)
+        raise SystemExit(1) from None
+    try:
+        with port_held:  # let go as the server binds it, or on the way out
+            click.echo(
+                f"lightning-attempts: starting on {host}:{port} (loading agentlightning {AGENTLIGHTNING_VERSION})",
+                err=True,
+            )
+            _serve(host, port, log_level, resolved, port_held)
     except KeyboardInterrupt:  # Ctrl+C before it served (it takes agentlightning seconds to load)
         click.echo("lightning-attempts: interrupted before it served", err=True)
         raise SystemExit(130) from None
 
 
-def _serve(host: str, port: int, log_level: str, options: dict[str, Any]) -> None:
+def _serve(host: str, port: int, log_level: str, options: dict[str, Any], port_held: socket.socket) -> None:
+    """Serve; ``port_held``, bound to ``host:port`` while agentlightning loads, is let go as the server binds."""
     try:
         # Imports agentlightning, so the switch, if on, checks its variables here: a bad one is a usage error too.
         from .server import AttemptAwareServer
@@ -118,6 +128,7 @@ def _serve(host: str, port: int, log_level: str, options: dict[str, Any]) -> Non
         logging.getLogger(name).setLevel(log_level.upper())
 
     async def run() -> None:
+        port_held.close()
         await server.start()
         keyed = "API key required" if server.requires_key else "no API key"
         settings = server.options
@@ -129,8 +140,8 @@ def _serve(host: str, port: int, log_level: str, options: dict[str, Any]) -> Non
         )
         await server.wait_stopped()
 
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal. A port in use fails start()
-    # before uvicorn starts, so nothing but the line below is printed.
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal. A port taken since serve let
+    # it go fails start() before uvicorn starts, so nothing but the line below is printed.
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run())

@@ -202,11 +202,28 @@ def test_serve_on_a_busy_port_says_so_in_one_line(log_level: str) -> None:
         finished = prewarmed.run(command, capture_output=True, text=True, timeout=60)
     assert finished.returncode == 1
     reason = f"{os.strerror(errno.EADDRINUSE)} (errno {errno.EADDRINUSE})"
-    # One line, whatever the log level, after the one saying it starts: none of uvicorn's start-up lines,
-    # upstream's lifespan or ours.
-    starting, *rest = finished.stderr.splitlines()
-    assert starting.startswith(f"lightning-attempts: starting on 127.0.0.1:{port}")
-    assert rest == [f"lightning-attempts: Could not serve on 127.0.0.1:{port}: {reason}"]
+    # One line, whatever the log level: not even the one saying it starts (it never loads agentlightning), none
+    # of uvicorn's start-up lines, upstream's lifespan or ours.
+    assert finished.stderr.splitlines() == [f"lightning-attempts: Could not serve on 127.0.0.1:{port}: {reason}"]
+
+
+def test_serve_checks_the_port_before_it_loads_agentlightning() -> None:
+    """A busy port used to be said once agentlightning had loaded, 23 s on a busy machine."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        script = (
+            "import sys\n"
+            "from lightning_attempts.cli import main\n"
+            "try:\n"
+            f"    main(['serve', '--port', '{port}'])\n"
+            "except SystemExit as done:\n"
+            "    print(done.code, 'agentlightning' in sys.modules)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["1", "False"], done.stderr
+    assert done.stderr.startswith(f"lightning-attempts: Could not serve on 127.0.0.1:{port}: ")
 
 
 def test_version_and_help_answer_without_importing_agentlightning() -> None:
