@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import typing
 from collections.abc import Callable
@@ -22,12 +23,17 @@ from .switch.variables import SERVE_DEFAULTS, resolve, variable
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT = ParameterSource.DEFAULT
 FC = TypeVar("FC", bound=Callable[..., Any])
+COST_MAP = "LITELLM_LOCAL_MODEL_COST_MAP"
+"""LiteLLM's variable: ``True`` reads the cost map bundled with it instead of downloading one."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lightning-attempts")
 def main() -> None:
     """Attempt-aware drop-in fix for agentlightning's legacy task server."""
+    # LiteLLM, which agentlightning imports, otherwise fetches its model cost map at import: offline, a stall
+    # and four warnings. Our commands need no costs; a value the user set is kept.
+    os.environ.setdefault(COST_MAP, "True")
 
 
 def _shown(value: Any) -> str:

@@ -48,3 +48,11 @@ def test_quick_benchmark_measures_both_servers(tmp_path: Path) -> None:
     assert "| claim+submit cycles/s |" in table and "| server CPU per cycle (us) |" in table
     assert "| RSS after 2,000 completed tasks (MB) |" in table
     assert "| requests per idle worker-minute |" in table
+
+
+def test_the_benchmarks_read_litellms_bundled_cost_map_unless_told_otherwise() -> None:
+    """``python -m benchmarks`` and its modules: set before any of them imports agentlightning."""
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    script = "import os, benchmarks; print(os.environ.get('LITELLM_LOCAL_MODEL_COST_MAP'))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True", done.stderr

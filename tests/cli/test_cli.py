@@ -226,6 +226,24 @@ def test_serve_checks_the_port_before_it_loads_agentlightning() -> None:
     assert done.stderr.startswith(f"lightning-attempts: Could not serve on 127.0.0.1:{port}: ")
 
 
+@pytest.mark.parametrize(("value", "kept"), [(None, "True"), ("False", "False")])
+def test_the_commands_read_litellms_bundled_cost_map_unless_told_otherwise(value: str | None, kept: str) -> None:
+    """Else LiteLLM, imported with agentlightning, tries to download it: offline, four warnings and retries."""
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    if value is not None:
+        env["LITELLM_LOCAL_MODEL_COST_MAP"] = value
+    script = (
+        "import os\n"
+        "from lightning_attempts.cli import main\n"
+        "try:\n"
+        "    main(['serve', '--port', '-1'])\n"  # refused before anything loads
+        "except SystemExit:\n"
+        "    print(os.environ.get('LITELLM_LOCAL_MODEL_COST_MAP'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.stdout.strip() == kept, done.stderr
+
+
 def test_version_and_help_answer_without_importing_agentlightning() -> None:
     """They used to import agentlightning (12.5 s on 0.3.0, most of it litellm)."""
     script = (
