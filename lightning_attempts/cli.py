@@ -14,6 +14,8 @@ from typing import Any, Literal, TypeVar
 import click
 from click.core import ParameterSource
 
+from _lightning_attempts_switch import switched_on
+
 from . import ports
 from .errors import OptionError, ServerStartError
 from .options import DEFAULTS, STALE_POLICIES, OptionSpec, StalePolicy, annotation, flagged, parse
@@ -154,6 +156,36 @@ def _serve(host: str, port: int, log_level: str, options: dict[str, Any], port_h
     except ServerStartError as error:
         click.echo(f"lightning-attempts: {error}", err=True)
         raise SystemExit(1) from None
+
+
+@main.command("switch")
+def switch_command() -> None:
+    """Say in one line whether a process with this environment is patched once it imports agentlightning.
+
+    Reads the environment as the switch would (LIGHTNING_ATTEMPTS_INSTALL and the option variables,
+    AGL_KEY: shown as set or not, never the key) without importing agentlightning. Exit status: 0
+    patched; 1 not patched (the switch is off, or this environment lacks its .pth hook); 2 the import
+    of agentlightning would fail on a variable.
+    """
+    from .switch.report import HOOK, hook_installed, summary
+    from .switch.variables import unrecognised, unrecognised_message
+
+    unknown = unrecognised()
+    try:
+        line = summary()
+        if unknown and switched_on():
+            raise OptionError(" ".join(unrecognised_message(name, s, "") for name, s in unknown.items()))
+    except ValueError as error:
+        click.echo(f"lightning-attempts: the switch would fail the import of agentlightning: {error}", err=True)
+        raise SystemExit(2) from None
+    for name, suggestion in unknown.items():
+        click.echo(f"lightning-attempts: {unrecognised_message(name, suggestion, ': ignored')}", err=True)
+    if switched_on() and not hook_installed():
+        line += f"; but this environment lacks its hook, {HOOK}: reinstall lightning_attempts, so nothing is patched"
+        click.echo(line)
+        raise SystemExit(1)
+    click.echo(line)
+    raise SystemExit(0 if switched_on() else 1)
 
 
 @main.command()

@@ -11,14 +11,13 @@ import logging
 import os
 from collections.abc import Mapping
 
-from _lightning_attempts_switch import OFF, ON, SWITCH, switched_on
+from _lightning_attempts_switch import switched_on
 
 from ..errors import OptionError
 from .install import install, installed
-from .variables import from_variables, unrecognised, unrecognised_message, warn_options_ignored
-
-logger = logging.getLogger("lightning_attempts.environment")  # the switch's logger: the docs and log filters name it
-
+from .logs import say
+from .report import summary
+from .variables import check_switch, unrecognised, unrecognised_message, warn_options_ignored
 
 _done: set[str] = set()
 """What ``activate()`` has done in this process (``checked``, ``reported``): the ``.pth`` hook and the package both
@@ -44,19 +43,14 @@ def activate(environ: Mapping[str, str] = os.environ, *, report_ignored: bool = 
 
 
 def _check(environ: Mapping[str, str]) -> None:
-    value = environ.get(SWITCH, "")
-    if value.strip().lower() not in (*ON, *OFF):
-        raise OptionError(
-            f"{SWITCH} is not a valid value: {value!r}. {', '.join(ON)} turn the switch on; "
-            f"{', '.join(repr(v) for v in OFF)} turn it off."
-        )
+    check_switch(environ)
     unknown = unrecognised(environ)
     if not switched_on(environ):
         for name, suggestion in unknown.items():
-            logger.warning("%s", unrecognised_message(name, suggestion, ": ignored"))
+            say(logging.WARNING, "%s", unrecognised_message(name, suggestion, ": ignored"))
         return
     if unknown:
         raise OptionError(" ".join(unrecognised_message(name, s, "") for name, s in unknown.items()))
-    options = from_variables(environ)  # fail now, not when agentlightning builds a server
+    line = summary(environ)  # fails now, on a bad value, not when agentlightning builds a server
     install()  # the servers agentlightning builds read the variables themselves: variables.resolve()
-    logger.debug("lightning_attempts installed from %s (options: %s)", SWITCH, sorted(options))
+    say(logging.INFO, "%s", line)

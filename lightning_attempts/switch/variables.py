@@ -19,12 +19,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from _lightning_attempts_switch import PREFIX, SWITCH, switched_on
+from _lightning_attempts_switch import OFF, ON, PREFIX, SWITCH, switched_on
 
 from ..errors import OptionError
 from ..options import parse, settable
-
-logger = logging.getLogger("lightning_attempts.environment")  # the switch's logger: the docs and log filters name it
+from .logs import say
 
 SWITCH_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {name: each.switch_default for name, each in settable() if each.has_switch_default}
@@ -75,6 +74,16 @@ def unrecognised_message(name: str, suggestion: str | None, consequence: str) ->
     """What to say of a variable nothing reads; ``consequence`` follows its name (e.g. ``": ignored"``)."""
     hint = f"Did you mean {suggestion}?" if suggestion else f"Known: {', '.join(sorted(known_variables()))}."
     return f"{name} is not a lightning_attempts variable{consequence}. {hint}"
+
+
+def check_switch(environ: Mapping[str, str] = os.environ) -> None:
+    """``OptionError`` when ``LIGHTNING_ATTEMPTS_INSTALL`` is neither on nor off."""
+    value = environ.get(SWITCH, "")
+    if value.strip().lower() not in (*ON, *OFF):
+        raise OptionError(
+            f"{SWITCH} is not a valid value: {value!r}. {', '.join(ON)} turn the switch on; "
+            f"{', '.join(repr(v) for v in OFF)} turn it off."
+        )
 
 
 def from_variables(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -133,7 +142,8 @@ def warn_options_ignored(environ: Mapping[str, str] = os.environ) -> None:
         return
     ignored = sorted(name for name in environ if name in option_variables())
     if ignored:
-        logger.warning(
+        say(
+            logging.WARNING,
             "%s %s set but %s is not: the servers agentlightning builds in this process ignore %s unless it calls "
             "lightning_attempts.install(). Did you mean to set %s=1?",
             ", ".join(ignored),

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from lightning_attempts.cli import main, serve
+from lightning_attempts.releases import AGENTLIGHTNING_VERSION
 from lightning_attempts.switch.variables import SWITCH_DEFAULTS, option_variables
 
 from .. import prewarmed
@@ -329,3 +330,24 @@ def test_ctrl_c_while_serve_starts_is_one_line_and_status_130(
     finally:
         process.kill()
         process.wait()
+
+
+def test_switch_says_whether_this_environment_is_patched_and_with_what() -> None:
+    """``lightning-attempts switch``: one line, exit 0 patched, 1 not, 2 the import would fail; never the key."""
+    base = {name: None for name in os.environ if name.startswith("LIGHTNING_ATTEMPTS_")} | {"AGL_KEY": None}
+
+    def switch(**variables: str) -> tuple[int, str, str]:
+        done = CliRunner(env={**base, **variables}).invoke(main, ["switch"])
+        return done.exit_code, done.stdout, done.stderr
+
+    code, out, _ = switch(LIGHTNING_ATTEMPTS_INSTALL="1", LIGHTNING_ATTEMPTS_MAX_CLAIMS="3", AGL_KEY="s3cret")
+    assert code == 0 and out.startswith("switch on (LIGHTNING_ATTEMPTS_INSTALL=1): agentlightning ")
+    assert "AgentLightningServer -> AttemptAwareServer" in out and "max_claims=3, " in out
+    assert "api_key: set" in out and "s3cret" not in out
+    assert "api_key: none" in switch(LIGHTNING_ATTEMPTS_INSTALL="1")[1]
+    code, out, err = switch(LIGHTNING_ATTEMPTS_INSTAL="1")
+    left = f"switch off: LIGHTNING_ATTEMPTS_INSTALL is not on, agentlightning {AGENTLIGHTNING_VERSION} is left as it is"
+    assert (code, out) == (1, left + "\n")
+    assert "Did you mean LIGHTNING_ATTEMPTS_INSTALL?" in err
+    code, out, err = switch(LIGHTNING_ATTEMPTS_INSTALL="1", LIGHTNING_ATTEMPTS_MAX_CLAIMS="0")
+    assert code == 2 and out == "" and "LIGHTNING_ATTEMPTS_MAX_CLAIMS is not a valid value" in err

@@ -104,14 +104,14 @@ def test_a_misspelt_switch_and_options_without_the_switch_are_reported() -> None
         LIGHTNING_ATTEMPTS_STALE_POLCY="salvage",
     )
     assert json.loads(done.stdout) == ["agentlightning.server", True]
-    assert done.stderr.splitlines() == [
-        "LIGHTNING_ATTEMPTS_INSTAL is not a lightning_attempts variable: ignored. "
-        "Did you mean LIGHTNING_ATTEMPTS_INSTALL?",
-        "LIGHTNING_ATTEMPTS_STALE_POLCY is not a lightning_attempts variable: ignored. "
-        "Did you mean LIGHTNING_ATTEMPTS_STALE_POLICY?",
-        "LIGHTNING_ATTEMPTS_MAX_CLAIMS is set but LIGHTNING_ATTEMPTS_INSTALL is not: the servers agentlightning "
-        "builds in this process ignore it unless it calls lightning_attempts.install(). "
-        "Did you mean to set LIGHTNING_ATTEMPTS_INSTALL=1?",
+    assert done.stderr.splitlines() == [  # logging is not configured: each line says its level and logger
+        "WARNING lightning_attempts.environment: LIGHTNING_ATTEMPTS_INSTAL is not a lightning_attempts variable: "
+        "ignored. Did you mean LIGHTNING_ATTEMPTS_INSTALL?",
+        "WARNING lightning_attempts.environment: LIGHTNING_ATTEMPTS_STALE_POLCY is not a lightning_attempts "
+        "variable: ignored. Did you mean LIGHTNING_ATTEMPTS_STALE_POLICY?",
+        "WARNING lightning_attempts.environment: LIGHTNING_ATTEMPTS_MAX_CLAIMS is set but LIGHTNING_ATTEMPTS_INSTALL "
+        "is not: the servers agentlightning builds in this process ignore it unless it calls "
+        "lightning_attempts.install(). Did you mean to set LIGHTNING_ATTEMPTS_INSTALL=1?",
     ]
 
 
@@ -124,9 +124,36 @@ def test_options_read_by_a_process_that_imports_lightning_attempts_itself_are_no
         LIGHTNING_ATTEMPTS_MAX_CLAIM="3",
     )
     assert done.stderr.splitlines() == [
-        "LIGHTNING_ATTEMPTS_MAX_CLAIM is not a lightning_attempts variable: ignored. "
-        "Did you mean LIGHTNING_ATTEMPTS_MAX_CLAIMS?"
+        "WARNING lightning_attempts.environment: LIGHTNING_ATTEMPTS_MAX_CLAIM is not a lightning_attempts variable: "
+        "ignored. Did you mean LIGHTNING_ATTEMPTS_MAX_CLAIMS?"
     ]
+
+
+def test_a_misspelt_variable_goes_to_logging_where_it_is_configured() -> None:
+    done = run_python_whole(
+        "import logging\nlogging.basicConfig(format='%(name)s|%(levelname)s|%(message)s')\n" + UPSTREAM_CLASSES,
+        LIGHTNING_ATTEMPTS_INSTAL="1",
+    )
+    assert done.stderr.splitlines() == [
+        "lightning_attempts.environment|WARNING|LIGHTNING_ATTEMPTS_INSTAL is not a lightning_attempts variable: "
+        "ignored. Did you mean LIGHTNING_ATTEMPTS_INSTALL?"
+    ]
+
+
+def test_the_switch_says_in_one_line_that_it_installed_what_and_with_which_options() -> None:
+    """Else nothing but an access log's ?heartbeats=1 tells a run with the switch from one without; no key shown."""
+    variables = {SWITCH: "1", "LIGHTNING_ATTEMPTS_MAX_CLAIMS": "3", "AGL_KEY": "s3cret"}
+    unconfigured = run_python_whole("import agentlightning", **variables).stderr
+    configured = run_python_whole(
+        "import logging\nlogging.basicConfig(level='INFO', format='%(name)s|%(levelname)s|%(message)s')\n"
+        "import agentlightning",
+        **variables,
+    ).stderr
+    [line] = [each for each in unconfigured.splitlines() if "lightning_attempts" in each]
+    assert line.startswith("INFO lightning_attempts.environment: switch on (LIGHTNING_ATTEMPTS_INSTALL=1): ")
+    assert "AgentLightningServer -> AttemptAwareServer, AgentLightningClient -> AttemptAwareClient" in line
+    assert "max_claims=3" in line and "api_key: set" in line and "s3cret" not in unconfigured
+    assert "lightning_attempts.environment|INFO|" + line.partition(": ")[2] in configured.splitlines()
 
 
 @pytest.mark.once
