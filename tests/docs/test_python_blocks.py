@@ -5,13 +5,16 @@ Each ```` ```python ```` block is preceded, in the Markdown source, by a marker:
 - ``<!-- docs-test: run -->``: a complete program; it runs here, as a new user would paste it into a
   file and run it, in a fresh interpreter of this environment, and must exit with status 0;
 - ``<!-- docs-test: fragment: why -->``: part of a program the reader has (an agent, a trainer), not run;
-  the marker says why and what tests the same thing.
+  the marker says why and what tests the same thing. It must still parse, and import what it uses but
+  the reader's own objects (``READERS``).
 
 A block without a marker fails the test, so that no block goes untested by oversight.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import os
 import subprocess
 import sys
@@ -25,6 +28,8 @@ from .blocks import Block, blocks
 
 DOCUMENTS = (README, GUIDE)
 KINDS = ("run", "fragment")
+READERS = frozenset({"agent", "trainer"})
+"""What a fragment may use without defining or importing it: the reader's agent and trainer."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,33 @@ def test_blocks_parse_with_their_markers(tmp_path: Path) -> None:
         PythonBlock("page.md", Block(2, "fragment", "yours", "x\n")),
         PythonBlock("page.md", Block(6, "", "", "y\n")),
     ]
+
+
+def undefined_names(code: str) -> set[str]:
+    """Names ``code`` reads but neither binds, imports nor finds among the builtins."""
+    bound: set[str] = set(dir(builtins))
+    read: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update((alias.asname or alias.name).partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return read - bound
+
+
+def test_undefined_names_are_found() -> None:
+    assert undefined_names("import a.b\nfrom c import d as e\nx = a.b(e, f, len)\nprint(x, agent)") == {"f", "agent"}
+
+
+@pytest.mark.parametrize("block", [b for b in ALL if b.block.kind == "fragment"], ids=str)
+def test_a_fragment_imports_what_it_uses_but_the_readers_objects(block: PythonBlock) -> None:
+    assert undefined_names(block.block.code) <= READERS, f"{block} uses names it never imports"
 
 
 @pytest.mark.once
