@@ -96,7 +96,7 @@ class RemoteServer:
                 continue
             if response.status_code == 404:
                 raise ServerNotRunning(f"{self.endpoint} is no lightning-attempts server (GET /attempts/stats: 404)")
-            self._checked(response, 1)
+            self._checked(response, 1, action="RemoteServer.start() (or async with RemoteServer(...))")
             logger.info("Producing for the server at %s", self.endpoint)
             return
 
@@ -244,20 +244,33 @@ class RemoteServer:
         try:
             response = await self._transport.asend(request)
         except httpx.HTTPStatusError as error:  # a 5xx on the last try
-            return self._checked(error.response, request.attempts, error)
+            return self._checked(error.response, request.attempts, error, action=request.action)
         except httpx.TransportError as error:
             raise ServerNotRunning(f"No answer from {request.url}: {error!r}") from error
-        return self._checked(response, request.attempts)
+        return self._checked(response, request.attempts, action=request.action)
 
-    @staticmethod
-    def _checked(response: httpx.Response, tries: int, failure: httpx.HTTPStatusError | None = None) -> httpx.Response:
-        """``response`` if 200; else the package's exception it means, raised from ``failure`` (or one made here)."""
+    def _checked(
+        self,
+        response: httpx.Response,
+        tries: int,
+        failure: httpx.HTTPStatusError | None = None,
+        *,
+        action: str | None = None,
+    ) -> httpx.Response:
+        """``response`` if 200; else the package's exception it means, raised from ``failure`` (or one made here).
+
+        ``action`` is what the caller asked for ("Queueing tasks"), which ``Unauthorized`` names.
+        """
         status = response.status_code
         if status == 200:
             return response
         detail = _detail(response)
         if status == 401:
-            raise Unauthorized(f"{response.request.url} refused the request: no or wrong API key (AGL_KEY)")
+            asked = action or f"{response.request.method} {response.request.url.path}"
+            raise Unauthorized(
+                f"{asked}: the server at {self.endpoint} refused it: no or wrong API key (AGL_KEY, or "
+                "RemoteServer(api_key=...))"
+            )
         if 400 <= status < 500:
             raise RequestRefused(status, detail)
         if failure is None:

@@ -260,6 +260,18 @@ async def test_the_key_comes_from_agl_key_or_the_argument(monkeypatch: pytest.Mo
         assert await RemoteServer(served.endpoint, api_key=KEY).cancel_pending() != []
 
 
+async def test_unauthorized_names_the_call_refused_not_the_route_start_probes() -> None:
+    with serving(api_key=KEY) as served:
+        refused = RemoteServer(served.endpoint, api_key="wrong")
+        with pytest.raises(Unauthorized) as error:
+            await refused.start()
+        expected = f"RemoteServer.start() (or async with RemoteServer(...)): the server at {served.endpoint} refused"
+        assert str(error.value).startswith(expected) and "/attempts/stats" not in str(error.value)
+        with pytest.raises(Unauthorized, match=r"^Queueing tasks: the server at .* refused it: no or wrong API key"):
+            await refused.queue_task("x")
+        await refused.stop()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
