@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .compat import ResourcesUpdate
-from .models import MAX_ID_LENGTH, AttemptRollout
+from .models import MAX_ID_LENGTH, AttemptRollout, ReleaseReason
+from .store.records import AttemptOutcome
 
 if TYPE_CHECKING:
     from agentlightning.types import NamedResources
@@ -141,3 +142,19 @@ class RolloutState(BaseModel):
     rollout_id: str
     status: RolloutStatus
     rollout: AttemptRollout | None = None
+
+
+class AttemptRecord(BaseModel):
+    """One claim of a task, as ``GET /attempts/{rollout_id}`` serves it (``RemoteServer.attempt_history``)."""
+
+    claim_sequence_id: int = Field(description="1 for the task's first claim, 2 for the next, ...")
+    attempt_id: str
+    claimed_at: float = Field(description="Wall-clock time of the claim, in seconds since the epoch.")
+    last_heartbeat_at: float | None = None
+    ended_at: float | None = None
+    outcome: AttemptOutcome = Field(description="How it ended; in_flight while it holds its claim.")
+    failure: str | None = Field(default=None, description="Why it failed, as its worker said (truncated).")
+    leased: bool = Field(default=False, description="Whether its worker heartbeats: silence then ends the claim.")
+    note: str | None = Field(default=None, description="How it ended, where its outcome alone would not say.")
+    release_reason: ReleaseReason | None = Field(default=None, description="Why its worker gave it back.")
+    kept_past_timeout: bool = Field(default=False, description="Whether its claim outlived the task timeout.")

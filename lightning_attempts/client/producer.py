@@ -19,20 +19,23 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, cast
+from urllib.parse import quote
 
 import httpx
+from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from ..errors import RequestRefused, ServerNotRunning, Unauthorized
 from ..keys import key_from_env, validate_key
 from ..models import AttemptRollout
-from ..producer_models import MAX_TASKS, Published, Queued, Rollouts, RolloutState, Waited
+from ..producer_models import MAX_TASKS, AttemptRecord, Published, Queued, Rollouts, RolloutState, Waited
 from .protocol import Send
 from .transport import Transport
 
 logger = logging.getLogger(__package__)  # "lightning_attempts.client"
 
 Mode = Literal["train", "val", "test"]
+HISTORY = TypeAdapter(list[AttemptRecord])
 NO_HOLD_PAUSE = 1.0
 """Seconds between two waits the server does not hold (its ``max_poll_wait`` is 0, or it is stopping)."""
 
@@ -205,6 +208,17 @@ class RemoteServer:
         """The server's counters (``GET /attempts/stats``)."""
         response = await self._get("/attempts/stats", "Reading the stats")
         return dict(response.json())
+
+    async def attempt_history(self, rollout_id: str) -> list[AttemptRecord] | None:
+        """Each claim of a task (attempt id, times, outcome), oldest first, as the server's ``attempt_history``
+        (``GET /attempts/{rollout_id}``); None for a task the server neither holds nor remembers."""
+        try:
+            response = await self._get(f"/attempts/{quote(rollout_id, safe='')}", f"Reading {rollout_id}'s attempts")
+        except RequestRefused as refused:
+            if refused.status == 404:
+                return None
+            raise
+        return HISTORY.validate_json(response.content)
 
     # -- requests -------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from agentlightning.types import PromptTemplate
 from lightning_attempts import AttemptAwareServer, AttemptRollout, ServerNotRunning
 from lightning_attempts.client import RemoteServer
 from lightning_attempts.errors import LightningAttemptsError, RequestRefused, Unauthorized
-from lightning_attempts.producer_models import MAX_TASKS
+from lightning_attempts.producer_models import MAX_TASKS, AttemptRecord
 from lightning_attempts.testing import serve_in_thread
 
 from ..producing import LONG, Served, entered_waits, serving
@@ -270,6 +270,18 @@ async def test_unauthorized_names_the_call_refused_not_the_route_start_probes() 
         with pytest.raises(Unauthorized, match=r"^Queueing tasks: the server at .* refused it: no or wrong API key"):
             await refused.queue_task("x")
         await refused.stop()
+
+
+async def test_attempt_history_reads_a_tasks_claims_typed(served: Served, remote: RemoteServer) -> None:
+    async with remote:
+        [rollout_id] = await remote.queue_tasks([{"name": "Ada"}])
+        assert await remote.attempt_history(rollout_id) == []  # queued, never claimed
+        assert complete(served) == rollout_id  # a worker claims it and posts its result
+        history = await remote.attempt_history(rollout_id)
+        assert history is not None and [(r.claim_sequence_id, r.outcome) for r in history] == [(1, "completed")]
+        assert isinstance(history[0], AttemptRecord) and history[0].ended_at is not None
+        assert history == [AttemptRecord.model_validate(e) for e in served.server.attempt_history(rollout_id) or []]
+        assert await remote.attempt_history("never-queued") is None
 
 
 def free_port() -> int:
