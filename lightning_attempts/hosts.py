@@ -1,4 +1,5 @@
-"""Host names and addresses: which name this machine's loopback, and the host a request was sent to."""
+"""Host names and addresses: which name this machine's loopback, the host a request was sent to, and the URL a
+client of this machine uses for a server bound to a host."""
 
 from __future__ import annotations
 
@@ -49,3 +50,21 @@ def request_host(host_header: str | None) -> str | None:
             return None
         return f"[{host}]"
     return host if _HOST_NAME.match(host) else None
+
+
+def client_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` for a client on this machine of a server bound to ``host``.
+
+    A wildcard address, which a server binds to listen on every interface but no client can send to,
+    becomes this machine's loopback of its family: ``0.0.0.0`` (or an empty host) ``127.0.0.1``, ``::``
+    ``[::1]``. An IPv6 address is put in brackets; anything else is kept as it is.
+    """
+    bare = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(bare.split("%", 1)[0]) if bare else ipaddress.IPv4Address(0)
+    except ValueError:
+        return f"http://{host}:{port}"  # a name
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+        bare = str(address)
+    return f"http://[{bare}]:{port}" if address.version == 6 else f"http://{bare}:{port}"

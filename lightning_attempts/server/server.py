@@ -22,6 +22,7 @@ from typing_extensions import Unpack
 from ..compat import AgentLightningServer, LegacyRollout, ServerDataStore
 from ..dashboard import DashboardRoutes, ProxyReadout, StepLog
 from ..errors import ServerNotRunning, ServerStartError, ServerStopped
+from ..hosts import client_url
 from ..options import DEFAULTS, Options, ServerArguments, option_attributes
 from ..store import AttemptAwareDataStore
 from .completions import Completions
@@ -60,7 +61,8 @@ class AttemptAwareServer(AgentLightningServer):
     only when someone polls. ``wait_for_rollouts`` and ``poll_completed_rollout``
     return as soon as the results are stored.
 
-    ``port=0`` binds a free port; ``port`` and ``endpoint`` hold the real one after ``start()``.
+    ``port=0`` binds a free port; ``port`` and ``endpoint`` hold the real one after ``start()``. ``endpoint``
+    is a URL a client on this machine can use: bound to ``0.0.0.0`` (every interface), it names ``127.0.0.1``.
     """
 
     def __init__(
@@ -97,6 +99,8 @@ class AttemptAwareServer(AgentLightningServer):
         """The port of an attempt-aware LLM proxy serving beside this server (verl's daemon sets it): the tasks
         handed out say so (``AttemptTask.llm_proxy_port``), and shim workers call it attempt by attempt."""
         super().__init__(host=host, port=port, task_timeout_seconds=task_timeout_seconds)
+        self.endpoint = client_url(host, port)
+        """The URL a client on this machine reaches the server by (``0.0.0.0`` bound: ``http://127.0.0.1:PORT``)."""
         self._serving = Serving(self._uvicorn_config, self._answer_parked_polls)
         self._uvicorn_server = self._serving.uvicorn
 
@@ -210,7 +214,7 @@ class AttemptAwareServer(AgentLightningServer):
         first: a port in use raises before anything is logged.
         """
         self.port = self._serving.bind(self.host, self.port)  # the free port found for port=0
-        self.endpoint = f"http://{self.host}:{self.port}"
+        self.endpoint = client_url(self.host, self.port)
         logger.info("Starting server at %s", self.endpoint)
         warn_if_open(self.host, self.port, self.options.api_key)
         if not self._routes.metrics_available:

@@ -11,6 +11,7 @@ from agentlightning import LLM
 
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.endpoints import is_loopback_host, reachable_endpoint, reachable_resources, request_host
+from lightning_attempts.hosts import client_url
 from lightning_attempts.testing import serve_in_thread
 
 PROXY = "http://127.0.0.1:41234/v1"
@@ -138,3 +139,30 @@ def test_no_resources_yet_is_upstreams_404() -> None:
     with serve_in_thread(AttemptAwareServer(port=0, rewrite_loopback_endpoints=True)) as served:
         answer = httpx.get(served.endpoint + "/resources/latest", headers={"Host": "10.0.0.1"}, timeout=10)
     assert (answer.status_code, answer.json()) == (404, {"detail": "No resources have been set on the server."})
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:8000"),
+        ("", "http://127.0.0.1:8000"),
+        ("::", "http://[::1]:8000"),
+        ("[::]", "http://[::1]:8000"),
+        ("::1", "http://[::1]:8000"),
+        ("10.0.3.1", "http://10.0.3.1:8000"),
+        ("127.0.0.1", "http://127.0.0.1:8000"),
+        ("trainer-host", "http://trainer-host:8000"),
+    ],
+)
+def test_a_servers_endpoint_is_one_a_client_can_use(host: str, url: str) -> None:
+    assert client_url(host, 8000) == url
+
+
+def test_a_server_bound_to_every_interface_gives_a_loopback_endpoint() -> None:
+    """``http://0.0.0.0:PORT``, which no client can send to, was its endpoint."""
+    server = AttemptAwareServer(host="0.0.0.0", port=0, api_key="k")
+    assert server.endpoint == "http://127.0.0.1:0"
+    with serve_in_thread(server):
+        assert server.endpoint == f"http://127.0.0.1:{server.port}"
+        answer = httpx.get(server.endpoint + "/task", headers={"x-api-key": "k"}, timeout=10)
+        assert answer.json() == {"is_available": False, "task": None}
