@@ -289,15 +289,10 @@ class Transitions:
             current = None if found.finished.cancelled else found.finished.stored
         self._counters.dropped(reason)
         sequence, current_sequence = sequence_of(attempts, attempt_id), sequence_of(attempts, current)
-        logger.warning(
-            "Dropped result for %s: %s (submitted attempt %s, claim %s; current attempt %s, claim %s)",
-            submitted.rollout_id,
-            reason.value,
-            attempt_id,
-            sequence,
-            shortened(current) if live is not None and current == live else current,
-            current_sequence,
-        )
+        shown = shortened(current) if live is not None and current == live else current
+        known = [_attempt("submitted", attempt_id, sequence) or "submitted without an attempt id"]
+        known += [_attempt("current", shown, current_sequence)] if shown is not None else []
+        logger.warning("Dropped result for %s: %s (%s)", submitted.rollout_id, reason.value, "; ".join(known))
         if live is not None:
             logger.debug("Dropped result for %s: the live attempt is %s", submitted.rollout_id, live)
         return Submission("dropped", submitted.rollout_id, attempt_id, sequence, current, current_sequence, reason)
@@ -419,3 +414,10 @@ EFFECTS: Mapping[Action, Callable[[Transitions, Submitted], Submission]] = {
     Action.REFUSE: Transitions.refuse,
 }
 """What each action of the outcome table does: the step after the rule."""
+
+
+def _attempt(which: str, attempt_id: str | None, sequence: int | None) -> str | None:
+    """``which attempt ID, claim N`` for a drop's log line, saying only what is known; None without an id."""
+    if attempt_id is None:
+        return None
+    return f"{which} attempt {attempt_id}" + ("" if sequence is None else f", claim {sequence}")

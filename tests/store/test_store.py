@@ -255,6 +255,20 @@ async def test_each_drop_logs_one_warning_without_the_payload(
     assert "PAYLOAD-MARKER" not in caplog.text
 
 
+async def test_a_drops_log_line_says_only_what_is_known(
+    store: AttemptAwareDataStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``python -m benchmarks.slow_tasks`` printed "(submitted attempt None, claim None; current attempt None, ...)"."""
+    with caplog.at_level(logging.WARNING, logger="lightning_attempts.store"):
+        store.submit(result("rollout-nope"), None)
+        store.submit(result("rollout-nope", "a"), "a")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dropped result")]
+    assert lines == [
+        "Dropped result for rollout-nope: unknown_rollout (submitted without an attempt id)",
+        "Dropped result for rollout-nope: unknown_rollout (submitted attempt a)",
+    ]
+
+
 async def test_drop_counters_by_reason(store: AttemptAwareDataStore) -> None:
     rid = await store.add_task("x")
     task = claim(store)
