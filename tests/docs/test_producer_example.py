@@ -45,11 +45,15 @@ def group(leader: int) -> list[psutil.Process]:
     return found
 
 
+KEY = "greeter-run-1"
+"""The README's key, exported in each of its three terminals."""
+
+
 @pytest.fixture
 def serve() -> Iterator[str]:
     """``lightning-attempts serve --port 0``: its endpoint; Ctrl+C at the end, which it must obey cleanly."""
     command = [sys.executable, "-m", "lightning_attempts", "serve", "--port", "0", "--log-level", "warning"]
-    environment = {k: v for k, v in os.environ.items() if k != "AGL_KEY"}
+    environment = {**os.environ, "AGL_KEY": KEY}
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environment)
     try:
         assert process.stderr is not None
@@ -71,13 +75,14 @@ def test_readme_names_the_two_scripts_its_shell_block_runs() -> None:
     assert sorted(scripts()) == ["producer.py", "workers.py"]
     text = README.read_text()
     assert ".venv/bin/python workers.py" in text and ".venv/bin/python producer.py" in text
+    assert text.count(f"export AGL_KEY={KEY}") == 3  # the server's terminal and the scripts' two
 
 
 @pytest.mark.timeout(300)
 def test_the_readme_producer_gets_its_batch_done_by_the_readme_workers(serve: str, tmp_path: Path) -> None:
     for name, code in scripts().items():
         (tmp_path / name).write_text(code)
-    environment = {k: v for k, v in os.environ.items() if k != "AGL_KEY" and not k.startswith("LIGHTNING_ATTEMPTS_")}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_ATTEMPTS_")} | {"AGL_KEY": KEY}
     workers = subprocess.Popen(
         [sys.executable, "workers.py", serve],
         cwd=tmp_path,
