@@ -290,8 +290,9 @@ class Transitions:
         self._counters.dropped(reason)
         sequence, current_sequence = sequence_of(attempts, attempt_id), sequence_of(attempts, current)
         shown = shortened(current) if live is not None and current == live else current
-        known = [_attempt("submitted", attempt_id, sequence) or "submitted without an attempt id"]
-        known += [_attempt("current", shown, current_sequence)] if shown is not None else []
+        known = [_attempt("submitted", attempt_id, sequence) if attempt_id else "submitted without an attempt id"]
+        if shown is not None:
+            known.append(_attempt("current", shown, current_sequence))
         logger.warning("Dropped result for %s: %s (%s)", submitted.rollout_id, reason.value, "; ".join(known))
         if live is not None:
             logger.debug("Dropped result for %s: the live attempt is %s", submitted.rollout_id, live)
@@ -416,8 +417,6 @@ EFFECTS: Mapping[Action, Callable[[Transitions, Submitted], Submission]] = {
 """What each action of the outcome table does: the step after the rule."""
 
 
-def _attempt(which: str, attempt_id: str | None, sequence: int | None) -> str | None:
-    """``which attempt ID, claim N`` for a drop's log line, saying only what is known; None without an id."""
-    if attempt_id is None:
-        return None
+def _attempt(which: str, attempt_id: str, sequence: int | None) -> str:
+    """``which attempt ID, claim N`` for a drop's log line; the claim only when the attempt was issued."""
     return f"{which} attempt {attempt_id}" + ("" if sequence is None else f", claim {sequence}")
