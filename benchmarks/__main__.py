@@ -3,6 +3,11 @@
     python -m benchmarks            # full run (a few minutes on 2 cores)
     python -m benchmarks --quick    # tiny sizes, to check it still works
 
+Throughput is measured in rounds (``--rounds``, 5; 2 with ``--quick``), the servers taking turns;
+the table gives each figure's median and range (min to max) over the rounds, and the ratio's,
+round by round, with the load average over the run and its length: on a shared machine one
+figure says little.
+
 Each server runs in its own process and the aiohttp load generator in another. Measured
 for both: claim+submit cycles per second, server CPU per cycle (from the server process),
 ``/task`` p50/p99 with claims in flight, memory per claim in flight, and memory while a
@@ -199,24 +204,46 @@ def ratio(patched: float, upstream: float) -> str:
     return f"{patched / upstream:.2f}x" if upstream else "n/a"
 
 
+def spread(values: list[float], fmt: str, suffix: str = "") -> str:
+    """``median (min to max)`` of ``values``, each as ``fmt``; just the value when there is one."""
+    median = format(statistics.median(values), fmt) + suffix
+    if len(values) < 2:
+        return median
+    return f"{median} ({format(min(values), fmt)}{suffix} to {format(max(values), fmt)}{suffix})"
+
+
+def throughput_rows(t_up: dict[str, Any], t_pa: dict[str, Any]) -> list[str]:
+    """The throughput rows: each figure's median and range over the rounds, and the ratio's, round by round."""
+    rows: list[str] = []
+    for key, label in (
+        ("cycles_per_second", "claim+submit cycles/s"),
+        ("server_cpu_us_per_cycle", "server CPU per cycle (us)"),
+    ):
+        ups = [r[key] for r in t_up["rounds"]]
+        pas = [r[key] for r in t_pa["rounds"]]
+        ratios = [p / u for p, u in zip(pas, ups, strict=True) if u]
+        shown = spread(ratios, ".2f", "x") if ratios else "n/a"
+        rows.append(f"| {label} | {spread(ups, '.0f')} | {spread(pas, '.0f')} | {shown} |")
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     up, pa = results["upstream"], results["patched"]
+    load = results.get("load_average")
+    took = results.get("seconds_taken")
     lines = [
-        f"Machine: {results['machine']}; {results['loops']} claim+submit loops; throughput: median of "
-        f"{results['rounds']} rounds of {results['seconds']} s per server, taken in turns.",
+        f"Machine: {results['machine']}; {results['loops']} claim+submit loops; throughput: median (min to max) of "
+        f"{results['rounds']} rounds of {results['seconds']} s per server, taken in turns, and the ratio's, round "
+        "by round"
+        + (f"; load average {min(load):.1f} to {max(load):.1f}" if load else "")
+        + (f"; took {took / 60:.1f} min" if took else "")
+        + ".",
         "",
         "| measure | upstream | lightning_attempts | ratio |",
         "| --- | --- | --- | --- |",
     ]
     t_up, t_pa = up["throughput"], pa["throughput"]
-    lines.append(
-        f"| claim+submit cycles/s | {t_up['cycles_per_second']:.0f} | {t_pa['cycles_per_second']:.0f} "
-        f"| {ratio(t_pa['cycles_per_second'], t_up['cycles_per_second'])} |"
-    )
-    lines.append(
-        f"| server CPU per cycle (us) | {t_up['server_cpu_us_per_cycle']:.0f} | {t_pa['server_cpu_us_per_cycle']:.0f} "
-        f"| {ratio(t_pa['server_cpu_us_per_cycle'], t_up['server_cpu_us_per_cycle'])} |"
-    )
+    lines += throughput_rows(t_up, t_pa)
     for p_up, p_pa in zip(up["latency"]["points"], pa["latency"]["points"], strict=True):
         n = p_up["claims_in_flight"]
         for q in ("p50", "p99"):
@@ -305,11 +332,12 @@ def main() -> None:
     probes, checkpoints = 300, 5
     fleet_size, idle_seconds = 32, 10.0
     if options.quick:
-        options.loops, options.seconds, options.rounds, options.completed = 4, 1.0, 1, 2_000
+        options.loops, options.seconds, options.rounds, options.completed = 4, 1.0, 2, 2_000
         in_flight, probes, checkpoints = [0, 200], 20, 2
         fleet_size, options.idle, options.parked, idle_seconds = 4, 5.5, 20, 1.0  # every worker has polled
     output: Path = options.output
     output.mkdir(parents=True, exist_ok=True)
+    started, loads = time.monotonic(), [os.getloadavg()[0]]
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"agentlightning {importlib.metadata.version('agentlightning')}",
@@ -331,9 +359,12 @@ def main() -> None:
         results[kind]["memory"] = memory(kind, options.completed, checkpoints)
         print(f"{kind}: idle workers (a batch to {fleet_size}, CPU with {options.parked:,})...", file=sys.stderr)
         results[kind].update(idle_workers(kind, fleet_size, options.idle, options.parked, idle_seconds))
+        loads.append(os.getloadavg()[0])
     for name in VARIANTS:
         if name in cycles:
             results[name] = cycles[name]
+    results["load_average"] = loads  # 1-minute, at the start and after each server's part
+    results["seconds_taken"] = time.monotonic() - started
     (output / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
     (output / "results.md").write_text(table + "\n")

@@ -1,8 +1,10 @@
 """What the environment switch's ``.pth`` hook costs an interpreter that does not use it.
 
-    python -m benchmarks.startup
+    python -m benchmarks.startup [--repeat K]
 
-Python runs ``lightning_attempts_install.pth`` at every start. Measured here, in one run:
+Python runs ``lightning_attempts_install.pth`` at every start. Measured here, each K times (5 by
+default) in turn, and printed as the median of the K measurements with their range (min to max),
+with the load average, since on a shared machine one measurement says little:
 
 - the hook itself with no ``LIGHTNING_ATTEMPTS_*`` variable set: ``site.addpackage`` on the
   installed ``.pth`` (open, read, execute its one line, which scans the environment's names
@@ -15,6 +17,7 @@ Python runs ``lightning_attempts_install.pth`` at every start. Measured here, in
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import site
@@ -63,12 +66,34 @@ def imported_when_set() -> list[str]:
     return json.loads(done.stdout)
 
 
+def spread(values: list[float], unit: float, fmt: str) -> str:
+    """``median (min to max)`` of ``values`` in ``unit``s, each as ``fmt``."""
+    shown = [format(v / unit, fmt) for v in (statistics.median(values), min(values), max(values))]
+    return f"{shown[0]} ({shown[1]} to {shown[2]})"
+
+
 def main() -> None:
-    hook = hook_seconds()
-    unset, armed = start_seconds({}), start_seconds({SWITCH: "1"})
-    print(f"hook, variable unset:             {hook * 1e6:8.2f} us per start ({len(os.environ)} variables set)")
-    print(f"python -c pass, variable unset:   {unset * 1e3:8.2f} ms (the hook: {hook / unset:.3%} of it)")
-    print(f"python -c pass, variable set:     {armed * 1e3:8.2f} ms ({(armed - unset) * 1e3:+.2f} ms to arm)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5, help="measure each figure this many times (default 5)")
+    repeat = max(1, parser.parse_args().repeat)
+    hooks: list[float] = []
+    unsets: list[float] = []
+    armeds: list[float] = []
+    load_before = os.getloadavg()[0]
+    for _ in range(repeat):  # in turn, so that a change of load touches each figure alike
+        hooks.append(hook_seconds())
+        unsets.append(start_seconds({}))
+        armeds.append(start_seconds({SWITCH: "1"}))
+    shares = [hook / unset for hook, unset in zip(hooks, unsets, strict=True)]
+    arming = [armed - unset for armed, unset in zip(armeds, unsets, strict=True)]
+    loads = (load_before, os.getloadavg()[0])
+    load = f"{min(loads):.1f} to {max(loads):.1f}"
+    print(f"{repeat} measurements of each, median (min to max); load average {load}, {os.cpu_count()} CPUs")
+    print(f"hook, variable unset:             {spread(hooks, 1e-6, '.1f')} us per start ({len(os.environ)} variables)")
+    print(f"python -c pass, variable unset:   {spread(unsets, 1e-3, '.2f')} ms")
+    print(f"the hook's share of it:           {spread(shares, 0.01, '.2f')} %")
+    print(f"python -c pass, variable set:     {spread(armeds, 1e-3, '.2f')} ms")
+    print(f"arming's cost:                    {spread(arming, 1e-3, '+.2f')} ms")
     print(f"imported by arming alone:         {imported_when_set() or 'nothing'}")
 
 

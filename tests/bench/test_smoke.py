@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +57,21 @@ def test_the_benchmarks_read_litellms_bundled_cost_map_unless_told_otherwise() -
     script = "import os, benchmarks; print(os.environ.get('LITELLM_LOCAL_MODEL_COST_MAP'))"
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_the_throughput_rows_give_each_figures_spread_over_the_rounds() -> None:
+    from benchmarks.__main__ import throughput_rows
+
+    def rounds(*cycles: float) -> dict[str, Any]:
+        return {"rounds": [{"cycles_per_second": c, "server_cpu_us_per_cycle": 1e6 / c} for c in cycles]}
+
+    cycles, cpu = throughput_rows(rounds(1000, 1200, 900), rounds(1100, 1200, 990))
+    assert cycles == "| claim+submit cycles/s | 1000 (900 to 1200) | 1100 (990 to 1200) | 1.10x (1.00x to 1.10x) |"
+    assert cpu == "| server CPU per cycle (us) | 1000 (833 to 1111) | 909 (833 to 1010) | 0.91x (0.91x to 1.00x) |"
+    assert throughput_rows(rounds(1000), rounds(1100))[0] == "| claim+submit cycles/s | 1000 | 1100 | 1.10x |"
+
+
+def test_startup_gives_a_median_and_its_range() -> None:
+    from benchmarks.startup import spread
+
+    assert spread([3e-6, 1e-6, 2e-6], 1e-6, ".1f") == "2.0 (1.0 to 3.0)"
