@@ -18,6 +18,7 @@ from _lightning_attempts_switch import switched_on
 
 from . import ports
 from .errors import OptionError, ServerStartError
+from .hosts import is_unspecified_host
 from .options import DEFAULTS, STALE_POLICIES, OptionSpec, StalePolicy, annotation, flagged, parse
 from .releases import AGENTLIGHTNING_VERSION
 from .switch.variables import SERVE_DEFAULTS, resolve, variable
@@ -141,9 +142,10 @@ def _serve(host: str, port: int, log_level: str, options: dict[str, Any], port_h
         keyed = "API key required" if server.requires_key else "no API key"
         settings = server.options
         lease = "no leases" if settings.unresponsive_seconds is None else f"lease {settings.unresponsive_seconds:g} s"
+        everywhere = f", bound to {host} (every interface)" if is_unspecified_host(host) else ""
         click.echo(
-            f"lightning-attempts: serving on {server.endpoint} (stale_policy={settings.stale_policy}, {lease}, "
-            f"{keyed})",
+            f"lightning-attempts: serving on {server.endpoint}{everywhere} (stale_policy={settings.stale_policy}, "
+            f"{lease}, {keyed})",
             err=True,
         )
         await server.wait_stopped()

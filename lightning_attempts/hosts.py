@@ -52,6 +52,15 @@ def request_host(host_header: str | None) -> str | None:
     return host if _HOST_NAME.match(host) else None
 
 
+def is_unspecified_host(host: str) -> bool:
+    """Whether a server bound to ``host`` listens on every interface: ``0.0.0.0``, ``::`` or an empty host."""
+    bare = host.strip("[]")
+    try:
+        return not bare or ipaddress.ip_address(bare).is_unspecified
+    except ValueError:
+        return False
+
+
 def client_url(host: str, port: int) -> str:
     """``http://HOST:PORT`` for a client on this machine of a server bound to ``host``.
 

@@ -175,6 +175,26 @@ def test_serve_with_the_switch_on_refuses_a_bad_variable_in_one_line_too() -> No
     assert "Traceback" not in finished.stderr
 
 
+def test_serve_on_every_interface_gives_an_endpoint_a_client_can_use_and_says_where_it_is_bound() -> None:
+    """``--host 0.0.0.0`` said ``serving on http://0.0.0.0:PORT``, a URL no client can send to."""
+    command = [sys.executable, "-m", "lightning_attempts", "serve", "--host", "0.0.0.0", "--port", "0"]
+    env = {**os.environ, "AGL_KEY": "k3y"}  # beyond loopback: with a key
+    process = prewarmed.popen([*command, "--log-level", "warning"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stderr is not None
+        process.stderr.readline()  # starting on 0.0.0.0:0
+        line = process.stderr.readline()
+        match = re.search(r"serving on (http://127\.0\.0\.1:\d+), bound to 0\.0\.0\.0 \(every interface\) \(", line)
+        assert match, line
+        assert httpx.get(match.group(1) + "/task", headers={"x-api-key": "k3y"}).json()["is_available"] is False
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
 def test_bad_policy_is_refused() -> None:
     result = CliRunner().invoke(main, ["serve", "--stale-policy", "maybe"])
     assert result.exit_code == 2
