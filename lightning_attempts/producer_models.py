@@ -158,3 +158,7 @@ class AttemptRecord(BaseModel):
     note: str | None = Field(default=None, description="How it ended, where its outcome alone would not say.")
     release_reason: ReleaseReason | None = Field(default=None, description="Why its worker gave it back.")
     kept_past_timeout: bool = Field(default=False, description="Whether its claim outlived the task timeout.")
+    worker: str | None = Field(
+        default=None,
+        description="Who claimed it: '<name> at <address>' when its worker names itself, else the address.",
+    )

@@ -157,7 +157,7 @@ class Steps:
         self._keyed = keyed  # whether requests carry an API key
         self._warned_unauthorized = False
         self._release_supported = True  # until the server answers /release with 404
-        self._worker = f"{socket.gethostname()}:{os.getpid()}"  # who releases (the steps are rebuilt after a fork)
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"  # who claims and releases (rebuilt after a fork)
         self._skips = 0  # claims skipped in a row, by any of this client's runners in this process
 
     # -- the long poll --------------------------------------------------------
@@ -175,6 +175,7 @@ class Steps:
             _POLL_PAUSE.set(None)
             if self._client.heartbeat_fraction:  # the claim is leased from the start, not from a first beat
                 params["heartbeats"] = 1
+            params["worker"] = self._worker  # its claims' history (and the dashboard) name it
             if (wait := self._client.poll_wait) is not None:
                 params["wait"], timeout = wait, self._client.timeout + wait
         started = time.monotonic()

@@ -30,6 +30,8 @@ class _Poll:
     answer: asyncio.Future[AttemptTask | None]
     leased: bool = False
     """Its worker heartbeats: the claim made for it is leased (``GET /task?heartbeats=1``)."""
+    worker: str | None = None
+    """Who polls (``AttemptAwareDataStore.claim``'s ``worker``)."""
     gone: bool = False
 
 
@@ -61,21 +63,23 @@ class ParkedPolls:
             if poll.answer.done():  # its request was cancelled, not yet unparked
                 del self._parked[poll]
                 continue
-            task = self._store.claim(leased=poll.leased)
+            task = self._store.claim(leased=poll.leased, worker=poll.worker)
             if task is None:
                 return
             del self._parked[poll]
             poll.answer.set_result(task)
 
-    async def wait(self, receive: Receive, seconds: float, *, leased: bool = False) -> AttemptTask | None:
+    async def wait(
+        self, receive: Receive, seconds: float, *, leased: bool = False, worker: str | None = None
+    ) -> AttemptTask | None:
         """Park until a task is claimed for this poll (returned), ``seconds`` pass or shutdown (None).
 
         ``receive`` is the request's ASGI channel: when the client disconnects, the
         poll leaves the queue, and a claim already made for it is given back. ``leased``:
-        the claim made for it is leased (its worker heartbeats).
+        the claim made for it is leased (its worker heartbeats); ``worker``: who polls.
         """
         loop = self._loop = asyncio.get_running_loop()
-        poll = _Poll(loop.create_future(), leased)
+        poll = _Poll(loop.create_future(), leased, worker)
         self._parked[poll] = None
         if self._store.queued():
             self.claimable()  # a hand-out is already pending when tasks are queued; make sure

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from ..auth import ApiKeyMiddleware
 from ..compat import LegacyRollout, ResourcesUpdate
 from ..endpoints import reachable_resources
-from ..models import WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
+from ..models import MAX_ID_LENGTH, WAIT_HEADER, AttemptRollout, AttemptTask, AttemptTaskIfAny, Heartbeat, Release
 from ..options import Options
 from ..store import AttemptAwareDataStore, excerpt
 from .direct_route import DirectRoute, unprocessable
@@ -53,6 +53,14 @@ _HEARTBEATS_PARAMETER: dict[str, Any] = {
     "requeued after the server's `unresponsive_seconds` of silence. A claim that is not leased (a worker that "
     "never heartbeats) is requeued only at `task_timeout_seconds`, until its first heartbeat leases it.",
 }
+_WORKER_PARAMETER: dict[str, Any] = {
+    "name": "worker",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "maxLength": MAX_ID_LENGTH},
+    "description": "Who claims (the shim sends `host:pid`): the claim's history and the dashboard show "
+    "`<worker> at <address>`; without it, the address alone.",
+}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _REPLACED_ROUTES = {
     ("/task", "GET"),
@@ -63,6 +71,12 @@ _REPLACED_ROUTES = {
 _TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body is larger than the server's `max_body_bytes`"}
 }
+
+
+def _worker(request: Request, name: str | None) -> str:
+    """Who sent ``request``: ``<name> at <address>`` when its worker named itself, else its address."""
+    address = request.client.host if request.client is not None else "an unknown address"
+    return f"{name} at {address}" if name else address
 
 
 def _seconds(raw: str) -> float | None:
@@ -140,7 +154,7 @@ class Routes:
             response_model=AttemptTaskIfAny,
             summary="Claim the next task as a new attempt",
             route_class_override=direct,
-            openapi_extra={"parameters": [_WAIT_PARAMETER, _HEARTBEATS_PARAMETER]},
+            openapi_extra={"parameters": [_WAIT_PARAMETER, _HEARTBEATS_PARAMETER, _WORKER_PARAMETER]},
             responses={
                 422: {"description": "`wait` is not a non-negative number of seconds, or `heartbeats` not a boolean"}
             },
@@ -231,6 +245,7 @@ class Routes:
     async def _next_task(self, request: Request) -> Response:
         wait: float | None = None
         leased = False
+        name: str | None = None
         if request.scope.get("query_string"):
             query = request.query_params
             raw = query.get("wait")
@@ -242,6 +257,15 @@ class Routes:
                 error = {"type": "heartbeats", "loc": ("query", "heartbeats"), "msg": "heartbeats must be a boolean"}
                 return unprocessable([error])
             leased = raw in _TRUE
+            name = query.get("worker") or None
+            if name is not None and len(name) > MAX_ID_LENGTH:
+                error = {
+                    "type": "worker",
+                    "loc": ("query", "worker"),
+                    "msg": f"worker is {MAX_ID_LENGTH} characters at most",
+                }
+                return unprocessable([error])
+        worker = _worker(request, name)
         store, polls, asks = self._store, self._polls, self._asks
         if store is None or polls is None:
             return _task_answer(None, None if wait is None else 0.0)
@@ -249,12 +273,12 @@ class Routes:
             asks.record()
         store.requeue_expired()
         if wait is None:  # upstream's /task
-            return _task_answer(store.claim(leased=leased), None, self._llm_proxy_port())
+            return _task_answer(store.claim(leased=leased, worker=worker), None, self._llm_proxy_port())
         held = 0.0 if polls.closing else min(wait, self._max_poll_wait)
         # Polls parked earlier come first: they get the queued tasks being handed out.
-        task = store.claim(leased=leased) if held == 0 or not polls else None
+        task = store.claim(leased=leased, worker=worker) if held == 0 or not polls else None
         if task is None and held > 0:
-            task = await polls.wait(request.receive, held, leased=leased)
+            task = await polls.wait(request.receive, held, leased=leased, worker=worker)
             if asks is not None:  # it asked all the while it was parked
                 asks.record()
             if task is None and polls.closing:
@@ -313,8 +337,7 @@ class Routes:
         store = self._store
         if store is None:
             return JSONResponse({"detail": "Server not fully initialized."}, status_code=503)
-        address = request.client.host if request.client is not None else "an unknown address"
-        worker = f"{release.worker} at {address}" if release.worker else address
+        worker = _worker(request, release.worker)
         answer = store.release(release.rollout_id, release.attempt_id, release.reason, worker)
         return JSONResponse(answer.to_json(), status_code=200 if answer.released else 409)
 

@@ -81,17 +81,17 @@ class AttemptAwareDataStore(ServerDataStore):
 
     # -- claims ---------------------------------------------------------------
 
-    def claim(self, *, leased: bool = False) -> AttemptTask | None:
+    def claim(self, *, leased: bool = False, worker: str | None = None) -> AttemptTask | None:
         """Hand out the next queued task as a new attempt, or ``None`` if none waits.
 
         ``leased``: the worker says it heartbeats its claims, so the claim is leased from
         now, as its first heartbeat would lease it: silence longer than
         ``unresponsive_seconds`` then ends it. A claim that is not leased ends only at
         ``task_timeout_seconds``: a worker that never heartbeats (an old client) is never
-        requeued for its silence.
+        requeued for its silence. ``worker``: who claims (its history and the dashboard show it).
         """
         now, before = self._clock(), self.next_deadline()
-        claimed = self._book.claim(now, now + self.options.task_timeout_seconds, leased=leased)
+        claimed = self._book.claim(now, now + self.options.task_timeout_seconds, leased=leased, worker=worker)
         if claimed is None:
             return None
         self._counters.add("claims")

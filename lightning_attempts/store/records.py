@@ -55,6 +55,9 @@ class Attempt:
     kept_past_timeout: bool = False
     """Whether its claim was kept past ``task_timeout_seconds`` (leased, under a ``task_budget``, its worker heard from
     after the timeout)."""
+    worker: str | None = None
+    """Who claimed it: ``<name> at <address>`` when its worker names itself (the shim: ``host:pid``), else the
+    address its claim came from (an old client); None when the server was not told (the store used directly)."""
 
     @property
     def unrun(self) -> bool:

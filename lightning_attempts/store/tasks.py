@@ -52,15 +52,15 @@ class TaskBook:
 
     # -- moves ----------------------------------------------------------------
 
-    def claim(self, now: float, deadline: float, *, leased: bool) -> ClaimedTask | None:
-        """The next waiting task, claimed by a new attempt until ``deadline``; None if none waits."""
+    def claim(self, now: float, deadline: float, *, leased: bool, worker: str | None = None) -> ClaimedTask | None:
+        """The next waiting task, claimed by a new attempt of ``worker`` until ``deadline``; None if none waits."""
         if not self.queue:
             return None
         task = self.queue.get_nowait()
         claimed = self.claimed.get(task.rollout_id)
         if claimed is None:
             claimed = self.claimed[task.rollout_id] = ClaimedTask(task, now)
-        claimed.attempts.append(Attempt(str(uuid.uuid4()), time.time(), now, leased=leased))
+        claimed.attempts.append(Attempt(str(uuid.uuid4()), time.time(), now, leased=leased, worker=worker))
         claimed.live = True
         claimed.deadline = deadline
         if self.budget is not None:

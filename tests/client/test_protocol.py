@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import os
+import socket
 from collections.abc import Generator
 from typing import Any, TypeVar
 
@@ -68,6 +70,7 @@ def test_the_long_poll_asks_to_be_held_and_to_be_leased(steps: Steps) -> None:
     step = steps.get_json(ENDPOINT + "/task", 5.0)
     request = first(step)
     assert isinstance(request, Send)
+    assert request.params is not None and request.params.pop("worker") == f"{socket.gethostname()}:{os.getpid()}"
     assert (request.method, request.params, request.timeout) == ("GET", {"heartbeats": 1, "wait": 20.0}, 30.0)
     body = finish(step, response(200, {"is_available": True, "task": task()}))
     assert body is not None and body["task"]["attempt_id"] == "a1"

@@ -93,6 +93,18 @@ def test_answers_for_each_outcome(served: Served, http: httpx.Client, clock: Man
     assert stats["dropped"]["superseded"] == stats["dropped"]["unknown_rollout"] == 1
 
 
+def test_a_claim_names_its_worker_in_its_history(served: Served, http: httpx.Client, clock: ManualClock) -> None:
+    """The shim names itself on GET /task; an old client is known by its address, as a release names its worker."""
+    rid = queue(served)
+    http.get("/task", params={"worker": "node-1:4242"})
+    clock.advance(61)
+    http.get("/task")
+    history = http.get(f"/attempts/{rid}").json()
+    assert [entry["worker"] for entry in history] == ["node-1:4242 at 127.0.0.1", "127.0.0.1"]
+    too_long = http.get("/task", params={"worker": "w" * 257})
+    assert (too_long.status_code, too_long.json()["detail"][0]["loc"]) == (422, ["query", "worker"])
+
+
 def test_unmodified_upstream_client(served: Served, clock: ManualClock) -> None:
     client = AgentLightningClient(endpoint=served.endpoint, poll_interval=0.05, timeout=5)
     # (Upstream answers 404 for an empty resources dict, so give it one resource.)
