@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -22,6 +22,7 @@ from ..store import AttemptAwareDataStore
 from ..store.stranded import Stranded
 from . import views
 from .steps import StepLog
+from .workers import Worker, known_workers
 
 DEFAULT_LIMIT = 50
 _PAGE_HEADERS = {"cache-control": "no-store"}
@@ -104,6 +105,8 @@ def _bounded(limit: int, offset: int) -> tuple[int, int]:
     return (views.MAX_LIMIT if limit == -1 else min(limit, views.MAX_LIMIT)), offset
 
 
+SUMMARY_WORKERS = 100
+"""The workers the summary lists, the most recently heard of first (``/v1/agl/workers`` pages them all)."""
 REFUSAL_KEYS = ("dropped", "dropped_total", "refused", "heartbeats_stale", "releases_stale", "unauthorized")
 """The counters of refused requests, shown together."""
 
@@ -113,11 +116,14 @@ def summary(
     store: AttemptAwareDataStore,
     finished: Mapping[views.RolloutStatus, int] | None = None,
     stranded: Stranded | None = None,
+    workers: Sequence[Worker] | None = None,
 ) -> dict[str, Any]:
-    """The counters, the tasks by status, the refusals, the stranded claims, the proxy's figures and the steps;
-    ``finished`` (``views.finished_counts``) and ``stranded`` (``store.stranded()``) as last counted, if given."""
+    """The counters, the tasks by status, the refusals, the stranded claims, the workers, the proxy's figures and the
+    steps; ``finished`` (``views.finished_counts``), ``stranded`` (``store.stranded()``) and ``workers``
+    (``known_workers``) as last counted, if given."""
     stats = source.attempt_stats()
     stranded = store.stranded() if stranded is None else stranded
+    workers = known_workers(store, stranded) if workers is None else workers
     proxy = source.llm_proxy_readout
     resource_ids, latest = store.resource_ids()
     return {
@@ -125,7 +131,7 @@ def summary(
         "stats": stats,
         "refusals": {key: stats[key] for key in REFUSAL_KEYS},
         "stranded": {"total": stranded.total, "counts": dict(stranded.counts), "latest": stranded.latest},
-        "given_back_by_worker": dict(list(store.given_back_by_worker().items())[-views.MAX_LIMIT :]),
+        "workers": {"total": len(workers), "items": [worker.item() for worker in workers[:SUMMARY_WORKERS]]},
         "resources": {"versions": len(resource_ids), "latest": latest},
         "proxy": None if proxy is None else _proxy_summary(proxy.stats()),
         "steps": source.steps.recent(),
@@ -150,6 +156,7 @@ class DashboardRoutes:
         self._source = source
         self._finished = Recounted(views.finished_counts)
         self._stranded = Recounted(lambda store: store.stranded())
+        self._known_workers = Recounted(lambda store: known_workers(store, self._stranded(store)))
 
     def _store(self) -> AttemptAwareDataStore:
         store = self._source.running_store
@@ -194,7 +201,7 @@ class DashboardRoutes:
 
     async def _summary(self) -> dict[str, Any]:
         store = self._store()
-        return summary(self._source, store, self._finished(store), self._stranded(store))
+        return summary(self._source, store, self._finished(store), self._stranded(store), self._known_workers(store))
 
     async def _rollouts(
         self,
@@ -223,7 +230,8 @@ class DashboardRoutes:
 
     async def _workers(self, limit: int = DEFAULT_LIMIT, offset: int = 0) -> dict[str, Any]:
         limit, offset = _bounded(limit, offset)
-        return views.workers(self._store(), limit, offset)
+        workers = self._known_workers(self._store())
+        return views.page((worker.item() for worker in workers[offset : offset + limit]), len(workers), limit, offset)
 
     async def _resources(self, limit: int = DEFAULT_LIMIT, offset: int = 0) -> dict[str, Any]:
         limit, offset = _bounded(limit, offset)

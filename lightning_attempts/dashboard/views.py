@@ -53,7 +53,7 @@ def attempt_item(rollout_id: str, sequence: int, attempt: Attempt) -> dict[str, 
         "start_time": attempt.claimed_at,
         "end_time": attempt.ended_at,
         "status": _ATTEMPT_STATUS[attempt.outcome],
-        "worker_id": None,
+        "worker_id": attempt.worker,
         "last_heartbeat_time": attempt.last_heartbeat_at,
         "metadata": {
             "outcome": attempt.outcome,
@@ -213,28 +213,3 @@ def attempts(store: AttemptAwareDataStore, rollout_id: str, limit: int, offset: 
     chosen = itertools.islice(enumerate(claims, 1), offset, offset + limit)
     items = (attempt_item(rollout_id, sequence, attempt) for sequence, attempt in chosen)
     return page(items, len(claims), limit, offset)
-
-
-def workers(store: AttemptAwareDataStore, limit: int, offset: int) -> dict[str, Any]:
-    """The workers the server knows by name: those that gave claims back unrun (``given_back``), most recent first.
-
-    A worker that only claims and posts results is not named to the legacy server (its requests carry no
-    worker id); the claims it holds are in the running rollouts.
-    """
-    given_back = store.given_back_by_worker()
-    names = list(reversed(given_back))
-    items = (
-        {
-            "worker_id": name,
-            "status": "unknown",
-            "heartbeat_stats": {"given_back_unrun": given_back[name]},
-            "last_heartbeat_time": None,
-            "last_dequeue_time": None,
-            "last_busy_time": None,
-            "last_idle_time": None,
-            "current_rollout_id": None,
-            "current_attempt_id": None,
-        }
-        for name in names[offset : offset + limit]
-    )
-    return page(items, len(names), limit, offset)

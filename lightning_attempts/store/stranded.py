@@ -45,6 +45,8 @@ class Stranded:
     ``unresponsive``, ``superseded``, ``cancelled``)."""
     latest: tuple[str, str, str] | None = None
     """The last of them to end: rollout id, attempt id, kind."""
+    by_worker: Mapping[str, int] = field(default_factory=dict[str, int])
+    """By the worker that claimed them, where the server knows it (``Attempt.worker``)."""
 
     @property
     def total(self) -> int:
@@ -57,11 +59,14 @@ def count_stranded(
     """The claims of ``claimed`` and ``finished`` tasks ended without their worker's word and not ``heard`` from
     since. O(tasks): for occasional reads, not per request."""
     counts: dict[str, int] = {}
+    by_worker: dict[str, int] = {}
     latest: tuple[float, str, str, str] | None = None
 
     def note(rollout_id: str, attempt: Attempt, kind: str) -> None:
         nonlocal latest
         counts[kind] = counts.get(kind, 0) + 1
+        if attempt.worker is not None:
+            by_worker[attempt.worker] = by_worker.get(attempt.worker, 0) + 1
         ended = attempt.ended_at or 0.0
         if latest is None or ended >= latest[0]:
             latest = (ended, rollout_id, attempt.attempt_id, kind)
@@ -81,4 +86,4 @@ def count_stranded(
                     not done.cancelled and done.stored is None and index == last and attempt.outcome != "superseded"
                 )
                 note(rollout_id, attempt, "given_up" if given_up else attempt.outcome)
-    return Stranded(counts, None if latest is None else latest[1:])
+    return Stranded(counts, None if latest is None else latest[1:], by_worker)

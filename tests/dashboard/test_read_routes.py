@@ -83,6 +83,38 @@ def test_tasks_and_claims_in_agentlightnings_shapes(open_server: Served) -> None
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
 
+def test_workers_are_named_by_their_claims_releases_and_stuck_claims() -> None:
+    """A worker holding claims, one giving claims back unrun and one stuck on a claim the server ended: one row each,
+    as their claims and releases name them."""
+    clock = ManualClock()
+    server = AttemptAwareServer(port=0, task_timeout_seconds=60, unresponsive_seconds=90, clock=clock)
+    with serve_in_thread(server) as served, httpx.Client(base_url=served.endpoint) as http:
+        served.call(server.update_resources(RESOURCES))
+        ids = [served.call(server.queue_task(n)) for n in range(3)]
+        stuck = http.get("/task", params={"worker": "stuck:3"}).json()["task"]
+        given = http.get("/task", params={"worker": "broken:2"}).json()["task"]
+        release = {"rollout_id": given["rollout_id"], "attempt_id": given["attempt_id"], "reason": "no_resources"}
+        assert http.post("/release", json={**release, "worker": "broken:2"}).status_code == 200
+        clock.advance(61)  # the stuck worker's claim times out, and it never comes back for it
+        holding = [http.get("/task", params={"worker": "holder:1", "heartbeats": 1}).json()["task"] for _ in range(3)]
+        assert {task["rollout_id"] for task in holding} == set(ids)
+        attempts = http.get(f"/v1/agl/rollouts/{stuck['rollout_id']}/attempts").json()["items"]
+        assert [attempt["worker_id"] for attempt in attempts] == ["stuck:3 at 127.0.0.1", "holder:1 at 127.0.0.1"]
+        page = http.get("/v1/agl/workers").json()
+        summary = http.get("/dashboard/summary").json()["workers"]
+    assert summary == {"total": 3, "items": page["items"]}
+    rows = {item["worker_id"]: item for item in page["items"]}
+    assert set(rows) == {"holder:1 at 127.0.0.1", "broken:2 at 127.0.0.1", "stuck:3 at 127.0.0.1"}
+    holder = rows["holder:1 at 127.0.0.1"]
+    assert holder["status"] == "busy" and holder["current_rollout_id"] in {task["rollout_id"] for task in holding}
+    assert holder["heartbeat_stats"] == {"claims_held": 3, "leased": 3, "given_back_unrun": 0, "stuck": 0}
+    assert rows["broken:2 at 127.0.0.1"]["heartbeat_stats"]["given_back_unrun"] == 1
+    assert rows["stuck:3 at 127.0.0.1"]["heartbeat_stats"] == {
+        "claims_held": 0, "leased": 0, "given_back_unrun": 0, "stuck": 1,
+    }  # fmt: skip
+    assert rows["stuck:3 at 127.0.0.1"]["status"] == "idle"
+
+
 def test_reading_changes_nothing(open_server: Served) -> None:
     server, url = open_server.server, open_server.endpoint
     for n in range(3):
