@@ -105,7 +105,7 @@ def _bounded(limit: int, offset: int) -> tuple[int, int]:
     return (views.MAX_LIMIT if limit == -1 else min(limit, views.MAX_LIMIT)), offset
 
 
-SUMMARY_WORKERS = 100
+SUMMARY_WORKERS = 25
 """The workers the summary lists, the most recently heard of first (``/v1/agl/workers`` pages them all)."""
 REFUSAL_KEYS = ("dropped", "dropped_total", "refused", "heartbeats_stale", "releases_stale", "unauthorized")
 """The counters of refused requests, shown together."""
