@@ -54,6 +54,7 @@ async def _peak_rss(process: psutil.Process, done: asyncio.Event) -> int:
     return peak
 
 
+@pytest.mark.once  # 15 s of CPU, about neither the release nor the Python
 @pytest.mark.timeout(120)
 async def test_key_less_callers_sending_large_bodies_cost_the_proxy_under_10_mb() -> None:
     command = [sys.executable, "-m", "tests.llm_proxy.proxy_process"]
