@@ -249,7 +249,8 @@ class LlmProxy:
             record=attempt is not None,
         )
         backend = call.backend
-        self.latency.add(self._clock() - started - call.waited)
+        ended = self._clock()
+        self.latency.add(ended - started - call.waited)
         if call.status:  # the backend answered: the call reached it
             self.counts["forwarded_attempt" if attempt is not None else "forwarded_plain"] += 1
         if call.client_gone:
@@ -257,7 +258,9 @@ class LlmProxy:
         elif call.error is not None:
             self._failed(backend, attempt, call)
         elif attempt is not None and 200 <= call.status < 300:  # an error answer has no token ids to train on
-            record = CallRecord.of(scope["method"], path, call.status, call.streamed, backend, call.tokens)
+            record = CallRecord.of(
+                scope["method"], path, call.status, call.streamed, backend, call.tokens, seconds=ended - started
+            )
             self.records.add(attempt, record)
 
     async def _live(self, send: Send, attempt: Attempt, headers: tuple[tuple[str, str], ...] = ()) -> bool:

@@ -40,6 +40,8 @@ class CallRecord:
     """agentlightning's ``prompt_token_ids`` (an ``array('i')``; ``list(...)`` for a list), None if absent."""
     response_token_ids: tuple[Sequence[int], ...] | None
     """The response's ids per choice (agentlightning's ``response_token_ids`` shape), None if absent."""
+    seconds: float = 0.0
+    """The call's whole time in the proxy, from its request's arrival to its answer's last byte."""
 
     @property
     def size(self) -> int:
@@ -53,8 +55,10 @@ class CallRecord:
         return self.size + CALL_COST + (len(self.path) + 3) // 4
 
     @classmethod
-    def of(cls, method: str, path: str, status: int, streamed: bool, backend: str, tokens: Tokens) -> CallRecord:
-        return cls(method, path, status, streamed, backend, tokens.prompt, tokens.response_list())
+    def of(
+        cls, method: str, path: str, status: int, streamed: bool, backend: str, tokens: Tokens, seconds: float = 0.0
+    ) -> CallRecord:
+        return cls(method, path, status, streamed, backend, tokens.prompt, tokens.response_list(), seconds)
 
 
 @dataclass(slots=True)

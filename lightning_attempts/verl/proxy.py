@@ -59,6 +59,7 @@ class DaemonProxy:
                 "status": call.status,
                 "streamed": call.streamed,
                 "backend": call.backend,
+                "seconds": call.seconds,
                 "prompt_tokens": None if call.prompt_token_ids is None else len(call.prompt_token_ids),
                 "response_tokens": None
                 if call.response_token_ids is None

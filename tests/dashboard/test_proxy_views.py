@@ -58,10 +58,12 @@ def test_an_attempts_calls_and_the_proxys_refusals_show(running: Running, clock:
     assert span["attempt_id"] == first.attempt_id and span["sequence_id"] == 1
     assert span["attributes"]["path"] == "/v1/chat/completions" and span["attributes"]["status"] == 200
     assert span["attributes"]["backend"] and span["attributes"]["prompt_tokens"] == 2
+    assert span["attributes"]["seconds"] > 0  # the call's time in the proxy, shown beside it
 
     summary = httpx.get(f"{url}/dashboard/summary").json()
     assert summary["proxy"]["forwarded"] == 1 and summary["proxy"]["refused_by_reason"] == {"superseded": 1}
     assert summary["proxy"]["added_latency_p50_ms"] is not None and "added_latency_buckets" not in summary["proxy"]
+    assert summary["proxy"]["backends"] == {}  # the backends that failed, with their circuits: none here
 
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
