@@ -6,9 +6,10 @@ Everything runs on the test's event loop, as the daemon runs the proxy on its ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -51,9 +52,10 @@ def attempt_url(server: ProxyServer, attempt: tuple[str, str], path: str = "chat
     return f"{server.endpoint}/rollout/{attempt[0]}/attempt/{attempt[1]}/v1/{path}"
 
 
-@pytest.fixture
-async def backends() -> AsyncIterator[list[StandInVllm]]:
-    started = [StandInVllm("alpha"), StandInVllm("beta")]
+@contextlib.asynccontextmanager
+async def stand_ins(*names: str) -> AsyncGenerator[list[StandInVllm]]:
+    """Stand-in vLLMs of these names, started, and stopped at the end."""
+    started = [StandInVllm(name) for name in names]
     try:
         for backend in started:
             await backend.start()
@@ -61,6 +63,12 @@ async def backends() -> AsyncIterator[list[StandInVllm]]:
     finally:
         for backend in started:
             await backend.stop()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[list[StandInVllm]]:
+    async with stand_ins("alpha", "beta") as started:
+        yield started
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from lightning_attempts.llm_proxy import Attempt, BackendRouter, LlmProxy, Proxy
 from lightning_attempts.llm_proxy.health import BackendHealth
 from lightning_attempts.testing import ManualClock
 
-from .conftest import CHAT, Attempts, StartProxy, attempt_url
+from .conftest import CHAT, Attempts, StartProxy, attempt_url, stand_ins
 from .faults import BlackholedBackend, HungBackend
 from .stand_in_vllm import StandInVllm
 
@@ -48,14 +48,8 @@ class Fleet:
 
 @pytest.fixture
 async def healthy() -> AsyncIterator[list[StandInVllm]]:
-    started = [StandInVllm(name) for name in ("alpha", "beta", "gamma")]
-    try:
-        for backend in started:
-            await backend.start()
+    async with stand_ins("alpha", "beta", "gamma") as started:
         yield started
-    finally:
-        for backend in started:
-            await backend.stop()
 
 
 async def _fleet(healthy: list[StandInVllm], faulty: str, attempts: Attempts) -> Fleet:
