@@ -156,7 +156,10 @@ class Routes:
             route_class_override=direct,
             openapi_extra={"parameters": [_WAIT_PARAMETER, _HEARTBEATS_PARAMETER, _WORKER_PARAMETER]},
             responses={
-                422: {"description": "`wait` is not a non-negative number of seconds, or `heartbeats` not a boolean"}
+                422: {
+                    "description": "`wait` is not a non-negative number of seconds, `heartbeats` not a boolean, "
+                    "or `worker` longer than 256 characters"
+                }
             },
         )
         router.add_api_route(
