@@ -44,7 +44,7 @@ def upstream_dashboard() -> Path | None:
 
 
 class ProxyReadout(Protocol):
-    """What the dashboard reads of an attempt-aware LLM proxy serving beside the server (verl's ``DaemonProxy``)."""
+    """What the dashboard reads of an attempt-aware LLM proxy beside the server (an ``AttachedProxy``)."""
 
     def stats(self) -> dict[str, Any]: ...
 

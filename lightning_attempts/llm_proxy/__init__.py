@@ -11,6 +11,7 @@ to another backend while no byte of its answer went out, and counts what it did;
 from __future__ import annotations
 
 from .app import Liveness, LlmProxy
+from .attached import AttachedProxy
 from .bodies import BodyBudget
 from .health import BackendHealth
 from .records import CallRecord, CallRecords
@@ -20,6 +21,7 @@ from .stats import RefusalSummary, latency_between
 from .targets import Attempt
 
 __all__ = [
+    "AttachedProxy",
     "Attempt",
     "BackendHealth",
     "BackendRouter",

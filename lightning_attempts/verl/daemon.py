@@ -19,7 +19,7 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
   its proxy;
 - its server is attempt-aware even when the daemon is built directly, without
   ``install()``, and takes its options as under ``install()`` (``switch.variables.resolve``);
-- its LLM proxy is ours (``proxy.DaemonProxy``), on upstream's port and ``/v1`` paths: shim
+- its LLM proxy is ours (``llm_proxy.AttachedProxy``), on upstream's port and ``/v1`` paths: shim
   workers are served an endpoint naming their attempt, whose calls are refused once it is no
   longer live; each attempt stays on one backend; plain ``/v1`` needs the server's key, if it
   has one; a stored result with a reward and no triplets is trained on the token ids of its own
@@ -39,10 +39,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ServerNotRunning
+from ..llm_proxy import AttachedProxy
 from ..server import AttemptAwareServer
 from ..switch.variables import resolve
 from . import compat
-from .proxy import DaemonProxy
 from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, stall_line, step_metrics
 from .training_data import fill_from_calls, no_training_data, without_triplets
 
@@ -69,7 +69,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         super().__init__(*args, **kwargs)
         self._step: StepWindow | None = None
         self._proxy_triplets = 0
-        self.attempt_proxy: DaemonProxy | None = None
+        self.attempt_proxy: AttachedProxy | None = None
         """Its attempt-aware LLM proxy (v0), once ``start()`` served it."""
         self._cancelled_unreported = 0
         self.cancelled_total = 0
@@ -111,7 +111,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         def backends() -> list[str]:
             return self.backend_llm_server_addresses  # read per call: verl sets them at each step
 
-        proxy = DaemonProxy(self.attempt_server, backends, self.proxy_port, self.llm_timeout_seconds)
+        proxy = AttachedProxy(self.attempt_server, backends, self.proxy_port, self.llm_timeout_seconds)
         self._on_loop(proxy.start)
         self.attempt_proxy = proxy
         print(f"Proxy server running on port {self.proxy_port}")  # upstream's line, which the guide points to

@@ -12,10 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lightning_attempts import AttemptAwareServer
+from lightning_attempts.llm_proxy import AttachedProxy
 from lightning_attempts.llm_proxy.stats import LatencyHistogram
 from lightning_attempts.server.metrics import coarse_buckets
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
-from lightning_attempts.verl.proxy import DaemonProxy
 
 BOARD = Path(__file__).parents[2] / "lightning_attempts" / "dashboard" / "grafana.json"
 METRIC = re.compile(r"\blightning_attempts_[a-z0-9_]+")
@@ -44,7 +44,7 @@ def test_every_metric_the_grafana_dashboard_names_is_exposed(served: ServerThrea
     without_proxy = exposed(served.endpoint)
     assert not any("llm_proxy" in name for name in without_proxy)  # no proxy, none of its metrics
     server = served.server
-    served.server.llm_proxy_readout = DaemonProxy(server, lambda: [], port=0, timeout_seconds=5.0)  # as verl's daemon
+    served.server.llm_proxy_readout = AttachedProxy(server, lambda: [], port=0, timeout_seconds=5.0)  # as verl's daemon
     assert named <= exposed(served.endpoint)
 
 

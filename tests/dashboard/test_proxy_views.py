@@ -10,14 +10,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lightning_attempts import AttemptAwareServer
+from lightning_attempts.llm_proxy import AttachedProxy
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
-from lightning_attempts.verl.proxy import DaemonProxy
 
 from ..llm_proxy.stand_in_vllm import StandInVllm
 
 TIMEOUT = 10.0
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-Running = tuple[ServerThread[AttemptAwareServer], DaemonProxy]
+Running = tuple[ServerThread[AttemptAwareServer], AttachedProxy]
 
 
 def free_port() -> int:
@@ -32,7 +32,7 @@ def running(clock: ManualClock) -> Iterator[Running]:
     with serve_in_thread(server) as served:
         backend = StandInVllm("alpha")
         served.call(backend.start())
-        proxy = DaemonProxy(server, lambda: [backend.address], free_port(), TIMEOUT)
+        proxy = AttachedProxy(server, lambda: [backend.address], free_port(), TIMEOUT)
         served.call(proxy.start())
         try:
             yield served, proxy

@@ -1,6 +1,6 @@
 """The daemon's LLM proxy beside a real server, without verl: liveness from the store, the stored attempt's calls only.
 
-``DaemonProxy`` is what ``AttemptAwareDaemon`` starts in place of upstream's Flask proxy; here it
+``AttachedProxy`` is what ``AttemptAwareDaemon`` starts in place of upstream's Flask proxy; here it
 serves on the server's loop (a thread of its own, as in the daemon) in front of a stand-in vLLM.
 """
 
@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from lightning_attempts import AttemptAwareServer, AttemptRollout
+from lightning_attempts.llm_proxy import AttachedProxy
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
-from lightning_attempts.verl.proxy import DaemonProxy
 
 from ..llm_proxy.stand_in_vllm import StandInVllm, response_ids
 
@@ -31,12 +31,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def running(clock: ManualClock) -> Iterator[tuple[ServerThread[AttemptAwareServer], DaemonProxy, StandInVllm]]:
+def running(clock: ManualClock) -> Iterator[tuple[ServerThread[AttemptAwareServer], AttachedProxy, StandInVllm]]:
     server = AttemptAwareServer(port=0, task_timeout_seconds=TIMEOUT, clock=clock, api_key=KEY)
     with serve_in_thread(server) as served:
         backend = StandInVllm("alpha")
         served.call(backend.start())
-        proxy = DaemonProxy(server, lambda: [backend.address], free_port(), TIMEOUT)
+        proxy = AttachedProxy(server, lambda: [backend.address], free_port(), TIMEOUT)
         served.call(proxy.start())
         try:
             yield served, proxy, backend
@@ -50,12 +50,12 @@ def claim(served: ServerThread[AttemptAwareServer]) -> tuple[str, str]:
     return task.rollout_id, task.attempt_id
 
 
-def attempt_url(proxy: DaemonProxy, attempt: tuple[str, str]) -> str:
+def attempt_url(proxy: AttachedProxy, attempt: tuple[str, str]) -> str:
     return f"http://127.0.0.1:{proxy.port}/rollout/{attempt[0]}/attempt/{attempt[1]}/v1/chat/completions"
 
 
 def test_a_reclaimed_straggler_is_refused_and_only_the_stored_attempts_calls_are_kept(
-    running: tuple[ServerThread[AttemptAwareServer], DaemonProxy, StandInVllm], clock: ManualClock
+    running: tuple[ServerThread[AttemptAwareServer], AttachedProxy, StandInVllm], clock: ManualClock
 ) -> None:
     served, proxy, backend = running
     server = served.server
@@ -93,7 +93,7 @@ def test_a_reclaimed_straggler_is_refused_and_only_the_stored_attempts_calls_are
 def test_it_stops_when_the_server_stops(clock: ManualClock) -> None:
     server = AttemptAwareServer(port=0, task_timeout_seconds=TIMEOUT, clock=clock)
     with serve_in_thread(server) as served:
-        proxy = DaemonProxy(server, lambda: [], free_port(), TIMEOUT)
+        proxy = AttachedProxy(server, lambda: [], free_port(), TIMEOUT)
         served.call(proxy.start())
         url = f"http://127.0.0.1:{proxy.port}/v1/models"
         assert httpx.get(url).status_code == 503  # serving; no backend yet
@@ -103,7 +103,7 @@ def test_it_stops_when_the_server_stops(clock: ManualClock) -> None:
 
 
 def test_the_refusals_of_a_step_are_logged_when_it_ends(
-    running: tuple[ServerThread[AttemptAwareServer], DaemonProxy, StandInVllm], caplog: pytest.LogCaptureFixture
+    running: tuple[ServerThread[AttemptAwareServer], AttachedProxy, StandInVllm], caplog: pytest.LogCaptureFixture
 ) -> None:
     served, proxy, _ = running
     with httpx.Client(timeout=30) as http, caplog.at_level(logging.WARNING):

@@ -1,8 +1,9 @@
-"""The daemon's attempt-aware LLM proxy (v0): ``LlmProxy`` beside its task server, in place of upstream's Flask one.
+"""``AttachedProxy``: an ``LlmProxy`` attached to an ``AttemptAwareServer``, serving beside it.
 
-It serves on upstream's port (the daemon's ``proxy_port``), on ``0.0.0.0``, and on the task
-server's event loop: the store it asks whether an attempt is live is not thread-safe, and is
-asked there, synchronously, as every method here runs. The server names the proxy's port in
+verl's daemon (v0) starts one in place of upstream's Flask proxy, on upstream's port (its
+``proxy_port``) and on ``0.0.0.0``. It serves on the task server's event loop: the store it
+asks whether an attempt is live is not thread-safe, and is asked there, synchronously, as
+every method here runs. The server names the proxy's port in
 the tasks it hands out, so that shim workers call it attempt by attempt; the proxy stops when
 the server stops. Its key is the server's (``AGL_KEY``, or the server's ``api_key``).
 """
@@ -12,18 +13,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..llm_proxy import Backends, CallRecord, LlmProxy, ProxyServer, serve_proxy
 from ..server import AttemptAwareServer
+from .app import LlmProxy
+from .records import CallRecord
+from .routing import Backends
+from .serving import ProxyServer, serve_proxy
 
 HOST = "0.0.0.0"
 """Where upstream's Flask proxy listens (and so ours): workers on other hosts reach it."""
 
 
-class DaemonProxy:
-    """One daemon's LLM proxy: ``start()`` serves it, the server's stop stops it."""
+class AttachedProxy:
+    """One server's LLM proxy: ``start()`` serves it on ``host:port``, the server's stop stops it."""
 
-    def __init__(self, server: AttemptAwareServer, backends: Backends, port: int, timeout_seconds: float) -> None:
+    def __init__(
+        self, server: AttemptAwareServer, backends: Backends, port: int, timeout_seconds: float, *, host: str = HOST
+    ) -> None:
         self.server = server
+        self.host = host
         self.port = port
         self.proxy = LlmProxy(
             backends, server.liveness, api_key=server.options.api_key, timeout_seconds=timeout_seconds
@@ -33,7 +40,7 @@ class DaemonProxy:
 
     async def start(self) -> None:
         """Serve on ``port`` (``ServerStartError`` if it cannot); from now on, tasks handed out name it."""
-        self._served = await serve_proxy(self.proxy, HOST, self.port)
+        self._served = await serve_proxy(self.proxy, self.host, self.port)
         self.server.llm_proxy_port = self.port
         self.server.llm_proxy_readout = self  # the dashboard and /metrics show its figures
 
