@@ -3,7 +3,8 @@
 Each tier is a nox session with its own virtual environment under ``.venvs/`` (kept between runs; uv's
 cache makes a rebuild take seconds), the project installed editable, and pytest run there:
 
-- ``tests(<release>)``, tag ``releases``: the seven releases on Python 3.11, ``tests/`` without ``tests/verl/``;
+- ``tests(<release>)``, tag ``releases``: 0.1, 0.1.1, 0.2.0, 0.2.1 and 0.3.0 on Python 3.11, ``tests/`` without
+  ``tests/verl/``, and ``tests(once)``: the slow tests about neither release nor Python, on 0.3.0, once a run;
 - ``tests(py<python>-<release>)``, tag ``pythons``: 0.1.2 on 3.10, 0.2.2 on 3.12, 0.3.0 on 3.13, the same tests;
 - ``verl(<release>)``, tag ``verl``: 0.1.2 + verl 0.5.0 and 0.3.0 + verl 0.6.1 on 3.11 with a CPU build of
   torch, ``tests/verl/`` (the real AgentModeDaemon, Ray). torch comes from pip, not uv: pip's configuration on
@@ -11,16 +12,17 @@ cache makes a rebuild take seconds), the project installed editable, and pytest 
   build of several GB.
 
 Which tests a ``tests`` tier runs is ``tests/scopes.py``'s: every tier runs what can differ by release or Python,
-the oldest and newest release (0.1, 0.3.0) run the whole suite, the other Pythons all but the slow ``once``
-tests, the releases in between only what a release can change. Child interpreters come from a fork server that
-has imported agentlightning's third-party modules once (``tests/prewarmed.py``). Four tiers run at a time (nox's
-``--parallel``, set below). Measured on clean clones on 2 cores: 57 minutes and about 100 CPU-minutes three at a
-time before the scopes and the fork server (each child importing agentlightning afresh, 6 s of CPU on 0.2+);
-25 minutes (1,515 s and 1,525 s) and 37 to 38 CPU-minutes four at a time after, the machine 1.5 of its 2 cores
-busy on average; 27 minutes (1,638 s) with the liveness tests added since. Each tier's output is printed
-whole when it ends, then a table of tier against result. A tier fails when its environment cannot be built
-(nox prints the failing command and its output), when pytest fails or collects nothing (exit 5), or when no
-test passed.
+the oldest and newest release (0.1, 0.3.0) and the other Pythons the project's own logic too, the releases in
+between only what a release can change, and ``tests(once)`` the slow ``once`` tests. Child interpreters come
+from a fork server that has imported agentlightning's third-party modules once (``tests/prewarmed.py``). Four
+tiers run at a time (nox's ``--parallel``, set below). Measured on clean clones on 2 cores: 57 minutes and about
+100 CPU-minutes three at a time before the scopes and the fork server (each child importing agentlightning
+afresh, 6 s of CPU on 0.2+); 25 minutes (1,515 s and 1,525 s) and 37 to 38 CPU-minutes four at a time after, the
+machine 1.5 of its 2 cores busy on average; 27 minutes (1,638 s) with the liveness tests added since, the
+``once`` tests then in both the 0.1 and the 0.3.0 tier and 0.1.2 and 0.2.2 on 3.11 too. Each tier's output is
+printed whole when it ends, then a table of tier against result. A tier fails when its environment cannot be
+built (nox prints the failing command and its output), when pytest fails or collects nothing (exit 5), or when
+no test passed.
 
     python3 -m pip install 'nox[uv]>=2026.10.20' && python3 -m nox  # every tier (README's test command)
     nox -s 'tests(0.3.0)' -- -x                               # one tier; anything after -- goes to pytest
