@@ -15,6 +15,7 @@ stream's first chunk (and the gate, if any).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +135,7 @@ class StandInVllm:
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         ids = response_ids(self.name)
         return {
-            "id": "chatcmpl-stand-in",
+            "id": self._answer_id(body),
             "object": "chat.completion",
             "created": 1,
             "model": body.get("model", "stand-in"),
@@ -150,6 +151,11 @@ class StandInVllm:
             "response_token_ids": [ids],
         }
 
+    def _answer_id(self, body: dict[str, Any]) -> str:
+        """An id of its own for each request, the same for the same request (a tracer tells answers apart by it)."""
+        digest = hashlib.sha256(json.dumps([self.name, body], sort_keys=True).encode()).hexdigest()
+        return f"chatcmpl-{digest[:24]}"
+
     async def _stream(self, body: dict[str, Any], receive: Receive, send: Send) -> None:
         with_ids = bool(body.get("return_token_ids"))
         headers = [(b"content-type", b"text/event-stream"), (b"x-backend", self.name.encode())]
@@ -160,7 +166,7 @@ class StandInVllm:
         ids = response_ids(self.name)
         for position, token in enumerate(ids):
             chunk: dict[str, Any] = {
-                "id": "chatcmpl-stand-in",
+                "id": self._answer_id(body),
                 "object": "chat.completion.chunk",
                 "created": 1,
                 "model": body.get("model", "stand-in"),
