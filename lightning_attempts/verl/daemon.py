@@ -23,7 +23,8 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
   workers are served an endpoint naming their attempt, whose calls are refused once it is no
   longer live; each attempt stays on one backend; plain ``/v1`` needs the server's key, if it
   has one; a stored result with a reward and no triplets is trained on the token ids of its own
-  attempt's calls (``training_data``); and the step's metrics count the calls.
+  attempt's calls, and so are a result's triplets without token ids (a streamed call, as the tracer
+  records it) (``training_data``); and the step's metrics count the calls.
 
 The server's store is not thread-safe: everything that reads or changes it runs on the
 server's event loop, as upstream's daemon runs its own calls.
@@ -43,8 +44,15 @@ from ..llm_proxy import AttachedProxy
 from ..server import AttemptAwareServer
 from ..switch.variables import resolve
 from . import compat
-from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepWindow, stall_line, step_metrics
-from .training_data import fill_from_calls, no_training_data, without_triplets
+from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepTokenIds, StepWindow, stall_line, step_metrics
+from .training_data import (
+    count_without_token_ids,
+    fill_from_calls,
+    fill_token_ids,
+    lacking_token_ids,
+    no_training_data,
+    without_triplets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +77,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         super().__init__(*args, **kwargs)
         self._step: StepWindow | None = None
         self._proxy_triplets = 0
+        self._token_ids = StepTokenIds()
         self.attempt_proxy: AttachedProxy | None = None
         """Its attempt-aware LLM proxy (v0), once ``start()`` served it."""
         self._cancelled_unreported = 0
@@ -129,6 +138,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
             window.proxy_before = self.attempt_proxy.stats()
             self.attempt_proxy.forget()  # calls of earlier batches: none is trained on from here
         self._proxy_triplets = 0
+        self._token_ids = StepTokenIds()
         await super()._async_set_up(data, server_addresses, is_train)
         window.rollout_ids = list(self._task_id_to_original_sample)
         self._step = window
@@ -219,9 +229,15 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         return metrics
 
     def _train_on_proxy_calls(self) -> None:
-        """Give each result with a reward and no triplets the triplets of its stored attempt's LLM calls."""
+        """Give each result with a reward and no triplets the triplets of its stored attempt's LLM calls, and
+        triplets without token ids those calls' ids."""
         proxy, completed = self.attempt_proxy, compat.completed_rollouts(self)
-        wanting = without_triplets(completed)
+        wanting, lacking = without_triplets(completed), lacking_token_ids(completed)
+        if proxy is not None and lacking:
+            filled = fill_token_ids(completed, self._on_loop(lambda: proxy.stored_calls(lacking)))
+            self._token_ids.add(filled)
+            self._proxy_triplets += filled.built
+        self._token_ids.left = count_without_token_ids(completed.values())
         if proxy is None or not wanting:
             return
         built = fill_from_calls(completed, self._on_loop(lambda: proxy.stored_calls(wanting)))
@@ -250,6 +266,8 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         after, histories, proxy_after = self._on_loop(read)
         cancelled, self._cancelled_unreported = self._cancelled_unreported, 0
         metrics = step_metrics(window, after, histories, cancelled, prefix, proxy_after, self._proxy_triplets)
+        if proxy_after is not None:
+            metrics.update(self._token_ids.metrics(prefix))
         server.steps.add(metrics)  # the dashboard's chart (a deque's append: safe from this thread)
         return metrics
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..llm_proxy import latency_between
+from .training_data import TokenIdFill
 
 TRAIN_PREFIX = "attempts/"
 VAL_PREFIX = "val/attempts/"
@@ -60,6 +61,29 @@ class StepWindow:
     """When the daemon's wait saw the batch's last result, if it waited."""
     proxy_before: Mapping[str, Any] | None = None
     """The LLM proxy's ``stats()`` when the batch was set up (None: no attempt-aware proxy)."""
+
+
+@dataclass
+class StepTokenIds:
+    """What the step's triplets without token ids got from the LLM proxy's records (``training_data``)."""
+
+    filled: int = 0
+    replaced: int = 0
+    left: int = 0
+    """Triplets still without token ids as verl takes them (set, not added: read again at each look)."""
+
+    def add(self, fill: TokenIdFill) -> None:
+        self.filled += fill.filled
+        self.replaced += fill.replaced
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """``proxy_token_ids_filled``, ``proxy_replaced_rollouts`` and ``triplets_without_token_ids``, under
+        ``prefix``."""
+        return {
+            f"{prefix}proxy_token_ids_filled": float(self.filled),
+            f"{prefix}proxy_replaced_rollouts": float(self.replaced),
+            f"{prefix}triplets_without_token_ids": float(self.left),
+        }
 
 
 def step_metrics(

@@ -11,10 +11,12 @@ from lightning_attempts.verl.step_metrics import (
     FROM_COUNTERS,
     TRAIN_PREFIX,
     VAL_PREFIX,
+    StepTokenIds,
     StepWindow,
     stall_line,
     step_metrics,
 )
+from lightning_attempts.verl.training_data import TokenIdFill
 
 
 def stats(**counts: float) -> dict[str, Any]:
@@ -147,3 +149,16 @@ def test_no_call_forwarded_leaves_the_added_time_out_and_no_proxy_leaves_every_p
     assert metrics["val/attempts/llm_calls"] == 0.0 and "val/attempts/llm_proxy_added_p50_ms" not in metrics
     without = step_metrics(StepWindow(stats(), queued_at=0.0, queued_monotonic=0.0), stats(), [], 0, TRAIN_PREFIX)
     assert not any("llm" in key or "proxy" in key for key in without)
+
+
+def test_the_triplets_given_the_proxys_token_ids_add_up_and_those_left_without_are_as_last_seen() -> None:
+    token_ids = StepTokenIds()
+    token_ids.add(TokenIdFill(filled=3, built=0, replaced=0))
+    token_ids.add(TokenIdFill(filled=1, built=4, replaced=2))
+    token_ids.left = 5
+    token_ids.left = 1  # read again: what verl takes
+    assert token_ids.metrics(VAL_PREFIX) == {
+        "val/attempts/proxy_token_ids_filled": 4.0,
+        "val/attempts/proxy_replaced_rollouts": 2.0,
+        "val/attempts/triplets_without_token_ids": 1.0,
+    }

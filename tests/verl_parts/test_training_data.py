@@ -12,8 +12,12 @@ from lightning_attempts.llm_proxy import CallRecord
 from lightning_attempts.llm_proxy.tokens import Tokens
 from lightning_attempts.verl.training_data import (
     FROM_PROXY,
+    TOKEN_IDS_FROM,
     NoTrainingData,
+    count_without_token_ids,
     fill_from_calls,
+    fill_token_ids,
+    lacking_token_ids,
     no_training_data,
     without_triplets,
 )
@@ -46,11 +50,11 @@ def test_one_rollout_with_triplets_is_enough_and_an_empty_step_is_left_to_verl()
     no_training_data([])
 
 
-def call(prompt: list[int] | None, *responses: list[int], status: int = 200) -> CallRecord:
+def call(prompt: list[int] | None, *responses: list[int], status: int = 200, streamed: bool = False) -> CallRecord:
     tokens = Tokens(
         array("i", prompt) if prompt is not None else None, {i: array("i", r) for i, r in enumerate(responses)}
     )
-    return CallRecord.of("POST", "/v1/chat/completions", status, False, "127.0.0.1:8000", tokens)
+    return CallRecord.of("POST", "/v1/chat/completions", status, streamed, "127.0.0.1:8000", tokens)
 
 
 def test_results_with_a_reward_and_no_triplets_are_filled_from_their_attempts_calls_and_client_triplets_win() -> None:
@@ -80,3 +84,77 @@ def test_results_with_a_reward_and_no_triplets_are_filled_from_their_attempts_ca
         [],
     )
     no_training_data(rollouts.values())  # the step has something to train on now
+
+
+def traced(prompt: list[int], response: list[int], reward: float | None = None, **fields: Any) -> dict[str, Any]:
+    """A triplet as agentlightning's tracer sends it: a streamed call's ids are ``[]``."""
+    return {
+        "prompt": {"token_ids": prompt, "raw_content": "p", **fields},
+        "response": {"token_ids": response, "raw_content": "r"},
+        "reward": reward,
+        "metadata": {"agent_name": "a"},
+    }
+
+
+def rows(filled: Any) -> list[tuple[list[int], list[int]]]:
+    return [(list(t.prompt["token_ids"]), list(t.response["token_ids"])) for t in filled.triplets]
+
+
+def test_a_streamed_calls_triplet_without_token_ids_takes_those_of_the_call_at_its_position() -> None:
+    client = [
+        traced([1, 2], [3]),  # a whole answer: the tracer has its ids, the proxy's agree
+        traced([], [], image_urls=["u"]),  # a streamed one: "contains empty response" upstream
+        traced([5], [], reward=0.5),  # a response without ids is as empty
+    ]
+    rollouts = {"streaming": rollout("streaming", 0.75, triplets=client)}
+    rollouts["whole"] = rollout("whole", triplets=client[:1])
+    assert lacking_token_ids(rollouts) == ["streaming"]
+    assert count_without_token_ids(rollouts.values()) == 2
+    calls = {
+        "streaming": [call([1, 2], [3]), call([4, 4], [6, 7], streamed=True), call([8], [9], streamed=True)],
+        "whole": [call([1, 2], [9])],  # never used: its triplets have their ids
+    }
+    kept = rollouts["streaming"]
+    done = fill_token_ids(rollouts, calls)
+    assert (done.filled, done.built, done.replaced) == (2, 0, 0)
+    filled = rollouts["streaming"]
+    assert filled is not kept and kept.triplets[1].response["token_ids"] == []  # a copy
+    assert rows(filled) == [([1, 2], [3]), ([4, 4], [6, 7]), ([8], [9])]
+    assert filled.triplets[0] == kept.triplets[0]  # a triplet with its ids stays as the client sent it
+    second, third = filled.triplets[1], filled.triplets[2]
+    assert second.prompt == {"token_ids": [4, 4], "raw_content": "p", "image_urls": ["u"]}  # its other fields kept
+    assert second.metadata == {"agent_name": "a", TOKEN_IDS_FROM: FROM_PROXY}
+    assert (second.reward, third.reward, filled.final_reward) == (None, 0.5, 0.75)  # rewards unchanged
+    assert rows(rollouts["whole"]) == [([1, 2], [3])]
+    assert count_without_token_ids(rollouts.values()) == 0 and lacking_token_ids(rollouts) == []
+
+
+@pytest.mark.parametrize(
+    ("client", "why"),
+    [
+        ([traced([], []), traced([], [])], "the tracer saw two calls, the proxy three"),
+        ([traced([1], [2]), traced([], []), traced([], [])], "the triplet with ids is not the call at its place"),
+    ],
+)
+def test_when_the_tracer_and_the_proxy_disagree_on_the_calls_the_proxys_triplets_replace_the_clients(
+    client: list[dict[str, Any]], why: str
+) -> None:
+    rollouts = {"r": rollout("r", None, triplets=client)}  # no reward: trained on all the same, as upstream does
+    calls = {"r": [call([1, 2], [3]), call([4], [5], streamed=True), call([6], [7], status=400), call([8], [9])]}
+    done = fill_token_ids(rollouts, calls)
+    assert (done.filled, done.built, done.replaced) == (0, 3, 1), why
+    replaced = rollouts["r"]
+    assert rows(replaced) == [([1, 2], [3]), ([4], [5]), ([8], [9])], why
+    assert [t.metadata["streamed"] for t in replaced.triplets] == [False, True, False]
+    assert all(t.metadata["source"] == FROM_PROXY for t in replaced.triplets) and replaced.final_reward is None
+
+
+def test_without_recorded_ids_a_triplet_stays_as_the_client_sent_it_and_is_counted() -> None:
+    client = [traced([1], [])]
+    rollouts = {"old-vllm": rollout("old-vllm", triplets=client), "elsewhere": rollout("elsewhere", triplets=client)}
+    calls = {"old-vllm": [call(None, streamed=True)]}  # vLLM before 0.10.2: no ids in a stream, asked or not
+    kept = dict(rollouts)
+    done = fill_token_ids(rollouts, calls)  # "elsewhere": no calls of its stored attempt (not through the proxy)
+    assert (done.filled, done.built, done.replaced) == (0, 0, 0)
+    assert rollouts == kept and count_without_token_ids(rollouts.values()) == 2
+    assert all(rollouts[rid] is kept[rid] for rid in kept)
