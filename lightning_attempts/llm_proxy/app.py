@@ -51,6 +51,7 @@ from .resending import Resends
 from .routing import BackendRouter, Backends
 from .stats import LatencyHistogram, RefusalSummary, latency_summary
 from .targets import Attempt, DotSegments, parse_target
+from .token_request import asking_for_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,8 @@ class LlmProxy:
             return
         query = scope["query_string"]
         target_path = path + (f"?{query.decode('latin-1')}" if query else "")
+        if attempt is not None:  # its calls are recorded: a stream is asked for its token ids
+            body = asking_for_token_ids(path, body)
         call = await self._forwarder.forward(
             scope,
             receive,

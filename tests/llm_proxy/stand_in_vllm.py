@@ -4,7 +4,8 @@ A real ASGI app served by uvicorn on loopback, in the test's event loop. Non-str
 answers carry top-level ``prompt_token_ids`` and ``response_token_ids`` (one list per
 choice), as ``agentlightning.instrumentation.vllm`` adds them; ``"stream": true`` answers
 server-sent events, and with ``"return_token_ids": true`` each chunk carries the ids as vLLM
-0.10.2+ does (``prompt_token_ids`` in the first, ``choices[].token_ids`` in each). Every
+0.10.2+ does (``prompt_token_ids`` in the first, ``choices[].token_ids`` in each); with
+``streams_ids`` False, as vLLM before 0.10.2, a stream carries none, asked or not. Every
 request is recorded. ``gate``, when set to an unset event, holds each answer (a stream after
 its first chunk) until the test sets it; a client hanging up meanwhile is noted. Faults:
 ``fail_with`` answers that status to every request at once (a failing server), ``stall_streams``
@@ -66,6 +67,8 @@ class StandInVllm:
         self.fail_with: int | None = None
         self.stall_streams = False
         self.cut_streams = False
+        self.streams_ids = True
+        """False: a vLLM before 0.10.2, which ignores ``return_token_ids``."""
         self._arrived = asyncio.Condition()
         self._serving = Serving(
             uvicorn.Config(self, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False),
@@ -157,7 +160,7 @@ class StandInVllm:
         return f"chatcmpl-{digest[:24]}"
 
     async def _stream(self, body: dict[str, Any], receive: Receive, send: Send) -> None:
-        with_ids = bool(body.get("return_token_ids"))
+        with_ids = self.streams_ids and bool(body.get("return_token_ids"))
         headers = [(b"content-type", b"text/event-stream"), (b"x-backend", self.name.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if self.stall_streams:

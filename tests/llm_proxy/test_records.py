@@ -36,8 +36,8 @@ async def test_a_streamed_call_records_the_ids_its_chunks_carry(
     server = await start_proxy()
     attempt = attempts.live()
     answer = await http.post(attempt_url(server, attempt), json={**CHAT, "stream": True, "return_token_ids": True})
-    plain_stream = {**CHAT, "stream": True}
-    await http.post(attempt_url(server, attempt), json=plain_stream)
+    declined = {**CHAT, "stream": True, "return_token_ids": False}  # the agent's word stands
+    await http.post(attempt_url(server, attempt), json=declined)
     with_ids, without = server.proxy.calls_of(*attempt)
     assert with_ids.streamed and list(with_ids.prompt_token_ids or ()) == prompt_ids(CHAT)
     assert [list(ids) for ids in with_ids.response_token_ids or ()] == [response_ids(answer.headers["x-backend"])]
