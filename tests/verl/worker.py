@@ -1,18 +1,20 @@
 """A rollout worker in its own process: the release's own legacy runner, polling the daemon's server.
 
-    python -m tests.verl.worker ENDPOINT SIGNAL_DIR WORKER_ID [batch|llm|work|empty|proxy]
+    python -m tests.verl.worker ENDPOINT SIGNAL_DIR WORKER_ID [batch|llm|work|empty|proxy|stream]
 
 It builds its client as a user's worker script does, ``agentlightning.AgentLightningClient``:
 with ``LIGHTNING_ATTEMPTS_INSTALL=1`` in its environment that name is the attempt-aware
 shim, without it upstream's. Nothing here calls ``install()``. It runs until it is killed.
 ``batch`` (default): ``BatchAgent``; ``llm``: ``LlmAgent``, which calls the LLM it is served;
 ``work``: ``WorkAgent`` (the step-overhead benchmark); ``empty``: ``EmptyAgent``, no triplets;
-``proxy``: ``ProxyAgent``, LLM calls through the daemon's proxy and no triplets.
+``proxy``: ``ProxyAgent``, LLM calls through the daemon's proxy and no triplets; ``stream``: ``StreamAgent``
+under the release's own tracer (AgentOps) and triplet exporter, a whole then a streamed call with openai's client.
 Each task handed to it is noted (``Signals.claimed_at``), and each reply to a post (``Signals.posted``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import threading
@@ -183,6 +185,49 @@ def call_llm(llm: Any, content: str, *, stream: bool) -> dict[str, Any]:
     return result
 
 
+class StreamAgent(BatchAgent):
+    """Calls ``main_llm`` with openai's client, whole then streamed (as agents do: without ``return_token_ids``), and
+    returns a reward: the runner sends the release's tracer's triplets, the streamed call's with ``token_ids: []``.
+
+    ``straggle``: the first claim makes both calls, then outlives its timeout and returns after the re-claim's result
+    is stored (its own is dropped). Each claim notes ``stream-<rollout id>-<first|again>``: the two answers' texts.
+    """
+
+    def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
+        openai: Any = importlib.import_module("openai")
+        llm = resources["main_llm"]
+        straggler = task.get("slow") == "straggle" and self._signals.claim_first(rollout_id)
+        kind = "first" if straggler or not task.get("slow") else "again"
+        client = openai.OpenAI(base_url=llm.endpoint, api_key="none", max_retries=0, timeout=20)
+        one = [{"role": "user", "content": f"task {task['index']} {kind} one"}]
+        whole = client.chat.completions.create(model=llm.model, messages=one)
+        two = [{"role": "user", "content": f"task {task['index']} {kind} two"}]
+        chunks = client.chat.completions.create(model=llm.model, messages=two, stream=True)
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        note = {"endpoint": llm.endpoint, "whole": whole.choices[0].message.content, "streamed": streamed}
+        if straggler:
+            self._signals.wait(Signals.reclaimed(rollout_id))
+            self._signals.wait(Signals.posted(rollout_id, FRESH))  # the re-claim's result is stored
+        elif task.get("slow"):
+            self._signals.set(Signals.reclaimed(rollout_id))
+        self._signals.set(f"stream-{rollout_id}-{kind}", json.dumps(note))
+        self._answering.answer = STALE if straggler else FRESH
+        return 1.0
+
+
+def traced(worker_id: int) -> tuple[Any, Any]:
+    """The release's own tracer (AgentOps, which instruments openai's client) and triplet exporter
+    (``TripletExporter`` on 0.1.x, ``TracerTraceToTriplet`` from 0.2), set up as its trainer sets them up."""
+    tracing: Any = importlib.import_module("agentlightning.tracer")
+    tracer = tracing.AgentOpsTracer()
+    tracer.init()
+    tracer.init_worker(worker_id)
+    exporter: Any = getattr(tracing, "TripletExporter", None)
+    if exporter is None:  # 0.2+
+        exporter = importlib.import_module("agentlightning.adapter.triplet").TracerTraceToTriplet
+    return tracer, exporter()
+
+
 class WorkAgent(BatchAgent):
     """Works ``WORK_SECONDS`` on each task (a stand-in for a rollout), then answers ``FRESH``."""
 
@@ -205,6 +250,7 @@ AGENTS: dict[str, type[BatchAgent]] = {
     "work": WorkAgent,
     "empty": EmptyAgent,
     "proxy": ProxyAgent,
+    "stream": StreamAgent,
 }
 
 
@@ -235,9 +281,12 @@ def main(endpoint: str, signal_dir: str, worker_id: int, kind: str = "batch") ->
         f"worker {worker_id} client {client_class.__module__}.{client_class.__qualname__} "
         f"mro={[c.__name__ for c in client_class.__mro__]}"
     )
+    pair: tuple[Any, Any] = traced(worker_id) if kind == "stream" else (NullTracer(), None)
+    tracer, exporter = pair
     print(f"worker {worker_id} ready", flush=True)
-    tracer: Any = NullTracer()
-    runner: Any = LegacyRunner(agent=agent, client=client, tracer=tracer, triplet_exporter=None, worker_id=worker_id)  # type: ignore[arg-type]
+    runner: Any = LegacyRunner(
+        agent=agent, client=client, tracer=tracer, triplet_exporter=exporter, worker_id=worker_id
+    )
     while True:
         runner.run()
 
