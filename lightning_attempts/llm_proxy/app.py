@@ -213,10 +213,13 @@ class LlmProxy:
         except BodyRefused as refused:
             await self._refuse_body(send, refused, unread)
             return
+        held = len(body)
+        if attempt is not None:  # its calls are recorded: a stream is asked for its token ids (the old body freed)
+            body = asking_for_token_ids(target.upstream_path, body)
         try:
             await self._forward(scope, receive, send, target.upstream_path, attempt, body, started)
         finally:
-            self.body_budget.give(len(body))
+            self.body_budget.give(held)
 
     async def _forward(
         self,
@@ -238,8 +241,6 @@ class LlmProxy:
             return
         query = scope["query_string"]
         target_path = path + (f"?{query.decode('latin-1')}" if query else "")
-        if attempt is not None:  # its calls are recorded: a stream is asked for its token ids
-            body = asking_for_token_ids(path, body)
         call = await self._forwarder.forward(
             scope,
             receive,
