@@ -43,7 +43,6 @@ def chat(content: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": content}]}
 
 
-@pytest.mark.only_release("0.3.0")  # 0.1.2's tracer (TripletExporter) and verl 0.5.0 are not yet run with it
 @pytest.mark.timeout(300)
 def test_a_streaming_agent_trains_on_the_ids_the_proxy_recorded_for_its_stored_attempt(tmp_path: Path) -> None:
     report, output = run_stream_job(tmp_path)
