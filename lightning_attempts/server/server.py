@@ -78,6 +78,7 @@ class AttemptAwareServer(AgentLightningServer):
         self._polls: ParkedPolls | None = None
         self._deadlines: DeadlineTimer | None = None
         self._completions: Completions | None = None
+        self._finish_listeners: list[Callable[[str], None]] = []
         self._fleet: FleetWatch | None = None
         self._routes = Routes(
             self.options,
@@ -126,7 +127,7 @@ class AttemptAwareServer(AgentLightningServer):
         asks = Asks(self.options.clock)
         self._routes.use(store, self._polls, asks)
         store.on_claimable = self._polls.claimable
-        store.on_finished = self._completions.finished
+        store.on_finished = self._finished
         with contextlib.suppress(RuntimeError):  # no running loop: requeues happen on /task only, and no fleet watch
             loop = asyncio.get_running_loop()
             self._deadlines = DeadlineTimer(store, self.options.clock, loop)
@@ -259,6 +260,24 @@ class AttemptAwareServer(AgentLightningServer):
         (``server_stopped`` between runs, when nothing can be stored). Call it on the server's loop."""
         store = self._attempt_store
         return SERVER_STOPPED if store is None else store.liveness(rollout_id, attempt_id)
+
+    def on_task_finished(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(rollout_id)`` each time a task's result is stored or the task is cancelled.
+
+        It is called inside the store's state change, on the server's loop: like the store's own hooks, it must
+        neither await nor call back into the store (``lightning-attempts serve``'s LLM proxy forgets the task's
+        recorded calls there)."""
+        self._finish_listeners.append(listener)
+
+    def _finished(self, rollout_id: str) -> None:
+        """The store's ``on_finished`` hook: wake the waits on the task, then tell the listeners."""
+        if self._completions is not None:
+            self._completions.finished(rollout_id)
+        for listener in self._finish_listeners:
+            try:
+                listener(rollout_id)
+            except Exception:  # the store's state change must not fail for what listens to it
+                logger.exception("A listener of finished tasks failed on %s", rollout_id)
 
     def stop_with_server(self, stop: Callable[[], Awaitable[object]]) -> None:
         """Await ``stop()`` on the server's loop whenever it has shut down (``stop()``, a signal, the end of
