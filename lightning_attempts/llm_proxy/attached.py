@@ -41,6 +41,7 @@ class AttachedProxy:
     async def start(self) -> None:
         """Serve on ``port`` (``ServerStartError`` if it cannot); from now on, tasks handed out name it."""
         self._served = await serve_proxy(self.proxy, self.host, self.port)
+        self.port = self._served.port  # the bound one, when asked for port 0
         self.server.llm_proxy_port = self.port
         self.server.llm_proxy_readout = self  # the dashboard and /metrics show its figures
 
