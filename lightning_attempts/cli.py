@@ -9,7 +9,7 @@ import os
 import socket
 import typing
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -18,10 +18,15 @@ from _lightning_attempts_switch import switched_on
 
 from . import ports
 from .errors import OptionError, ServerStartError
-from .hosts import is_unspecified_host
+from .hosts import client_url, is_unspecified_host
 from .options import DEFAULTS, STALE_POLICIES, OptionSpec, StalePolicy, annotation, flagged, parse
 from .releases import AGENTLIGHTNING_VERSION
+from .serve_llm_proxy import ProxySettings, proxy_settings
 from .switch.variables import SERVE_DEFAULTS, resolve, variable
+
+if TYPE_CHECKING:
+    from .llm_proxy.standalone import StandaloneProxy
+    from .server import AttemptAwareServer
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT = ParameterSource.DEFAULT
@@ -89,42 +94,78 @@ def _option_flags(command: FC) -> FC:
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to bind (0: any free port)."
 )
+@click.option(
+    "--llm-backend",
+    "llm_backends",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="An LLM backend (vLLM's OpenAI server; host:port or http://host:port/v1) for the attempt-aware LLM proxy "
+    "serve then runs beside the server; repeat for several. None: no proxy. "
+    "[env var: LIGHTNING_ATTEMPTS_LLM_BACKENDS, comma-separated]",
+)
+@click.option(
+    "--llm-proxy-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port of the LLM proxy (0: any free port), on --host, with the server's key. "
+    "[default: the server's port + 1] [env var: LIGHTNING_ATTEMPTS_LLM_PROXY_PORT]",
+)
 @_option_flags
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, log_level: str, **options: Any) -> None:
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    llm_backends: tuple[str, ...],
+    llm_proxy_port: int | None,
+    log_level: str,
+    **options: Any,
+) -> None:
     """Run an AttemptAwareServer in a process of its own until interrupted.
 
     Workers poll it as they would a trainer's server; a trainer in another process drives it over
     its producer routes (lightning_attempts.client.RemoteServer: queue tasks, publish resources,
     wait for and take results). Each server option not given here is read from its
     LIGHTNING_ATTEMPTS_<OPTION> variable, as with LIGHTNING_ATTEMPTS_INSTALL=1 and install(); an
-    option given here wins.
+    option given here wins. With --llm-backend, an attempt-aware LLM proxy serves beside it: the
+    tasks it hands out name the proxy's port, so that shim workers call it attempt by attempt.
     """
     explicit = {name: value for name, value in options.items() if ctx.get_parameter_source(name) != DEFAULT}
     try:
         resolved = resolve(explicit, defaults=SERVE_DEFAULTS)  # every variable checked before anything slow
+        proxy = proxy_settings(llm_backends, llm_proxy_port, port)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     try:
         port_held = ports.bind(host, port)  # a port in use is said now, not once agentlightning is loaded
+        proxy_held = ports.bind(host, proxy.port) if proxy is not None else None
     except ServerStartError as error:
         click.echo(f"lightning-attempts: {error}", err=True)
         raise SystemExit(1) from None
     try:
-        with port_held:  # let go as the server binds it, or on the way out
+        with port_held, proxy_held or contextlib.nullcontext():  # let go as each binds it, or on the way out
             click.echo(
                 f"lightning-attempts: starting on {host}:{port} (loading agentlightning {AGENTLIGHTNING_VERSION})",
                 err=True,
             )
-            _serve(host, port, log_level, resolved, port_held)
+            _serve(host, port, log_level, resolved, port_held, (proxy, proxy_held))
     except KeyboardInterrupt:  # Ctrl+C before it served (it takes agentlightning seconds to load)
         click.echo("lightning-attempts: interrupted before it served", err=True)
         raise SystemExit(130) from None
 
 
-def _serve(host: str, port: int, log_level: str, options: dict[str, Any], port_held: socket.socket) -> None:
-    """Serve; ``port_held``, bound to ``host:port`` while agentlightning loads, is let go as the server binds."""
+def _serve(
+    host: str,
+    port: int,
+    log_level: str,
+    options: dict[str, Any],
+    port_held: socket.socket,
+    proxy_setup: tuple[ProxySettings | None, socket.socket | None] = (None, None),
+) -> None:
+    """Serve; ``port_held``, bound to ``host:port`` while agentlightning loads, is let go as the server binds.
+
+    ``proxy_setup``: the LLM proxy's settings, if any, and its port held likewise until the proxy binds it."""
     try:
         # Imports agentlightning, so the switch, if on, checks its variables here: a bad one is a usage error too.
         from .server import AttemptAwareServer
@@ -138,7 +179,13 @@ def _serve(host: str, port: int, log_level: str, options: dict[str, Any], port_h
 
     async def run() -> None:
         port_held.close()
-        await server.start()
+        proxy = await _start_proxy(server, host, *proxy_setup)
+        try:
+            await server.start()
+        except BaseException:
+            if proxy is not None:  # it stops with the server, which never started
+                await proxy.stop()
+            raise
         keyed = "API key required" if server.requires_key else "no API key"
         settings = server.options
         lease = "no leases" if settings.unresponsive_seconds is None else f"lease {settings.unresponsive_seconds:g} s"
@@ -148,6 +195,12 @@ def _serve(host: str, port: int, log_level: str, options: dict[str, Any], port_h
             f"{lease}, {keyed})",
             err=True,
         )
+        if proxy is not None:
+            click.echo(
+                f"lightning-attempts: LLM proxy on {client_url(host, proxy.port)}/v1 in front of "
+                f"{', '.join(proxy.backends)} (attempt-scoped: /rollout/ID/attempt/ID/v1; plain /v1: {keyed})",
+                err=True,
+            )
         await server.wait_stopped()
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal. A port taken since serve let
@@ -158,6 +211,21 @@ def _serve(host: str, port: int, log_level: str, options: dict[str, Any], port_h
     except ServerStartError as error:
         click.echo(f"lightning-attempts: {error}", err=True)
         raise SystemExit(1) from None
+
+
+async def _start_proxy(
+    server: AttemptAwareServer, host: str, settings: ProxySettings | None, held: socket.socket | None
+) -> StandaloneProxy | None:
+    """Start the LLM proxy beside ``server`` (before it serves, so that every task handed out names it)."""
+    if settings is None:
+        return None
+    from .llm_proxy.standalone import StandaloneProxy
+
+    proxy = StandaloneProxy(server, settings.backends, settings.port, server.options.task_timeout_seconds, host=host)
+    if held is not None:
+        held.close()
+    await proxy.start()
+    return proxy
 
 
 @main.command("switch")

@@ -43,6 +43,14 @@ SERVE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
 """The defaults of ``lightning-attempts serve``: the switch's, and the producer routes on (a trainer elsewhere)."""
 
 
+LLM_BACKENDS = PREFIX + "LLM_BACKENDS"
+"""``lightning-attempts serve``'s LLM backends, comma-separated, when no ``--llm-backend`` is given."""
+LLM_PROXY_PORT = PREFIX + "LLM_PROXY_PORT"
+"""``lightning-attempts serve``'s LLM proxy port, when no ``--llm-proxy-port`` is given."""
+SERVE_VARIABLES = (LLM_BACKENDS, LLM_PROXY_PORT)
+"""Variables ``serve`` reads that are no server option (``serve_llm_proxy``)."""
+
+
 def variable(option: str) -> str:
     """The variable of ``option``: ``LIGHTNING_ATTEMPTS_<OPTION>``."""
     return PREFIX + option.upper()
@@ -55,7 +63,7 @@ def option_variables() -> dict[str, str]:
 
 def known_variables() -> frozenset[str]:
     """Every ``LIGHTNING_ATTEMPTS_*`` variable something reads."""
-    return frozenset({SWITCH, *option_variables()})
+    return frozenset({SWITCH, *option_variables(), *SERVE_VARIABLES})
 
 
 def unrecognised(environ: Mapping[str, str] = os.environ) -> dict[str, str | None]:
