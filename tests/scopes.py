@@ -33,6 +33,8 @@ LAYOUT: dict[str, str] = {
     "tests/server/test_task_count.py": OWN_LOGIC,
     # The tests' fork server against fresh interpreters, on a program that imports nothing of agentlightning.
     "tests/test_prewarmed.py": OWN_LOGIC,
+    # serve's LLM proxy settings and flags, checked before agentlightning loads: nothing of agentlightning.
+    "tests/cli/test_serve_llm_proxy_options.py": OWN_LOGIC,
     # The attempt-aware LLM proxy against stand-in vLLMs, with httpx and openai's client: nothing of agentlightning.
     "tests/llm_proxy/": OWN_LOGIC,
     # README's and the guide's blocks and option list; test_producer_example.py runs 0.3.0's trainer: release.
