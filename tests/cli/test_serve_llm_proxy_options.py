@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from click.testing import CliRunner
 
@@ -85,3 +87,14 @@ def test_serve_help_names_the_llm_proxy_options() -> None:
 
 def test_the_switch_knows_serves_llm_proxy_variables() -> None:
     assert unrecognised({LLM_BACKENDS: "a:1", LLM_PROXY_PORT: "7000"}) == {}
+
+
+def test_serve_says_at_once_that_the_proxy_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        arguments = ["serve", "--port", "0", "--llm-backend", "a:1", "--llm-proxy-port", str(port)]
+        result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 1
+    assert f"Could not serve on 127.0.0.1:{port}" in result.output and "starting on" not in result.output
