@@ -10,7 +10,11 @@ request is recorded. ``gate``, when set to an unset event, holds each answer (a 
 its first chunk) until the test sets it; a client hanging up meanwhile is noted. Faults:
 ``fail_with`` answers that status to every request at once (a failing server), ``stall_streams``
 sends a stream's headers and then nothing, ``cut_streams`` drops the connection after a
-stream's first chunk (and the gate, if any).
+stream's first chunk (and the gate, if any). ``max_model_len``, when set, is said in ``/v1/models``
+and enforced as vLLM does: a call whose prompt plus ``max_tokens`` (or ``max_completion_tokens``;
+unset: the room left) exceeds it is answered 400 with vLLM's message (``too_long`` counts them);
+``answer_tokens``, when set, is how many tokens an answer has at most (``max_tokens`` bounds it);
+``generated`` notes each answered call's (prompt tokens, new tokens).
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ class StandInVllm:
         self.cut_streams = False
         self.streams_ids = True
         """False: a vLLM before 0.10.2, which ignores ``return_token_ids``."""
+        self.max_model_len: int | None = None
+        self.answer_tokens: int | None = None
+        self.too_long = 0
+        self.generated: list[tuple[int, int]] = []
         self._arrived = asyncio.Condition()
         self._serving = Serving(
             uvicorn.Config(self, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False),
@@ -104,10 +112,16 @@ class StandInVllm:
         if self.fail_with is not None:
             await _send_json(send, self.fail_with, {"error": {"message": "failing", "type": "Failing", "code": 0}})
         elif scope["path"] == "/v1/models":
-            await _send_json(send, 200, {"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
+            card: dict[str, Any] = {"id": "stand-in", "object": "model"}
+            if self.max_model_len is not None:
+                card["max_model_len"] = self.max_model_len
+            await _send_json(send, 200, {"object": "list", "data": [card]})
         elif scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
             parsed = request.json()
-            if parsed.get("stream"):
+            if (refusal := self._over_context(parsed)) is not None:
+                self.too_long += 1
+                await _send_json(send, 400, refusal)
+            elif parsed.get("stream"):
                 await self._stream(parsed, receive, send)
             else:
                 if not await self._held(receive):
@@ -135,8 +149,32 @@ class StandInVllm:
             pass
         self.hung_up.set()
 
-    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _over_context(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """vLLM's 400 for a call over ``max_model_len``, if it is."""
+        if self.max_model_len is None:
+            return None
+        prompt = len(prompt_ids(body))
+        asked = body.get("max_completion_tokens") or body.get("max_tokens") or max(self.max_model_len - prompt, 0)
+        if prompt + asked <= self.max_model_len and prompt < self.max_model_len:
+            return None
+        message = (
+            f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+            f"{prompt + asked} tokens ({prompt} in the messages, {asked} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )
+        return {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+
+    def _answer_ids(self, body: dict[str, Any]) -> list[int]:
         ids = response_ids(self.name)
+        if self.answer_tokens is not None:
+            room = self.max_model_len - len(prompt_ids(body)) if self.max_model_len is not None else self.answer_tokens
+            asked = body.get("max_completion_tokens") or body.get("max_tokens") or room
+            ids = [ids[0] + i for i in range(min(self.answer_tokens, asked))]
+        self.generated.append((len(prompt_ids(body)), len(ids)))
+        return ids
+
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        ids = self._answer_ids(body)
         return {
             "id": self._answer_id(body),
             "object": "chat.completion",
@@ -166,7 +204,7 @@ class StandInVllm:
         if self.stall_streams:
             await self._held_until_hang_up(receive)
             return
-        ids = response_ids(self.name)
+        ids = self._answer_ids(body)
         for position, token in enumerate(ids):
             chunk: dict[str, Any] = {
                 "id": self._answer_id(body),
