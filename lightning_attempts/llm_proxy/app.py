@@ -45,6 +45,7 @@ from .bodies import (
     little_left,
     read_body,
 )
+from .context import REFUSED_CODE, ContextGuard
 from .forwarding import Call, Forwarder
 from .records import CallRecord, CallRecords
 from .resending import Resends
@@ -99,6 +100,7 @@ class LlmProxy:
         records: CallRecords | None = None,
         router: BackendRouter | None = None,
         refusals: RefusalSummary | None = None,
+        context: ContextGuard | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.liveness = liveness
@@ -106,6 +108,8 @@ class LlmProxy:
         self.records = records if records is not None else CallRecords()
         """Token ids of each live attempt's calls (``calls_of``, ``discard``, ``clear``)."""
         self.refusals = refusals if refusals is not None else RefusalSummary()
+        self.context = context if context is not None else ContextGuard()
+        """Caps or refuses over-long calls once given a tokenizer and a limit (``context``)."""
         self.max_body_bytes = max_body_bytes
         self.body_budget = body_budget if body_budget is not None else BodyBudget()
         """Body bytes held across all calls (``bodies.MAX_BUFFERED_BYTES`` by default)."""
@@ -168,11 +172,13 @@ class LlmProxy:
             "added_latency_count": self.latency.count,
             "added_latency_buckets": list(self.latency.counts),
             **self.records.stats(),
+            **self.context.stats(),
         }
 
     async def aclose(self) -> None:
         """Close the connections to the backends (after the server stopped); log the refusals not yet logged."""
         self.refusals.flush()
+        self.context.close()
         await self._forwarder.aclose()
 
     # -- serving -----------------------------------------------------------------------
@@ -231,6 +237,11 @@ class LlmProxy:
         body: bytes,
         started: float,
     ) -> None:
+        checked = await self.context.check(path, body)  # may tokenize in a thread: liveness is asked after it
+        if checked.refusal is not None:
+            await self._refuse(send, 400, REFUSED_CODE, "invalid_request_error", checked.refusal, param=checked.param)
+            return
+        body = checked.body
         if attempt is not None and not await self._live(send, attempt):  # again, right before the backend is chosen
             return
         route = Resends(self.router, attempt)
@@ -310,12 +321,20 @@ class LlmProxy:
             return "liveness_error"
 
     async def _refuse(
-        self, send: Send, status: int, reason: str, type_: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+        self,
+        send: Send,
+        status: int,
+        reason: str,
+        type_: str,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        param: str | None = None,
     ) -> None:
         self.refused[reason] += 1
         self.refusals.refused(reason)
         encoded = tuple((name.encode(), value.encode()) for name, value in headers)
-        await send_error(send, status, message, type_=type_, code=reason, headers=encoded)
+        await send_error(send, status, message, type_=type_, code=reason, headers=encoded, param=param)
 
 
 _COUNTERS = (

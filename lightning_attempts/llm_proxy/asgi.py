@@ -9,9 +9,9 @@ from starlette.types import Receive, Send
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 
 
-def error_body(message: str, type_: str, code: str) -> bytes:
+def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
     """The JSON body of an error answer, as OpenAI's API and vLLM shape it."""
-    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
 
 async def send_error(
@@ -22,9 +22,10 @@ async def send_error(
     type_: str,
     code: str,
     headers: tuple[tuple[bytes, bytes], ...] = (),
+    param: str | None = None,
 ) -> None:
-    """Answer ``status`` with an OpenAI-style error body naming ``code``."""
-    body = error_body(message, type_, code)
+    """Answer ``status`` with an OpenAI-style error body naming ``code`` (and the request field ``param``, if any)."""
+    body = error_body(message, type_, code, param)
     start_headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
     await send({"type": "http.response.body", "body": body})
