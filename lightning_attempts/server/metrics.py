@@ -40,6 +40,12 @@ PROXY_COUNTERS = {
     "refused_not_live": "LLM calls refused (409) because their attempt no longer held its claim.",
     "evicted_attempts": "Attempts whose recorded calls were forgotten to stay within bounds.",
     "calls_not_recorded": "LLM calls not recorded (over an attempt's cap, or too large).",
+    "context_tokenized": "LLM calls whose prompt was tokenized to check it against the context.",
+    "context_capped": "LLM calls whose max_tokens was lowered to fit the context or max_response_length.",
+    "context_capped_tokens": "Tokens taken off the max_tokens of capped LLM calls.",
+    "context_refused": "LLM calls refused (400) because their prompt does not fit the model's context.",
+    "context_refused_prompt": "LLM calls refused (400) because their prompt is over the trainer's max_prompt_length.",
+    "context_tokenize_seconds": "Seconds spent tokenizing prompts (in the proxy's tokenizing thread).",
 }
 PROXY_GAUGES = {
     "in_flight": "LLM calls in flight.",

@@ -24,7 +24,9 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
   longer live; each attempt stays on one backend; plain ``/v1`` needs the server's key, if it
   has one; a stored result with a reward and no triplets is trained on the token ids of its own
   attempt's calls, and so are a result's triplets without token ids (a streamed call, as the tracer
-  records it) (``training_data``); and the step's metrics count the calls.
+  records it) (``training_data``); and the step's metrics count the calls;
+- its LLM proxy caps or refuses over-long calls (``llm_proxy.context``), with the daemon's
+  tokenizer and the limits it learns (``context_limits``).
 
 The server's store is not thread-safe: everything that reads or changes it runs on the
 server's event loop, as upstream's daemon runs its own calls.
@@ -43,7 +45,7 @@ from ..errors import ServerNotRunning
 from ..llm_proxy import AttachedProxy
 from ..server import AttemptAwareServer
 from ..switch.variables import resolve
-from . import compat
+from . import compat, context_limits
 from .step_metrics import TRAIN_PREFIX, VAL_PREFIX, StepTokenIds, StepWindow, stall_line, step_metrics
 from .training_data import (
     count_without_token_ids,
@@ -121,6 +123,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
             return self.backend_llm_server_addresses  # read per call: verl sets them at each step
 
         proxy = AttachedProxy(self.attempt_server, backends, self.proxy_port, self.llm_timeout_seconds)
+        proxy.proxy.context.tokenizer = getattr(self, "tokenizer", None)  # over-long calls: context_limits
         self._on_loop(proxy.start)
         self.attempt_proxy = proxy
         print(f"Proxy server running on port {self.proxy_port}")  # upstream's line, which the guide points to
@@ -137,6 +140,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         if self.attempt_proxy is not None:
             window.proxy_before = self.attempt_proxy.stats()
             self.attempt_proxy.forget()  # calls of earlier batches: none is trained on from here
+            await context_limits.set_up_batch(self.attempt_proxy.proxy.context, server_addresses, is_train)
         self._proxy_triplets = 0
         self._token_ids = StepTokenIds()
         await super()._async_set_up(data, server_addresses, is_train)
@@ -212,6 +216,9 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
     @functools.wraps(_UPSTREAM.get_train_data_batch)  # its arguments differ between releases
     def get_train_data_batch(self, *args: Any, **kwargs: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         if compat.legacy_mode(self):
+            if self.attempt_proxy is not None:  # the trainer's row lengths, for the next steps' calls
+                guard = self.attempt_proxy.proxy.context
+                self._on_loop(lambda: context_limits.learn_from_batch_call(guard, self, args, kwargs))
             self._train_on_proxy_calls()
             no_training_data(compat.completed_rollouts(self).values())  # raises where upstream fails in torch
         parent: Any = super()

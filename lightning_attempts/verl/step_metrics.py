@@ -6,7 +6,8 @@ straggler of an earlier batch dropped during this step is counted in this step. 
 per-task figures come from the batch's own tasks (``attempt_history``). With the daemon's
 attempt-aware LLM proxy, the same window of its ``stats()`` gives the step's LLM calls, those
 refused because their attempt was no longer live, the calls that failed on a vLLM server, were re-sent to another or
-opened a server's circuit, and the time the proxy added to each call. ``stall_line`` is
+opened a server's circuit, and the time the proxy added to each call, and the over-long calls it capped or
+refused (``llm_proxy.context``). ``stall_line`` is
 the daemon's progress line for a stalled fleet (tasks waiting while no worker asks for one).
 """
 
@@ -45,6 +46,16 @@ FROM_PROXY: dict[str, str] = {
     "llm_backends_opened": "backends_opened",
 }
 """Metric name: the LLM proxy's ``stats()`` counter it is the step's difference of."""
+
+FROM_CONTEXT: dict[str, str] = {
+    "llm_calls_capped": "context_capped",
+    "llm_max_tokens_cut": "context_capped_tokens",
+    "llm_calls_refused_too_long": "context_refused",
+    "llm_calls_refused_prompt_too_long": "context_refused_prompt",
+    "llm_prompts_tokenized": "context_tokenized",
+    "llm_tokenize_s": "context_tokenize_seconds",
+}
+"""Metric name: the over-long calls' counter of the LLM proxy's ``stats()`` it is the step's difference of."""
 
 
 @dataclass
@@ -141,6 +152,7 @@ def proxy_metrics(before: Mapping[str, Any], after: Mapping[str, Any], triplets:
     its records, the backends passed over at the step's end, and the p50 and p99 of the time it added to each call
     (left out when no call was forwarded)."""
     metrics = {name: float(after[key] - before[key]) for name, key in FROM_PROXY.items()}
+    metrics.update({name: float(after.get(key, 0) - before.get(key, 0)) for name, key in FROM_CONTEXT.items()})
     metrics["llm_backends_open"] = float(after["backends_open"])
     metrics["proxy_triplets"] = float(triplets)
     added = latency_between(before, after)
