@@ -14,7 +14,8 @@ stream's first chunk (and the gate, if any). ``max_model_len``, when set, is sai
 and enforced as vLLM does: a call whose prompt plus ``max_tokens`` (or ``max_completion_tokens``;
 unset: the room left) exceeds it is answered 400 with vLLM's message (``too_long`` counts them);
 ``answer_tokens``, when set, is how many tokens an answer has at most (``max_tokens`` bounds it);
-``generated`` notes each answered call's (prompt tokens, new tokens).
+``generated`` notes, with ``answer_tokens`` set, each answered call's (prompt tokens, new tokens);
+``tokenize`` gives a call's prompt ids for all these and in the answer (by default ``prompt_ids``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +79,7 @@ class StandInVllm:
         self.answer_tokens: int | None = None
         self.too_long = 0
         self.generated: list[tuple[int, int]] = []
+        self.tokenize: Callable[[dict[str, Any]], list[int]] = prompt_ids
         self._arrived = asyncio.Condition()
         self._serving = Serving(
             uvicorn.Config(self, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False),
@@ -153,7 +156,7 @@ class StandInVllm:
         """vLLM's 400 for a call over ``max_model_len``, if it is."""
         if self.max_model_len is None:
             return None
-        prompt = len(prompt_ids(body))
+        prompt = len(self.tokenize(body))
         asked = body.get("max_completion_tokens") or body.get("max_tokens") or max(self.max_model_len - prompt, 0)
         if prompt + asked <= self.max_model_len and prompt < self.max_model_len:
             return None
@@ -167,10 +170,11 @@ class StandInVllm:
     def _answer_ids(self, body: dict[str, Any]) -> list[int]:
         ids = response_ids(self.name)
         if self.answer_tokens is not None:
-            room = self.max_model_len - len(prompt_ids(body)) if self.max_model_len is not None else self.answer_tokens
+            prompt = len(self.tokenize(body))
+            room = self.max_model_len - prompt if self.max_model_len is not None else self.answer_tokens
             asked = body.get("max_completion_tokens") or body.get("max_tokens") or room
             ids = [ids[0] + i for i in range(min(self.answer_tokens, asked))]
-        self.generated.append((len(prompt_ids(body)), len(ids)))
+            self.generated.append((prompt, len(ids)))
         return ids
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -187,8 +191,8 @@ class StandInVllm:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {"prompt_tokens": len(prompt_ids(body)), "completion_tokens": len(ids), "total_tokens": 0},
-            "prompt_token_ids": prompt_ids(body),
+            "usage": {"prompt_tokens": len(self.tokenize(body)), "completion_tokens": len(ids), "total_tokens": 0},
+            "prompt_token_ids": self.tokenize(body),
             "response_token_ids": [ids],
         }
 
@@ -216,7 +220,7 @@ class StandInVllm:
             if with_ids:
                 chunk["choices"][0]["token_ids"] = [token]
                 if position == 0:
-                    chunk["prompt_token_ids"] = prompt_ids(body)
+                    chunk["prompt_token_ids"] = self.tokenize(body)
             if position == len(ids) - 1:
                 chunk["choices"][0]["finish_reason"] = "stop"
             event = f"data: {json.dumps(chunk)}\n\n".encode()

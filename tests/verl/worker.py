@@ -8,7 +8,8 @@ shim, without it upstream's. Nothing here calls ``install()``. It runs until it 
 ``batch`` (default): ``BatchAgent``; ``llm``: ``LlmAgent``, which calls the LLM it is served;
 ``work``: ``WorkAgent`` (the step-overhead benchmark); ``empty``: ``EmptyAgent``, no triplets;
 ``proxy``: ``ProxyAgent``, LLM calls through the daemon's proxy and no triplets; ``stream``: ``StreamAgent``
-under the release's own tracer (AgentOps) and triplet exporter, a whole then a streamed call with openai's client.
+under the release's own tracer (AgentOps) and triplet exporter, a whole then a streamed call with openai's client;
+``context``: ``ContextAgent``, a conversation that grows by ``TURN_WORDS`` tokens a turn until the LLM refuses it.
 Each task handed to it is noted (``Signals.claimed_at``), and each reply to a post (``Signals.posted``).
 """
 
@@ -228,6 +229,43 @@ def traced(worker_id: int) -> tuple[Any, Any]:
     return tracer, exporter()
 
 
+TURN_WORDS = 600
+"""Tokens a ``ContextAgent`` adds to its conversation each turn (a tool's output: ``task`` words)."""
+TURN_MAX_TOKENS = 1024
+MAX_TURNS = 12
+
+
+class ContextAgent(BatchAgent):
+    """Adds ``TURN_WORDS`` tokens a turn to its conversation and calls ``main_llm`` with ``max_tokens=1024``, until
+    the LLM refuses the call (400) or ``MAX_TURNS``; rewards 1.0 without triplets. Notes ``context-<rollout id>``:
+    per call, its status, error code and the ``max_tokens`` asked."""
+
+    def training_rollout(self, task: Any, rollout_id: str, resources: Any) -> float:  # type: ignore[override]
+        llm = resources["main_llm"]
+        messages: list[dict[str, str]] = []
+        calls: list[dict[str, Any]] = []
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for _ in range(MAX_TURNS):
+            messages.append({"role": "user", "content": " ".join(["task"] * TURN_WORDS)})
+            body = {"model": llm.model, "messages": messages, "max_tokens": TURN_MAX_TOKENS}
+            request = urllib.request.Request(
+                llm.endpoint.rstrip("/") + "/chat/completions",
+                data=json.dumps(body).encode(),
+                headers={"content-type": "application/json"},
+            )
+            try:
+                with opener.open(request, timeout=20) as response:
+                    answer = json.loads(response.read())
+                calls.append({"status": 200})
+                messages.append({"role": "assistant", "content": answer["choices"][0]["message"]["content"]})
+            except urllib.error.HTTPError as error:
+                code = json.loads(error.read() or b"{}").get("error", {}).get("code")
+                calls.append({"status": error.code, "code": code})
+                break
+        self._signals.set(f"context-{rollout_id}", json.dumps(calls))
+        return 1.0
+
+
 class WorkAgent(BatchAgent):
     """Works ``WORK_SECONDS`` on each task (a stand-in for a rollout), then answers ``FRESH``."""
 
@@ -251,6 +289,7 @@ AGENTS: dict[str, type[BatchAgent]] = {
     "empty": EmptyAgent,
     "proxy": ProxyAgent,
     "stream": StreamAgent,
+    "context": ContextAgent,
 }
 
 
