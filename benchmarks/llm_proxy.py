@@ -3,13 +3,17 @@
     python -m benchmarks.llm_proxy [--seconds 5] [--rounds 3] [--delay-ms 100] [--concurrency 1,64,256]
     python -m benchmarks.llm_proxy --quick                     # short runs, to check it works
     python -m benchmarks.llm_proxy --upstream-python .venvs/verl-0-3-0/bin/python   # where verl is
+    python -m benchmarks.llm_proxy --tokenizing-only          # the tokenizing rows alone (needs transformers)
 
 A stand-in OpenAI-compatible backend (``--delay-ms`` per call; streamed, spread over its
 chunks), each proxy and the aiohttp load generator run in processes of their own, in the
 same run: the backend directly, ours on ``/v1`` and on attempt-scoped URLs (token ids
 recorded), and upstream's (``AgentModeDaemon._start_proxy_server_v0``, its own code: it
 needs verl and flask in ``--upstream-python``'s environment, else its column is skipped and
-the reason said). For 1, 64 and 256 concurrent calls, streamed and not: p50 and p99 of each,
+the reason said), and ours tokenizing every call (``llm_proxy.context``: a model context of
+``TOKENIZING_CONTEXT`` tokens, which each call could reach; a byte-level BPE tokenizer with a ChatML
+template; it needs transformers, else its column is skipped; the time each call spent in the
+tokenizing thread is given too). For 1, 64 and 256 concurrent calls, streamed and not: p50 and p99 of each,
 the added latency (a proxy's quantile less the direct one), calls per second and each
 proxy's CPU per call; then the throughput at 64 concurrent against a backend that answers
 at once. Then the memory held by key-less callers: N connections at once, each sending a
@@ -55,6 +59,7 @@ TARGETS = {
     "direct": "backend directly",
     "ours": "ours, /v1",
     "ours_attempt": "ours, attempt-scoped",
+    "ours_tokenizing": "ours, attempt-scoped, tokenizing each call",
     "upstream": "upstream's Flask proxy",
 }
 ATTEMPT_PATH = f"/rollout/rollout-bench/attempt/{BENCH_ATTEMPT_ID}"
@@ -67,6 +72,9 @@ FAULTS = {
     "failing": "failing fast (503 at once)",
 }
 FAULT_CONCURRENCY = 16
+TOKENIZING_CONTEXT = 2048
+"""The model context ``ours_tokenizing`` knows: a call's body plus the template's margin could reach it, so each call
+is tokenized (about 210 tokens, far below it: none is capped)."""
 
 
 class Skipped(RuntimeError):
@@ -118,8 +126,10 @@ def measure(
                 cpu = sum(process.cpu_times()[:2]) - before
                 result["cpu_us_per_call"] = cpu / max(result["calls"], 1) * 1e6  # warm-up calls included
                 if stats_before is not None:  # ours: what the proxy measured of itself (warm-up included)
-                    within = latency_between(stats_before, proxy_stats(target, url) or {})
+                    stats_after = proxy_stats(target, url) or {}
+                    within = latency_between(stats_before, stats_after)
                     result.update(in_proxy_p50_ms=within["p50_ms"], in_proxy_p99_ms=within["p99_ms"])
+                    result.update(tokenizing(stats_before, stats_after))
                 runs.setdefault((stream, concurrency, target), []).append(result)
                 print(f"{'streamed' if stream else 'whole'} x{concurrency} {target}: {result}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
@@ -209,6 +219,41 @@ def proxy_stats(target: str, url: str) -> dict[str, Any] | None:
         return None
     origin = "/".join(url.split("/", 3)[:3])  # http://127.0.0.1:port
     return httpx.get(f"{origin}/bench/stats", timeout=30).json()
+
+
+def tokenizing(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """The calls our proxy tokenized between two ``stats()``, and the mean time each spent in its tokenizing thread."""
+    count = after.get("context_tokenized", 0) - before.get("context_tokenized", 0)
+    if not count:
+        return {}
+    seconds = after["context_tokenize_seconds"] - before["context_tokenize_seconds"]
+    return {"tokenized": count, "tokenize_ms_per_call": seconds / count * 1000}
+
+
+def tokenizing_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Tokenizing's cost per call: the time in the tokenizing thread, and the added p50 against ours without it and
+    upstream's (their ratio, same run)."""
+    lines = [
+        "",
+        "Tokenizing each call (`ours_tokenizing`): time per call in the tokenizing thread, added p50 (ms).",
+        "",
+        "| answer | concurrent | tokenizing (ms/call) | added p50: tokenizing / not / upstream | "
+        "tokenizing's added p50 / upstream's |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        mine, plain, upstream, direct = (row.get(t) for t in ("ours_tokenizing", "ours_attempt", "upstream", "direct"))
+        if mine is None or "tokenize_ms_per_call" not in mine or direct is None:
+            continue
+        pairs = (("mine", mine), ("plain", plain), ("up", upstream))
+        add = {name: r["p50_ms"] - direct["p50_ms"] for name, r in pairs if r is not None and "p50_ms" in r}
+        ratio = f"{add['mine'] / add['up']:.2f}" if add.get("up") else "n/a"
+        label = "streamed" if row["stream"] else "whole"
+        added_cells = " / ".join(f"{add[k]:+.2f}" if k in add else "skipped" for k in ("mine", "plain", "up"))
+        lines.append(
+            f"| {label} | {row['concurrency']} | {mine['tokenize_ms_per_call']:.2f} | {added_cells} | {ratio} |"
+        )
+    return lines
 
 
 def added(row: dict[str, Any], target: str, quantile: str) -> str:
@@ -341,7 +386,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {label} | {row['concurrency']} | {direct['p50_ms']:.2f} / {direct['p99_ms']:.2f} "
             f"({direct['calls_per_s']:.0f}/s) | " + " | ".join(cells) + " |"
         )
-    return "\n".join(lines + memory_markdown(results.get("memory", [])) + fault_markdown(results))
+    tokenized = tokenizing_markdown(results["latency"])
+    return "\n".join(lines + tokenized + memory_markdown(results.get("memory", [])) + fault_markdown(results))
 
 
 def memory_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -378,6 +424,7 @@ def main() -> None:
     parser.add_argument("--upstream-python", default=sys.executable, help="a Python with verl and flask")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--no-faults", action="store_true", help="leave the fault scenarios out")
+    parser.add_argument("--tokenizing-only", action="store_true", help="the latency rows only, with tokenizing")
     options = parser.parse_args()
     held = HELD
     if options.quick:
@@ -403,6 +450,15 @@ def main() -> None:
             "ours": f"http://127.0.0.1:{ours_port}/v1/chat/completions",
             "ours_attempt": f"http://127.0.0.1:{ours_port}{ATTEMPT_PATH}/v1/chat/completions",
         }
+        if options.tokenizing_only:
+            del urls["ours"]
+        try:
+            port, context = free_port(), str(TOKENIZING_CONTEXT)
+            tokenizing_role = role(sys.executable, "ours", port, "--backend", backend, "--context", context)
+            processes["ours_tokenizing"] = stack.enter_context(tokenizing_role)
+            urls["ours_tokenizing"] = f"http://127.0.0.1:{port}{ATTEMPT_PATH}/v1/chat/completions"
+        except Skipped as skipped:
+            results["skipped"].append(str(skipped))
         try:
             upstream = role(options.upstream_python, "upstream", upstream_port, "--backend", backend)
             processes["upstream"] = stack.enter_context(upstream)
@@ -411,7 +467,11 @@ def main() -> None:
             results["skipped"].append(str(skipped))
         loads = [(stream, concurrency) for stream in (False, True) for concurrency in options.concurrency]
         results["latency"] = measure(urls, processes, options.seconds, options.rounds, loads, options.delay_ms)
-        results["throughput"] = measure(urls, processes, options.seconds, options.rounds, [(False, 64)], 0.0)
+        if options.tokenizing_only:
+            options.no_faults, held = True, []
+            results["throughput"] = []
+        else:
+            results["throughput"] = measure(urls, processes, options.seconds, options.rounds, [(False, 64)], 0.0)
         ports = {"ours_attempt": ours_port} | ({"upstream": upstream_port} if "upstream" in processes else {})
         results["memory"] = memory_rows(ports, processes, held)
         if not options.no_faults:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.llm_proxy_roles backend PORT [--fail-status 503]
     python -m benchmarks.llm_proxy_roles ours PORT --backend HOST:PORT [--backend ...] [--connect-timeout 5]
+        [--context 2048]   # needs transformers
     python -m benchmarks.llm_proxy_roles upstream PORT --backend HOST:PORT [--backend ...]   # needs verl and flask
     python -m benchmarks.llm_proxy_roles load URL --concurrency 64 --seconds 5 [--stream] [--delay-ms 100]
         [--warmup 1] [--call-timeout 120]
@@ -10,7 +11,10 @@ The backend answers OpenAI chat completions after ``x-bench-delay-ms`` milliseco
 header the load generator sets), with the token ids agentlightning's vLLM instrumentation
 adds; streamed, it spreads ``CHUNKS`` chunks over that delay; with ``--fail-status`` it answers
 that status at once to every request (a failing server). ``upstream`` runs upstream's
-own proxy: ``AgentModeDaemon._start_proxy_server_v0`` called with a stand-in ``self``.
+own proxy: ``AgentModeDaemon._start_proxy_server_v0`` called with a stand-in ``self``. ``ours
+--context N`` gives our proxy a tokenizer and a model context of N tokens (``llm_proxy.context``), so
+that it tokenizes every call: a Hugging Face fast tokenizer (byte-level BPE, 8,000 tokens, trained in
+memory on this package's sources: nothing is downloaded) with a ChatML chat template that renders tools.
 ``load`` prints one JSON object: calls, failures, calls per second, p50 and p99 in ms (of the
 calls answered 200; ``all_*``: of every call, a failed one at the time it failed).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import statistics
@@ -110,14 +115,47 @@ def failing_app(status: int) -> Any:
     return app
 
 
-async def run_ours(port: int, backends: list[str], connect_timeout: float) -> None:
-    """Our proxy, ``BENCH_ATTEMPT_ID`` live and every other attempt unknown, with ``/bench/stats`` beside it."""
+CHATML = (
+    "{%- if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}"
+    "\n</tools><|im_end|>\n{%- endif %}"
+    "{%- for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
+
+def chat_tokenizer() -> Any:
+    """A fast tokenizer as a model ships one (byte-level BPE, ChatML template), trained in memory on this package's
+    sources; exits 3 (the role is skipped) without transformers."""
+    try:
+        tokenizers: Any = importlib.import_module("tokenizers")
+        transformers: Any = importlib.import_module("transformers")
+    except ImportError as error:
+        print(f"tokenizing needs transformers: {error}", file=sys.stderr)
+        sys.exit(3)
+    from pathlib import Path
+
+    sources = sorted(Path(__file__).resolve().parent.parent.joinpath("lightning_attempts").rglob("*.py"))
+    model = tokenizers.Tokenizer(tokenizers.models.BPE())
+    model.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=8000, special_tokens=["<|im_start|>", "<|im_end|>"])
+    model.train_from_iterator((path.read_text() for path in sources), trainer)
+    built = transformers.PreTrainedTokenizerFast(tokenizer_object=model, eos_token="<|im_end|>", pad_token="<|im_end|>")
+    built.chat_template = CHATML
+    return built
+
+
+async def run_ours(port: int, backends: list[str], connect_timeout: float, context: int = 0) -> None:
+    """Our proxy, ``BENCH_ATTEMPT_ID`` live and every other attempt unknown, with ``/bench/stats`` beside it; with a
+    ``context``, tokenizing the calls that could reach it."""
     from lightning_attempts.llm_proxy import LlmProxy, serve_proxy
+    from lightning_attempts.llm_proxy.context import ContextGuard
 
     proxy = LlmProxy(
         lambda: backends,
         lambda rollout_id, attempt_id: None if attempt_id == BENCH_ATTEMPT_ID else "unknown_attempt",
         connect_timeout_seconds=connect_timeout,
+        context=ContextGuard(chat_tokenizer(), model_context=context) if context else None,
     )
 
     async def with_stats(scope: Scope, receive: Receive, send: Send) -> None:
@@ -195,6 +233,7 @@ def main() -> None:
     parser.add_argument("--backend", action="append", default=[])
     parser.add_argument("--fail-status", type=int, default=0)
     parser.add_argument("--connect-timeout", type=float, default=5.0)
+    parser.add_argument("--context", type=int, default=0, help="ours: tokenize calls against this model context")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--call-timeout", type=float, default=120.0)
     parser.add_argument("--concurrency", type=int, default=1)
@@ -205,7 +244,7 @@ def main() -> None:
     if options.role == "backend":
         serve(failing_app(options.fail_status) if options.fail_status else backend_app, int(options.target))
     elif options.role == "ours":
-        asyncio.run(run_ours(int(options.target), options.backend, options.connect_timeout))
+        asyncio.run(run_ours(int(options.target), options.backend, options.connect_timeout, options.context))
     elif options.role == "upstream":
         run_upstream(int(options.target), options.backend)
     else:
