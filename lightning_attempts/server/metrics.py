@@ -46,6 +46,8 @@ PROXY_COUNTERS = {
     "context_refused": "LLM calls refused (400) because their prompt does not fit the model's context.",
     "context_refused_prompt": "LLM calls refused (400) because their prompt is over the trainer's max_prompt_length.",
     "context_tokenize_seconds": "Seconds spent tokenizing prompts (in the proxy's tokenizing thread).",
+    "context_unreadable": "LLM calls whose prompt could not be counted (images, a template that failed): unchanged.",
+    "context_unchecked_busy": "LLM calls passed on unchecked because too many were waiting to be tokenized.",
 }
 PROXY_GAUGES = {
     "in_flight": "LLM calls in flight.",
