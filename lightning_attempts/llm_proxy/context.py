@@ -48,6 +48,7 @@ TEMPLATE_MARGIN = 2048
 MAX_WAITING = 64
 """Calls waiting to be tokenized at most; past it, calls go on unchecked (as without the guard) and are counted."""
 MODELS_TIMEOUT_SECONDS = 5.0
+"""Longest wait for a backend's ``/v1/models`` (a backend that does not answer is asked again at the next batch)."""
 REFUSED_CODE = "context_length_exceeded"
 
 
@@ -101,6 +102,7 @@ class ContextGuard:
         self._executor: ThreadPoolExecutor | None = None
         self._waiting = 0
         self._asked: set[str] = set()
+        self._learning: asyncio.Task[bool] | None = None
 
     # -- limits ------------------------------------------------------------------------
 
@@ -120,6 +122,15 @@ class ContextGuard:
         if len(lengths) == 1:
             self.model_contexts[""] = next(iter(lengths.values()))
         return bool(lengths)
+
+    def learn_in_background(self, addresses: Iterable[str]) -> asyncio.Task[bool] | None:
+        """``learn_model_context`` as a task of the running loop, unless known or under way (that task, then): a
+        backend slow to answer delays no batch, and calls meanwhile go on unchecked as without the guard."""
+        if self.tokenizer is None or self.model_contexts:
+            return None
+        if self._learning is None or self._learning.done():
+            self._learning = asyncio.get_running_loop().create_task(self.learn_model_context(list(addresses)))
+        return self._learning
 
     async def learn_model_context(self, addresses: Iterable[str], timeout: float = MODELS_TIMEOUT_SECONDS) -> bool:
         """Ask backends (``host:port`` or URLs) for ``/v1/models`` until one gives ``max_model_len``; each is
@@ -205,6 +216,8 @@ class ContextGuard:
 
     def close(self) -> None:
         """Let the tokenizing thread end (calls being tokenized finish first)."""
+        if self._learning is not None:
+            self._learning.cancel()
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)

@@ -4,8 +4,8 @@ The same on agentlightning 0.1.2, 0.2.2 and 0.3.0:
 
 - the tokenizer: the daemon's constructor argument (``tokenizer``), the trainer's own;
 - the model's context: vLLM's ``max_model_len`` (verl's rollout ``max_model_len``, else its
-  ``prompt_length + response_length``), read from the backends' ``GET /v1/models`` as a batch is
-  set up (the engines are awake then), until one says it;
+  ``prompt_length + response_length``), read from the backends' ``GET /v1/models`` in the background
+  as a batch is set up (the engines are awake then), until one says it;
 - the trainer's ``max_prompt_length`` and ``max_response_length``: the arguments of
   ``get_train_data_batch(max_prompt_length, max_response_length, ...)`` (the trainer's
   ``data.max_prompt_length`` and ``max_response_length``), so from the second training step on; they
@@ -17,6 +17,7 @@ Any limit not (yet) known is not applied; with none known, calls go on unchanged
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -48,10 +49,11 @@ def learn_from_batch_call(guard: ContextGuard, daemon: Any, args: Sequence[Any],
         guard.trainer = limits
 
 
-async def set_up_batch(guard: ContextGuard, addresses: Sequence[str], is_train: bool) -> None:
-    """A batch is being set up: the trainer's limits hold for a training batch; learn the model's context if need be."""
+def set_up_batch(guard: ContextGuard, addresses: Sequence[str], is_train: bool) -> asyncio.Task[bool] | None:
+    """A batch is being set up (on the proxy's loop): the trainer's limits hold for a training batch; the model's
+    context is asked for in the background if not known (the task, if any)."""
     guard.training = is_train
-    await guard.learn_model_context(addresses)
+    return guard.learn_in_background(addresses)
 
 
 def _positive(value: Any) -> bool:

@@ -140,7 +140,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         if self.attempt_proxy is not None:
             window.proxy_before = self.attempt_proxy.stats()
             self.attempt_proxy.forget()  # calls of earlier batches: none is trained on from here
-            await context_limits.set_up_batch(self.attempt_proxy.proxy.context, server_addresses, is_train)
+            context_limits.set_up_batch(self.attempt_proxy.proxy.context, server_addresses, is_train)
         self._proxy_triplets = 0
         self._token_ids = StepTokenIds()
         await super()._async_set_up(data, server_addresses, is_train)

@@ -107,7 +107,11 @@ def main(port: int, signal_dir: Path) -> None:
         "trained": trained,
         "metrics": {key: float(value) for key, value in metrics.items()},
         "received": {
-            b.name: [(r.json()["messages"][0]["content"], bool(r.json().get("stream"))) for r in b.received]
+            b.name: [
+                (r.json()["messages"][0]["content"], bool(r.json().get("stream")))
+                for r in b.received
+                if r.method == "POST"  # the daemon's proxy also asks GET /v1/models (the model's context)
+            ]
             for b in backends
         },
         "keys": key_checks(daemon, (straggled, stored)),

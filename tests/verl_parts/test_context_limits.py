@@ -11,7 +11,7 @@ import pytest
 
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.llm_proxy import AttachedProxy
-from lightning_attempts.llm_proxy.context import TrainerLimits
+from lightning_attempts.llm_proxy.context import ContextGuard, TrainerLimits
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
 from lightning_attempts.verl.context_limits import learn_from_batch_call, rows_are_calls, set_up_batch, trainer_limits
 from lightning_attempts.verl.step_metrics import TRAIN_PREFIX, StepWindow, step_metrics
@@ -55,6 +55,13 @@ def running(clock: ManualClock) -> Iterator[tuple[ServerThread[AttemptAwareServe
             served.call(backend.stop())
 
 
+async def set_up(guard: ContextGuard, addresses: list[str], is_train: bool) -> None:
+    """``set_up_batch`` as the daemon calls it, then wait for what it asked in the background."""
+    task = set_up_batch(guard, addresses, is_train)
+    if task is not None:
+        await task
+
+
 def chat(length: int, max_tokens: int) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": "x" * length}], "max_tokens": max_tokens}
 
@@ -66,19 +73,19 @@ def test_the_daemons_proxy_learns_the_context_at_set_up_and_the_trainers_limits_
     guard = proxy.proxy.context
     url = f"http://127.0.0.1:{proxy.port}/v1/chat/completions"
     with httpx.Client(timeout=30) as http:
-        served.call(set_up_batch(guard, [backend.address], True))  # step 1 (training): the model's context only
+        served.call(set_up(guard, [backend.address], True))  # step 1 (training): the model's context only
         assert guard.model_contexts[""] == CONTEXT and guard.trainer is None
         assert http.post(url, json=chat(100, 500)).status_code == 200
         assert backend.received[-1].json()["max_tokens"] == CONTEXT - 100
         assert http.post(url, json=chat(CONTEXT, 5)).status_code == 400 and backend.too_long == 0
         daemon = SimpleNamespace(trace_aggregator={"level": "transition"})
         served.run(lambda: learn_from_batch_call(guard, daemon, (64, 16, "cpu"), {}))  # get_train_data_batch
-        served.call(set_up_batch(guard, [backend.address], True))  # step 2: the trainer's row lengths too
+        served.call(set_up(guard, [backend.address], True))  # step 2: the trainer's row lengths too
         refused = http.post(url, json=chat(100, 5))
         assert refused.status_code == 400 and "max_prompt_length of 64" in refused.json()["error"]["message"]
         assert http.post(url, json=chat(50, 500)).status_code == 200
         assert backend.received[-1].json()["max_tokens"] == 16
-        served.call(set_up_batch(guard, [backend.address], False))  # validation: its rows are not trained on
+        served.call(set_up(guard, [backend.address], False))  # validation: its rows are not trained on
         assert http.post(url, json=chat(100, 500)).status_code == 200
         assert backend.received[-1].json()["max_tokens"] == CONTEXT - 100
         after = served.run(proxy.stats)
@@ -100,8 +107,8 @@ def test_a_backend_that_does_not_say_its_context_changes_nothing(clock: ManualCl
         proxy.proxy.context.tokenizer = CharTokenizer()
         served.call(proxy.start())
         try:
-            served.call(set_up_batch(proxy.proxy.context, [backend.address], True))
-            served.call(set_up_batch(proxy.proxy.context, [backend.address], True))  # asked once
+            served.call(set_up(proxy.proxy.context, [backend.address], True))
+            served.call(set_up(proxy.proxy.context, [backend.address], True))  # asked once
             with httpx.Client(timeout=30) as http:
                 url = f"http://127.0.0.1:{proxy.port}/v1/chat/completions"
                 assert http.post(url, json=chat(100, 500)).status_code == 200
