@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import aiohttp
 
@@ -47,9 +47,13 @@ TEMPLATE_MARGIN = 2048
 """Tokens a chat template may add beyond the bytes of the body (role markers, a default system prompt, tool text)."""
 MAX_WAITING = 64
 """Calls waiting to be tokenized at most; past it, calls go on unchecked (as without the guard) and are counted."""
+LOOP_BYTES = 64 * 1024
+"""Bodies up to this size are parsed (and a capped one re-encoded) on the event loop, in microseconds; larger ones
+in the guard's thread."""
 MODELS_TIMEOUT_SECONDS = 5.0
 """Longest wait for a backend's ``/v1/models`` (a backend that does not answer is asked again at the next batch)."""
 REFUSED_CODE = "context_length_exceeded"
+_T = TypeVar("_T")
 
 
 class Tokenizer(Protocol):
@@ -163,12 +167,9 @@ class ContextGuard:
         route = path.split("?", 1)[0].rstrip("/")
         if route not in (CHAT_PATH, COMPLETIONS_PATH):
             return Checked(body)
-        try:
-            parsed: object = json.loads(body)
-        except ValueError:
-            return Checked(body)
+        parsed = _parsed(body) if len(body) <= LOOP_BYTES else await self._off_loop(_parsed, body)
         request = _dict(parsed)
-        if not request:
+        if not request:  # not a JSON object, or too many calls waiting
             return Checked(body)
         fields = _budget_fields(request, chat=route == CHAT_PATH)
         if fields is None:
@@ -180,7 +181,7 @@ class ContextGuard:
         if trainer is not None and (requested is None or requested > trainer.max_response_length):
             allowed = trainer.max_response_length
         if _cannot_reach(len(body) + TEMPLATE_MARGIN, allowed, context, trainer):
-            return self._capped(request, body, fields, requested, allowed)
+            return await self._capped(request, body, fields, requested, allowed)
         prompt = await self._tokenized(request, chat=route == CHAT_PATH)
         if prompt is None:
             return Checked(body)
@@ -204,7 +205,7 @@ class ContextGuard:
             return Checked(body, message, param)
         if context is not None and allowed is not None and prompt + allowed > context:
             allowed = context - prompt
-        return self._capped(request, body, fields, requested, allowed)
+        return await self._capped(request, body, fields, requested, allowed)
 
     def stats(self) -> dict[str, Any]:
         """The guard's counters since the start (``LlmProxy.stats`` holds them)."""
@@ -222,37 +223,47 @@ class ContextGuard:
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
 
-    def _capped(
+    async def _capped(
         self, request: dict[str, Any], body: bytes, fields: Sequence[str], requested: int | None, allowed: int | None
     ) -> Checked:
+        """``body`` with ``fields`` set to ``allowed`` (re-encoded in the guard's thread when large)."""
         if allowed is None or allowed == requested:
+            return Checked(body)
+        for field in fields:
+            request[field] = allowed
+        capped = _encoded(request) if len(body) <= LOOP_BYTES else await self._off_loop(_encoded, request)
+        if capped is None:
             return Checked(body)
         self.counts["context_capped"] += 1
         if requested is not None:
             self.counts["context_capped_tokens"] += requested - allowed
-        for field in fields:
-            request[field] = allowed
-        return Checked(json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode())
+        return Checked(capped)
 
     async def _tokenized(self, request: dict[str, Any], *, chat: bool) -> int | None:
         """The prompt's token count, counted in the guard's thread; None if it cannot be counted."""
         tokenizer = self.tokenizer
         if tokenizer is None:
             return None
+        started = self._clock()
+        count = await self._off_loop(_count, tokenizer, request, chat)
+        if count is None:
+            return None
+        self.tokenize_seconds += self._clock() - started
+        self.counts["context_tokenized" if count >= 0 else "context_unreadable"] += 1
+        return count if count >= 0 else None
+
+    async def _off_loop(self, function: Callable[..., _T], *args: Any) -> _T | None:
+        """``function(*args)`` in the guard's thread; None, counted, when ``MAX_WAITING`` calls wait for it."""
         if self._waiting >= MAX_WAITING:
             self.counts["context_unchecked_busy"] += 1
             return None
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-proxy-tokenize")
         self._waiting += 1
-        started = self._clock()
         try:
-            count = await asyncio.get_running_loop().run_in_executor(self._executor, _count, tokenizer, request, chat)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
         finally:
             self._waiting -= 1
-            self.tokenize_seconds += self._clock() - started
-        self.counts["context_tokenized" if count is not None else "context_unreadable"] += 1
-        return count
 
 
 STATS = (
@@ -287,9 +298,9 @@ def _budget_fields(request: dict[str, Any], *, chat: bool) -> list[str] | None:
 
 
 def _requested(request: dict[str, Any], fields: Sequence[str], *, chat: bool) -> int | None:
-    values = [request[name] for name in fields if request.get(name) is not None]
-    if values:
-        return min(values)
+    for name in fields:  # max_completion_tokens first: vLLM takes it over max_tokens
+        if request.get(name) is not None:
+            return int(request[name])
     return None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS
 
 
@@ -326,8 +337,20 @@ def _cannot_reach(bound: int, allowed: int | None, context: int | None, trainer:
     return context is None or bound + (allowed or 1) <= context
 
 
-def _count(tokenizer: Tokenizer, request: dict[str, Any], chat: bool) -> int | None:
-    """The prompt's tokens as vLLM would count them (run in the guard's thread)."""
+def _parsed(body: bytes) -> object:
+    """The body's JSON ({} if it is not JSON)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {}
+
+
+def _encoded(request: dict[str, Any]) -> bytes:
+    return json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _count(tokenizer: Tokenizer, request: dict[str, Any], chat: bool) -> int:
+    """The prompt's tokens as vLLM would count them (run in the guard's thread); -1 when they cannot be counted."""
     try:
         if not chat:
             prompt: object = request["prompt"]
@@ -345,7 +368,7 @@ def _count(tokenizer: Tokenizer, request: dict[str, Any], chat: bool) -> int | N
         return len(_as_ids(ids))
     except Exception:
         logger.debug("LLM proxy: could not count a call's prompt tokens", exc_info=True)
-        return None
+        return -1
 
 
 def _flattened(message: dict[str, Any]) -> dict[str, Any]:

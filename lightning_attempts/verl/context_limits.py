@@ -2,7 +2,8 @@
 
 The same on agentlightning 0.1.2, 0.2.2 and 0.3.0:
 
-- the tokenizer: the daemon's constructor argument (``tokenizer``), the trainer's own;
+- the tokenizer: the daemon's constructor argument (``tokenizer``), the trainer's own (a copy: the proxy
+  counts in a thread of its own);
 - the model's context: vLLM's ``max_model_len`` (verl's rollout ``max_model_len``, else its
   ``prompt_length + response_length``), read from the backends' ``GET /v1/models`` in the background
   as a batch is set up (the engines are awake then), until one says it;
@@ -18,12 +19,24 @@ Any limit not (yet) known is not applied; with none known, calls go on unchanged
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from ..llm_proxy.context import ContextGuard, TrainerLimits
 
 TRANSITION = "transition"
+
+
+def own_tokenizer(tokenizer: Any) -> Any:
+    """A copy of the trainer's tokenizer for the proxy's thread (a fast tokenizer used from two threads at once can
+    raise "Already borrowed"); the tokenizer itself when it cannot be copied; None for None."""
+    if tokenizer is None:
+        return None
+    try:
+        return copy.deepcopy(tokenizer)
+    except Exception:
+        return tokenizer
 
 
 def trainer_limits(args: Sequence[Any], kwargs: Mapping[str, Any]) -> TrainerLimits | None:

@@ -123,7 +123,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
             return self.backend_llm_server_addresses  # read per call: verl sets them at each step
 
         proxy = AttachedProxy(self.attempt_server, backends, self.proxy_port, self.llm_timeout_seconds)
-        proxy.proxy.context.tokenizer = getattr(self, "tokenizer", None)  # over-long calls: context_limits
+        proxy.proxy.context.tokenizer = context_limits.own_tokenizer(getattr(self, "tokenizer", None))
         self._on_loop(proxy.start)
         self.attempt_proxy = proxy
         print(f"Proxy server running on port {self.proxy_port}")  # upstream's line, which the guide points to

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from lightning_attempts.llm_proxy import LlmProxy, ProxyServer
+from lightning_attempts.llm_proxy import LlmProxy, ProxyServer, context
 from lightning_attempts.llm_proxy.context import ContextGuard, TrainerLimits
 
 from .conftest import Attempts, StartProxy, attempt_url
@@ -173,3 +173,18 @@ async def test_completions_and_unknown_limits(
     answer = await http.post(f"{server.endpoint}/v1/chat/completions", json=chat(60, max_tokens=80))
     assert answer.status_code == 200 and backends[1].received[-1].json()["max_tokens"] == 80
     assert server.proxy.stats()["context_tokenized"] == 0
+
+
+async def test_a_large_body_is_read_and_rewritten_off_the_loop_and_a_busy_guard_lets_calls_through(
+    start_proxy: StartProxy, backends: list[StandInVllm], http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, proxy = await guarded(start_proxy, backends[0], context=200_000)
+    large = chat(150_000, max_tokens=80_000, tools=[{"type": "function", "function": {"name": "g"}}])
+    assert len(json.dumps(large)) > context.LOOP_BYTES
+    assert (await http.post(url, json=large)).status_code == 200
+    assert backends[0].received[-1].json() == {**large, "max_tokens": 50_000}
+    monkeypatch.setattr(context, "MAX_WAITING", 0)  # as if 64 calls were waiting to be tokenized
+    assert (await http.post(url, json=chat(60, max_tokens=500_000))).status_code == 400  # the backend's own 400
+    assert backends[0].too_long == 1
+    stats = proxy.stats()
+    assert (stats["context_unchecked_busy"], stats["context_capped"]) == (1, 1)

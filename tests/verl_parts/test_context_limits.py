@@ -13,7 +13,13 @@ from lightning_attempts import AttemptAwareServer
 from lightning_attempts.llm_proxy import AttachedProxy
 from lightning_attempts.llm_proxy.context import ContextGuard, TrainerLimits
 from lightning_attempts.testing import ManualClock, ServerThread, serve_in_thread
-from lightning_attempts.verl.context_limits import learn_from_batch_call, rows_are_calls, set_up_batch, trainer_limits
+from lightning_attempts.verl.context_limits import (
+    learn_from_batch_call,
+    own_tokenizer,
+    rows_are_calls,
+    set_up_batch,
+    trainer_limits,
+)
 from lightning_attempts.verl.step_metrics import TRAIN_PREFIX, StepWindow, step_metrics
 
 from ..llm_proxy.stand_in_vllm import StandInVllm, prompt_ids
@@ -37,6 +43,19 @@ def test_the_trainer_limits_come_from_get_train_data_batchs_arguments_on_each_re
     assert trainer_limits((64,), {}) is None and trainer_limits((), {"max_prompt_length": True}) is None
     assert rows_are_calls(SimpleNamespace()) and rows_are_calls(SimpleNamespace(trace_aggregator={}))
     assert not rows_are_calls(SimpleNamespace(trace_aggregator={"level": "trajectory"}))  # 0.3.0: a row, many calls
+
+
+class Uncopyable(CharTokenizer):
+    def __deepcopy__(self, memo: Any) -> Any:
+        raise TypeError("not copyable")
+
+
+def test_the_proxy_counts_with_a_copy_of_the_trainers_tokenizer_when_it_can() -> None:
+    trainers = CharTokenizer()
+    copied = own_tokenizer(trainers)
+    assert isinstance(copied, CharTokenizer) and copied is not trainers  # its own, for its own thread
+    uncopyable = Uncopyable()
+    assert own_tokenizer(uncopyable) is uncopyable and own_tokenizer(None) is None
 
 
 @pytest.fixture
