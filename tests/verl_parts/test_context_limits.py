@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lightning_attempts import AttemptAwareServer
 from lightning_attempts.llm_proxy import AttachedProxy
@@ -108,6 +109,12 @@ def test_the_daemons_proxy_learns_the_context_at_set_up_and_the_trainers_limits_
         assert http.post(url, json=chat(100, 500)).status_code == 200
         assert backend.received[-1].json()["max_tokens"] == CONTEXT - 100
         after = served.run(proxy.stats)
+        exposed = http.get(f"{served.endpoint}/metrics").text
+    families = text_string_to_metric_families(exposed)
+    samples = {(s.name, tuple(s.labels.items())): s.value for f in families for s in f.samples}
+    assert samples[("lightning_attempts_llm_proxy_context_capped_total", ())] == 3
+    assert samples[("lightning_attempts_llm_proxy_context_refused_prompt_total", ())] == 1
+    assert samples[("lightning_attempts_llm_proxy_refused_total", (("reason", "context_length_exceeded"),))] == 2
     assert backend.too_long == 0
     window = StepWindow(stats(), queued_at=0.0, queued_monotonic=0.0, proxy_before=proxy_stats(0, 0, []))
     metrics = step_metrics(window, stats(), [], 0, TRAIN_PREFIX, proxy_after=after)
