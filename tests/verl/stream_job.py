@@ -65,7 +65,10 @@ def main(port: int, signal_dir: Path) -> None:
         "metadata": filled,
         "trained": trained,
         "metrics": {key: float(value) for key, value in metrics.items()},
-        "received": {b.name: [(r.json()["messages"][0]["content"], r.json()) for r in b.received] for b in backends},
+        "received": {  # the calls (the daemon also asks each backend GET /v1/models)
+            b.name: [(r.json()["messages"][0]["content"], r.json()) for r in b.received if r.method == "POST"]
+            for b in backends
+        },
     }
     daemon.clear_data_and_server()
     (signal_dir / "stream.json").write_text(json.dumps(report, default=str))
