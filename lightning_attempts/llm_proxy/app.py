@@ -17,6 +17,9 @@ connection); that call is not taken back, but liveness never comes back, so noth
 could have been stored.
 
 The backend leg is ``forwarding.Forwarder``'s: answers pass through as they come.
+
+Between a batch's end and the next batch (``end_step``/``drain``, ``open_step``: the daemon's
+calls), every call is refused with 409 ``step_ended`` (``draining``): vLLM is about to sleep.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from .bodies import (
     read_body,
 )
 from .context import REFUSED_CODE, ContextGuard
+from .draining import STEP_ENDED, Drained, StepGate
 from .forwarding import Call, Forwarder
 from .records import CallRecord, CallRecords
 from .resending import Resends
@@ -75,7 +79,8 @@ _RETRY = (("retry-after", "1"),)
 
 
 class BackendCut(Exception):
-    """The backend broke off an answer already begun: raised to the server, which drops the connection.
+    """The backend broke off (or the step's end cut) an answer already begun: raised to the server, which drops the
+    connection.
 
     ``serving`` keeps uvicorn from logging it (the proxy has logged one WARNING line).
     """
@@ -130,6 +135,8 @@ class LlmProxy:
         """Time each forwarded call spent in the proxy: its whole time less its waits on the backend."""
         self.counts: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
+        self.gate = StepGate(clock)
+        """Whether the step is open, and the calls in flight to the backends (``draining``)."""
 
     @property
     def requires_key(self) -> bool:
@@ -153,6 +160,18 @@ class LlmProxy:
         """Forget every attempt's recorded calls."""
         self.records.clear()
 
+    def end_step(self) -> int:
+        """The batch is done: refuse every call until ``open_step``; the number of calls in flight."""
+        return self.gate.close()
+
+    def open_step(self) -> None:
+        """A batch is set up: take calls again."""
+        self.gate.open()
+
+    async def drain(self, timeout: float) -> Drained:
+        """End the step; wait up to ``timeout`` seconds for the calls in flight, then cut those left."""
+        return await self.gate.drain(timeout)
+
     def stats(self) -> dict[str, Any]:
         """Counters since the start, as a plain dict (``stats.latency_between`` takes a window's latency)."""
         summary = latency_summary(self.latency.counts, self.latency.sum)
@@ -173,6 +192,7 @@ class LlmProxy:
             "added_latency_buckets": list(self.latency.counts),
             **self.records.stats(),
             **self.context.stats(),
+            **self.gate.stats(),
         }
 
     async def aclose(self) -> None:
@@ -205,6 +225,9 @@ class LlmProxy:
             await send_error(
                 send, 404, "Not found: use /v1/...", type_="invalid_request_error", code="not_found", headers=headers
             )
+            return
+        if self.gate.closed:
+            await self._step_ended(send, unread)
             return
         if attempt is not None and not await self._live(send, attempt, unread):  # before a byte of the body is read
             return
@@ -244,6 +267,26 @@ class LlmProxy:
         body = checked.body
         if attempt is not None and not await self._live(send, attempt):  # again, right before the backend is chosen
             return
+        if self.gate.closed:  # no await from here to the call counted in flight
+            await self._step_ended(send)
+            return
+        entry = self.gate.enter(attempt)
+        try:
+            await self._send_on(scope, receive, send, path, attempt, body, started, entry.call)
+        finally:
+            self.gate.leave(entry)
+
+    async def _send_on(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        attempt: Attempt | None,
+        body: bytes,
+        started: float,
+        call: Call,
+    ) -> None:
         route = Resends(self.router, attempt)
         backend = route.first()
         if backend is None:
@@ -262,6 +305,7 @@ class LlmProxy:
             body,
             strip_keys=self._key is not None,
             record=attempt is not None,
+            call=call,
         )
         backend = call.backend
         ended = self._clock()
@@ -270,6 +314,10 @@ class LlmProxy:
             self.counts["forwarded_attempt" if attempt is not None else "forwarded_plain"] += 1
         if call.client_gone:
             self.counts["client_disconnected"] += 1
+        if call.cut:
+            await self._cut(send, call)
+        elif call.client_gone:
+            pass
         elif call.error is not None:
             self._failed(backend, attempt, call)
         elif attempt is not None and 200 <= call.status < 300:  # an error answer has no token ids to train on
@@ -288,6 +336,20 @@ class LlmProxy:
         message = f"Attempt {attempt.attempt_id} of rollout {attempt.rollout_id} is no longer live: {reason}"
         await self._refuse(send, 409, reason, "attempt_not_live", message, _NOT_LIVE + headers)
         return False
+
+    async def _step_ended(self, send: Send, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.gate.refused += 1
+        message = "The training step has ended: no LLM call is taken until the next batch (vLLM is asleep)"
+        await self._refuse(send, 409, STEP_ENDED, STEP_ENDED, message, _NOT_LIVE + headers)
+
+    async def _cut(self, send: Send, call: Call) -> None:
+        """The step's end cut the call: 409 ``step_ended`` if its answer had not begun, else the connection drops."""
+        if call.started:
+            raise BackendCut(call.backend)
+        if not call.client_gone:  # counted as cut, not refused
+            message = "The training step has ended: this LLM call was cut (vLLM is going to sleep)"
+            headers = tuple((name.encode(), value.encode()) for name, value in _NOT_LIVE)
+            await send_error(send, 409, message, type_=STEP_ENDED, code=STEP_ENDED, headers=headers)
 
     async def _refuse_body(self, send: Send, refused: BodyRefused, unread: tuple[tuple[str, str], ...]) -> None:
         """Answer a body not read whole (nothing to answer when its client left)."""

@@ -2,8 +2,12 @@
 
 A body with a length is read and sent whole; anything else (server-sent events) chunk by
 chunk, each chunk as it arrives. Token ids are read from the answer when asked. A client
-that hangs up cancels the call, which closes the backend connection (vLLM then stops
-generating). ``Call.waited`` adds up the time spent waiting on the backend.
+that hangs up does not end the call: agentlightning's patched vLLM server does not abort a
+request when its client goes away, so closing the backend connection would leave vLLM
+generating while the proxy counts nothing in flight. The answer is read to its end instead
+(bounded by the read timeout) and dropped; the call stays in flight meanwhile (``draining``
+waits for it before vLLM sleeps). Only ``Call.cut`` (the step's wait bound passed) ends a
+call early. ``Call.waited`` adds up the time spent waiting on the backend.
 
 A call goes to one backend after another (``Route``) while no byte of the answer has
 reached the client: the backend could not be reached, broke off, answered 502, 503 or 504,
@@ -63,6 +67,9 @@ class Call:
     answered: bool = False
     """The answer is complete (or being completed): a hang-up from now on changes nothing."""
     client_gone: bool = False
+    """The client hung up: the answer is still read to its end (the backend works on it), and dropped."""
+    cut: bool = False
+    """Ended by the proxy before its answer's end (``draining``): its backend connection is closed."""
     waited: float = 0.0
     status: int = 0
     streamed: bool = False
@@ -131,20 +138,21 @@ class Forwarder:
         *,
         strip_keys: bool,
         record: bool,
+        call: Call | None = None,
     ) -> Call:
         """Send the call to ``first``, then ``route``'s next backends (``path``: ``/v1/...?query``); the answer to
-        the client."""
-        call = Call()
+        the client. ``call``: the record to fill, if the caller keeps one (to cut it)."""
+        call = call if call is not None else Call()
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(lambda done: _on_disconnect(done, task, call))
+        watcher.add_done_callback(lambda done: _on_disconnect(done, call))
         headers = request_headers(scope["headers"], strip_keys=strip_keys, identity=record)
         backend: str | None = first
         try:
             while backend is not None:
                 call.next_try(backend)
-                resend = route.may_resend()
+                resend = route.may_resend() and not call.client_gone  # nobody is left to answer
                 try:
                     await self._exchange(scope["method"], send, backend, path, headers, body, call, record, resend)
                 finally:
@@ -153,7 +161,7 @@ class Forwarder:
                     call.resend = False
                     await _refuse_failed(send, call, call.error or aiohttp.ServerConnectionError(call.failure))
         except asyncio.CancelledError:
-            if not call.client_gone:
+            if not call.cut:
                 raise
             uncancel = getattr(task, "uncancel", None)  # Python 3.11+
             if uncancel is not None:
@@ -349,10 +357,9 @@ async def _refuse_failed(send: Send, call: Call, error: BaseException) -> None:
         await send_error(send, status, f"LLM backend {code.split('_')[1]}", type_="server_error", code=code)
 
 
-def _on_disconnect(watcher: asyncio.Future[Message], task: asyncio.Task[Any], call: Call) -> None:
-    """The client hung up before its answer was complete: cancel the call (and so the backend's work)."""
+def _on_disconnect(watcher: asyncio.Future[Message], call: Call) -> None:
+    """The client hung up before its answer was complete: note it; the backend's answer is still read to its end."""
     if watcher.cancelled() or call.answered or watcher.exception() is not None:
         return
     if watcher.result()["type"] == "http.disconnect":
         call.client_gone = True
-        task.cancel()

@@ -10,12 +10,10 @@ request is recorded. ``gate``, when set to an unset event, holds each answer (a 
 its first chunk) until the test sets it; a client hanging up meanwhile is noted. Faults:
 ``fail_with`` answers that status to every request at once (a failing server), ``stall_streams``
 sends a stream's headers and then nothing, ``cut_streams`` drops the connection after a
-stream's first chunk (and the gate, if any). ``max_model_len``, when set, is said in ``/v1/models``
-and enforced as vLLM does: a call whose prompt plus ``max_tokens`` (or ``max_completion_tokens``;
-unset: the room left) exceeds it is answered 400 with vLLM's message (``too_long`` counts them);
-``answer_tokens``, when set, is how many tokens an answer has at most (``max_tokens`` bounds it);
-``generated`` notes, with ``answer_tokens`` set, each answered call's (prompt tokens, new tokens);
-``tokenize`` gives a call's prompt ids for all these and in the answer (by default ``prompt_ids``).
+stream's first chunk (and the gate, if any). ``keeps_generating`` makes it behave as
+agentlightning's patched vLLM server: a held answer goes on after its client hung up (until the
+gate opens); ``sleep()`` then fails while a chat request is still open, as vLLM's sleep under a
+request crashes.
 """
 
 from __future__ import annotations
@@ -34,6 +32,10 @@ from lightning_attempts.llm_proxy.asgi import read_body
 from lightning_attempts.server.lifecycle import Serving
 
 RESPONSE_TOKENS = 3
+
+
+class SleptUnderRequests(RuntimeError):
+    """``StandInVllm.sleep()`` while a chat request was open (vLLM would crash)."""
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,11 @@ class StandInVllm:
         self.fail_with: int | None = None
         self.stall_streams = False
         self.cut_streams = False
-        self.streams_ids = True
-        """False: a vLLM before 0.10.2, which ignores ``return_token_ids``."""
-        self.max_model_len: int | None = None
-        self.answer_tokens: int | None = None
-        self.too_long = 0
-        self.generated: list[tuple[int, int]] = []
-        self.tokenize: Callable[[dict[str, Any]], list[int]] = prompt_ids
+        self.keeps_generating = False
+        self.open_requests = 0
+        """Chat requests arrived and not yet answered to their end (whether or not their client is still there)."""
+        self.sleeps = 0
+        self.failed_sleeps = 0
         self._arrived = asyncio.Condition()
         self._serving = Serving(
             uvicorn.Config(self, host="127.0.0.1", port=0, lifespan="off", log_config=None, access_log=False),
@@ -97,6 +97,13 @@ class StandInVllm:
         if self.gate is not None:
             self.gate.set()
         await self._serving.stop(30)
+
+    def sleep(self) -> None:
+        """verl's ``async_rollout_manager.sleep()``: ``SleptUnderRequests`` while a chat request is open."""
+        self.sleeps += 1
+        if self.open_requests:
+            self.failed_sleeps += 1
+            raise SleptUnderRequests(f"{self.name} put to sleep with {self.open_requests} request(s) open")
 
     async def wait_received(self, count: int) -> None:
         """Until at least ``count`` requests have arrived."""
@@ -120,22 +127,29 @@ class StandInVllm:
                 card["max_model_len"] = self.max_model_len
             await _send_json(send, 200, {"object": "list", "data": [card]})
         elif scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
-            parsed = request.json()
-            if (refusal := self._over_context(parsed)) is not None:
-                self.too_long += 1
-                await _send_json(send, 400, refusal)
-            elif parsed.get("stream"):
-                await self._stream(parsed, receive, send)
-            else:
-                if not await self._held(receive):
-                    return
-                await _send_json(send, 200, self._completion(parsed), [(b"x-backend", self.name.encode())])
+            self.open_requests += 1
+            try:
+                await self._chat(request.json(), receive, send)
+            finally:
+                self.open_requests -= 1
         else:
             await _send_json(send, 404, {"error": {"message": "no such route", "type": "NotFound", "code": 404}})
 
+    async def _chat(self, parsed: dict[str, Any], receive: Receive, send: Send) -> None:
+        if (refusal := self._over_context(parsed)) is not None:
+            self.too_long += 1
+            await _send_json(send, 400, refusal)
+        elif parsed.get("stream"):
+            await self._stream(parsed, receive, send)
+        elif await self._held(receive):
+            await _send_json(send, 200, self._completion(parsed), [(b"x-backend", self.name.encode())])
+
     async def _held(self, receive: Receive) -> bool:
-        """Wait for the gate, if any; False when the client hung up meanwhile."""
+        """Wait for the gate, if any; False when the client hung up meanwhile (unless ``keeps_generating``)."""
         if self.gate is None or self.gate.is_set():
+            return True
+        if self.keeps_generating:
+            await self.gate.wait()
             return True
         gate = asyncio.ensure_future(self.gate.wait())
         hangup = asyncio.ensure_future(receive())

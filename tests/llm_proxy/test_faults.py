@@ -272,5 +272,7 @@ async def test_with_no_other_backend_left_a_late_first_chunk_is_waited_for(
     assert not call.done()
     call.cancel()
     await asyncio.gather(call, return_exceptions=True)
+    assert server.proxy.stats()["in_flight"] == 1  # vLLM would go on: the proxy waits for the stream's end
+    assert (await server.proxy.drain(0)).cut == 1  # the step's end cuts it, closing its connection
     await asyncio.wait_for(backends[0].hung_up.wait(), 10)
     assert server.proxy.stats()["backend_failures"] == 0
