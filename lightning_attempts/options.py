@@ -236,6 +236,12 @@ class Options:
         "trainer owns its server (verl's daemon), on for lightning-attempts serve.",
         serve_default=True,
     )
+    llm_drain_timeout_seconds: float = option(
+        120.0,
+        "verl's daemon: longest wait, at a step's end, for the LLM calls still in flight (of attempts no longer "
+        "needed) to end before vLLM sleeps; those left are then cut (vLLM may still generate them). 0: cut at once.",
+        check=finite_seconds,
+    )
     clock: Clock = option(time.monotonic, "Monotonic clock of claim deadlines (tests inject one).", variable=False)
 
     def __post_init__(self) -> None:
@@ -266,6 +272,7 @@ class ServerArguments(TypedDict, total=False):
     api_key: str | None
     rewrite_loopback_endpoints: bool | None
     producer_api: bool
+    llm_drain_timeout_seconds: float
     clock: Clock
 
 

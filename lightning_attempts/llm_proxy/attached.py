@@ -15,6 +15,7 @@ from typing import Any
 
 from ..server import AttemptAwareServer
 from .app import LlmProxy
+from .draining import Drained
 from .records import CallRecord
 from .routing import Backends
 from .serving import ProxyServer, serve_proxy
@@ -94,3 +95,16 @@ class AttachedProxy:
     def forget(self) -> None:
         """Forget every attempt's recorded calls (a step's, once used; or before a batch is queued)."""
         self.proxy.clear()
+
+    def open_step(self) -> None:
+        """A batch is set up: take LLM calls again."""
+        self.proxy.open_step()
+
+    def end_step(self) -> int:
+        """The batch is done: refuse every LLM call until ``open_step``; the number in flight."""
+        return self.proxy.end_step()
+
+    async def drain(self) -> Drained:
+        """End the step; wait for the calls in flight, at most the server's ``llm_drain_timeout_seconds``, then cut
+        those left (``draining``)."""
+        return await self.proxy.drain(self.server.options.llm_drain_timeout_seconds)

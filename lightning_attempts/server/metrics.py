@@ -48,6 +48,10 @@ PROXY_COUNTERS = {
     "context_tokenize_seconds": "Seconds spent tokenizing prompts (in the proxy's tokenizing thread).",
     "context_unreadable": "LLM calls whose prompt could not be counted (images, a template that failed): unchanged.",
     "context_unchecked_busy": "LLM calls passed on unchecked because too many were waiting to be tokenized.",
+    "in_flight_at_step_end": "LLM calls in flight when a verl step's batch was done, summed over the steps.",
+    "drain_seconds": "Seconds verl steps waited, at their end, for LLM calls in flight.",
+    "calls_cut": "LLM calls cut at a step's end, still in flight after llm_drain_timeout_seconds.",
+    "refused_step_ended": "LLM calls refused (409 step_ended) between a step's end and the next batch.",
 }
 PROXY_GAUGES = {
     "in_flight": "LLM calls in flight.",

@@ -13,6 +13,12 @@ Every method calls upstream's; v1 mode (LightningStore, 0.2+) is upstream's unch
   where upstream fails inside tensor code;
 - ``clear_data_and_server`` also cancels whatever the server still holds of earlier
   batches, so that none of it is claimed in the next;
+- no LLM call is left in flight to vLLM when ``clear_data_and_server`` returns (verl's trainer
+  puts vLLM to sleep right after): once the batch is done its proxy refuses every call (409
+  ``step_ended``) until the next batch is set up; ``get_train_data_batch`` and
+  ``get_test_metrics`` wait for the calls in flight, at most ``llm_drain_timeout_seconds``, cut
+  those left, and count both in the step's metrics; ``clear_data_and_server`` does the same for
+  anything left (``llm_proxy.draining``);
 - the LLM endpoint it publishes (``http://127.0.0.1:<proxy port>/v1``) is served to each
   worker with the host the worker reached the server by (the server's
   ``rewrite_loopback_endpoints``, unless set to ``False``), so workers on other machines reach
@@ -43,6 +49,7 @@ from typing import Any
 
 from ..errors import ServerNotRunning
 from ..llm_proxy import AttachedProxy
+from ..llm_proxy.draining import UNWIND_SECONDS
 from ..server import AttemptAwareServer
 from ..switch.variables import resolve
 from . import compat, context_limits
@@ -141,6 +148,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
             window.proxy_before = self.attempt_proxy.stats()
             self.attempt_proxy.forget()  # calls of earlier batches: none is trained on from here
             context_limits.set_up_batch(self.attempt_proxy.proxy.context, server_addresses, is_train)
+            self.attempt_proxy.open_step()  # before the batch is queued: its workers call at once
         self._proxy_triplets = 0
         self._token_ids = StepTokenIds()
         await super()._async_set_up(data, server_addresses, is_train)
@@ -156,6 +164,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         if self.attempt_server.loop is None or not self.attempt_server.startup_event.is_set():
             return  # not running: nothing held
         self._count_cancelled(self._on_loop(self.attempt_server.cancel_pending))
+        self._drain_llm_calls()  # verl puts vLLM to sleep next: nothing may be in flight
 
     def _count_cancelled(self, cancelled: list[str]) -> None:
         if not cancelled:
@@ -209,6 +218,8 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
                 print(f"Completed {shown}/{total} tasks... {line}")
         if self._step is not None:
             self._step.last_result_monotonic = time.monotonic()
+        if self.attempt_proxy is not None:
+            self.attempt_proxy.end_step()  # every result is in: what is still called serves no one
         print("All tasks finished.")
 
     # -- metrics ------------------------------------------------------------------
@@ -219,6 +230,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
             if self.attempt_proxy is not None:  # the trainer's row lengths, for the next steps' calls
                 guard = self.attempt_proxy.proxy.context
                 self._on_loop(lambda: context_limits.learn_from_batch_call(guard, self, args, kwargs))
+            self._drain_llm_calls()  # in this step's metrics
             self._train_on_proxy_calls()
             no_training_data(compat.completed_rollouts(self).values())  # raises where upstream fails in torch
         parent: Any = super()
@@ -229,6 +241,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
 
     def get_test_metrics(self) -> Any:
         if compat.legacy_mode(self):
+            self._drain_llm_calls()  # in this step's metrics
             self._train_on_proxy_calls()  # validation's lengths and turns, as the client's triplets would give
         metrics = super().get_test_metrics()
         if compat.legacy_mode(self):
@@ -255,6 +268,14 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
                 built,
                 len(wanting),
             )
+
+    def _drain_llm_calls(self) -> None:
+        """End the step for the LLM proxy: refuse calls until the next batch, wait (bounded) for those in flight."""
+        proxy = self.attempt_proxy
+        if proxy is None:
+            return
+        bound = self.attempt_server.options.llm_drain_timeout_seconds + UNWIND_SECONDS + READ_TIMEOUT
+        self._on_loop(proxy.drain, timeout=bound)
 
     def _attempt_metrics(self, prefix: str) -> dict[str, float]:
         window, proxy = self._step, self.attempt_proxy
@@ -286,7 +307,7 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
         except RuntimeError:
             return False
 
-    def _on_loop(self, function: Callable[[], Any]) -> Any:
+    def _on_loop(self, function: Callable[[], Any], timeout: float = READ_TIMEOUT) -> Any:
         """``function()`` (a coroutine function's result is awaited) run on the server's event loop."""
         loop = self.attempt_server.loop
         if loop is None:
@@ -296,4 +317,4 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
             result = function()
             return await result if asyncio.iscoroutine(result) else result
 
-        return asyncio.run_coroutine_threadsafe(call(), loop).result(READ_TIMEOUT)
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout)

@@ -56,6 +56,14 @@ FROM_CONTEXT: dict[str, str] = {
     "llm_tokenize_s": "context_tokenize_seconds",
 }
 """Metric name: the over-long calls' counter of the LLM proxy's ``stats()`` it is the step's difference of."""
+FROM_DRAIN: dict[str, str] = {
+    "llm_in_flight_at_batch_end": "in_flight_at_step_end",
+    "llm_drain_seconds": "drain_seconds",
+    "llm_calls_cut": "calls_cut",
+    "llm_calls_refused_step_ended": "refused_step_ended",
+}
+"""The step's end (``llm_proxy.draining``): calls in flight when its batch was done, the time waited for them, those
+cut past ``llm_drain_timeout_seconds``, the calls refused after it."""
 
 
 @dataclass
@@ -153,6 +161,7 @@ def proxy_metrics(before: Mapping[str, Any], after: Mapping[str, Any], triplets:
     (left out when no call was forwarded)."""
     metrics = {name: float(after[key] - before[key]) for name, key in FROM_PROXY.items()}
     metrics.update({name: float(after.get(key, 0) - before.get(key, 0)) for name, key in FROM_CONTEXT.items()})
+    metrics.update({name: float(after[key] - before[key]) for name, key in FROM_DRAIN.items()})
     metrics["llm_backends_open"] = float(after["backends_open"])
     metrics["proxy_triplets"] = float(triplets)
     added = latency_between(before, after)

@@ -102,10 +102,15 @@ def test_the_daemon_says_each_stall_once() -> None:
 
 
 def proxy_stats(
-    forwarded: int, refused_not_live: int, added_ms: list[float], failures: tuple[int, int, int, int] = (0, 0, 0, 0)
+    forwarded: int,
+    refused_not_live: int,
+    added_ms: list[float],
+    failures: tuple[int, int, int, int] = (0, 0, 0, 0),
+    drain: tuple[int, float, int, int] = (0, 0, 0, 0),
 ) -> dict[str, Any]:
     """The LLM proxy's ``stats()`` after calls that spent ``added_ms`` each in the proxy; ``failures``: the backends'
-    failures, calls re-sent, circuits opened in all and open now."""
+    failures, calls re-sent, circuits opened in all and open now; ``drain``: calls in flight at steps' ends, seconds
+    waited for them, calls cut, calls refused after a step's end."""
     histogram = LatencyHistogram()
     for milliseconds in added_ms:
         histogram.add(milliseconds / 1000)
@@ -113,6 +118,7 @@ def proxy_stats(
         "forwarded": forwarded,
         "refused_not_live": refused_not_live,
         **dict(zip(("backend_failures", "resent", "backends_opened", "backends_open"), failures, strict=True)),
+        **dict(zip(("in_flight_at_step_end", "drain_seconds", "calls_cut", "refused_step_ended"), drain, strict=True)),
         "added_latency_buckets": list(histogram.counts),
         "added_latency_sum_s": histogram.sum,
     }
@@ -162,3 +168,12 @@ def test_the_triplets_given_the_proxys_token_ids_add_up_and_those_left_without_a
         "val/attempts/proxy_replaced_rollouts": 2.0,
         "val/attempts/triplets_without_token_ids": 1.0,
     }
+
+
+def test_the_wait_at_the_steps_end_and_the_calls_it_cut_are_the_steps_own() -> None:
+    before = proxy_stats(5, 0, [1.0], drain=(3, 10.0, 1, 4))
+    after = proxy_stats(9, 0, [1.0], drain=(5, 12.5, 2, 10))
+    window = StepWindow(stats(), queued_at=0.0, queued_monotonic=0.0, proxy_before=before)
+    metrics = step_metrics(window, stats(), [], 0, VAL_PREFIX, proxy_after=after)
+    names = ("llm_in_flight_at_batch_end", "llm_drain_seconds", "llm_calls_cut", "llm_calls_refused_step_ended")
+    assert [metrics[f"val/attempts/{name}"] for name in names] == [2.0, 2.5, 1.0, 6.0]
