@@ -13,7 +13,8 @@ sends a stream's headers and then nothing, ``cut_streams`` drops the connection 
 stream's first chunk (and the gate, if any). ``keeps_generating`` makes it behave as
 agentlightning's patched vLLM server: a held answer goes on after its client hung up (until the
 gate opens); ``sleep()`` then fails while a chat request is still open, as vLLM's sleep under a
-request crashes.
+request crashes. ``generation_seconds(body)``, when set, is how long each chat request takes
+to generate (whatever its client does meanwhile).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,7 @@ class StandInVllm:
         self.stall_streams = False
         self.cut_streams = False
         self.keeps_generating = False
+        self.generation_seconds: Callable[[dict[str, Any]], float] | None = None
         self.open_requests = 0
         """Chat requests arrived and not yet answered to their end (whether or not their client is still there)."""
         self.sleeps = 0
@@ -138,7 +141,10 @@ class StandInVllm:
         if (refusal := self._over_context(parsed)) is not None:
             self.too_long += 1
             await _send_json(send, 400, refusal)
-        elif parsed.get("stream"):
+            return
+        if self.generation_seconds is not None:
+            await asyncio.sleep(self.generation_seconds(parsed))  # decoding: a client's hang-up does not stop it
+        if parsed.get("stream"):
             await self._stream(parsed, receive, send)
         elif await self._held(receive):
             await _send_json(send, 200, self._completion(parsed), [(b"x-backend", self.name.encode())])

@@ -98,6 +98,7 @@ def main(port: int, signal_dir: Path) -> None:
     ]
     stored = on_server_loop(daemon, lambda: daemon.server.store.stored_attempt(straggled))
     signals.wait(Signals.posted(straggled, STALE))  # the straggler tried its second call, then posted
+    on_server_loop(daemon, daemon.attempt_proxy.open_step)  # as the next batch's set-up does, for the key checks
     report = {
         "proxy_port": daemon.proxy_port,
         "queued": queued,
@@ -114,7 +115,7 @@ def main(port: int, signal_dir: Path) -> None:
             ]
             for b in backends
         },
-        "keys": key_checks(daemon, (straggled, stored)),
+        "keys": key_checks(daemon, (straggled, stored)),  # with the step open again (it ended: 409 step_ended)
         "proxy_stats": on_server_loop(daemon, lambda: daemon.attempt_proxy.stats()),
     }
     daemon.clear_data_and_server()

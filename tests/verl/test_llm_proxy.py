@@ -65,9 +65,10 @@ def test_the_proxy_refuses_stale_attempts_streams_sticks_trains_on_what_it_saw_a
         assert two["status"] == 200 and two["stream"] and two["events"][-1] == "data: [DONE]", note
         assert len(two["events"]) > 2, note  # chunk by chunk
         assert backend_of[one["content"]] == backend_of[two["content"]], note  # one attempt, one backend
-    # The straggler's call after its task was re-claimed (and completed) was refused; no backend saw it.
+    # The straggler's call after its task was re-claimed (and completed) was refused; no backend saw it. Made after
+    # the batch's last result, it is refused because the step ended.
     refused = claims[(straggled, "first")]["calls"][1]
-    assert (refused["status"], refused["code"]) == (409, "already_completed"), refused
+    assert refused["status"] == 409 and refused["code"] in {"already_completed", "step_ended"}, refused
     assert refused["content"] not in backend_of
     assert (straggled, "again") in claims and len(claims) == len(index) + 1
     # No rollout carried triplets: verl trained on the rows the proxy recorded for the stored attempts, exactly.
@@ -82,7 +83,8 @@ def test_the_proxy_refuses_stale_attempts_streams_sticks_trains_on_what_it_saw_a
     metrics = report["metrics"]
     assert metrics["attempts/proxy_triplets"] == 2 * len(index), metrics
     assert metrics["attempts/llm_calls"] == 2 * len(index) + 1, metrics  # and the straggler's first call
-    assert metrics["attempts/llm_calls_refused_stale"] == 1, metrics
+    refusals = metrics["attempts/llm_calls_refused_stale"] + metrics["attempts/llm_calls_refused_step_ended"]
+    assert refusals == 1, metrics
     assert 0 < metrics["attempts/llm_proxy_added_p50_ms"] <= metrics["attempts/llm_proxy_added_p99_ms"] < 1000
     # The key: plain /v1 needs it; an attempt's URL needs none, and works only while the attempt is live.
     keys = report["keys"]
