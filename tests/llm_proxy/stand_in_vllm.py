@@ -10,7 +10,13 @@ request is recorded. ``gate``, when set to an unset event, holds each answer (a 
 its first chunk) until the test sets it; a client hanging up meanwhile is noted. Faults:
 ``fail_with`` answers that status to every request at once (a failing server), ``stall_streams``
 sends a stream's headers and then nothing, ``cut_streams`` drops the connection after a
-stream's first chunk (and the gate, if any). ``keeps_generating`` makes it behave as
+stream's first chunk (and the gate, if any). ``max_model_len``, when set, is said in ``/v1/models``
+and enforced as vLLM does: a call whose prompt plus ``max_tokens`` (or ``max_completion_tokens``;
+unset: the room left) exceeds it is answered 400 with vLLM's message (``too_long`` counts them);
+``answer_tokens``, when set, is how many tokens an answer has at most (``max_tokens`` bounds it);
+``generated`` notes, with ``answer_tokens`` set, each answered call's (prompt tokens, new tokens);
+``tokenize`` gives a call's prompt ids for all these and in the answer (by default ``prompt_ids``).
+``keeps_generating`` makes it behave as
 agentlightning's patched vLLM server: a held answer goes on after its client hung up (until the
 gate opens); ``sleep()`` then fails while a chat request is still open, as vLLM's sleep under a
 request crashes. ``generation_seconds(body)``, when set, is how long each chat request takes
@@ -76,6 +82,13 @@ class StandInVllm:
         self.fail_with: int | None = None
         self.stall_streams = False
         self.cut_streams = False
+        self.streams_ids = True
+        """False: a vLLM before 0.10.2, which ignores ``return_token_ids``."""
+        self.max_model_len: int | None = None
+        self.answer_tokens: int | None = None
+        self.too_long = 0
+        self.generated: list[tuple[int, int]] = []
+        self.tokenize: Callable[[dict[str, Any]], list[int]] = prompt_ids
         self.keeps_generating = False
         self.generation_seconds: Callable[[dict[str, Any]], float] | None = None
         self.open_requests = 0
