@@ -242,6 +242,12 @@ class Options:
         "needed) to end before vLLM sleeps; those left are then cut (vLLM may still generate them). 0: cut at once.",
         check=finite_seconds,
     )
+    llm_trainer_limits: bool = option(
+        True,
+        "verl's daemon: hold a training step's LLM calls to the trainer's max_prompt_length (a longer prompt is "
+        "refused with context_length_exceeded: its row would be dropped) and max_response_length (max_tokens capped). "
+        "False: only to the model's context, and such prompts are generated as upstream generates them.",
+    )
     clock: Clock = option(time.monotonic, "Monotonic clock of claim deadlines (tests inject one).", variable=False)
 
     def __post_init__(self) -> None:
@@ -273,6 +279,7 @@ class ServerArguments(TypedDict, total=False):
     rewrite_loopback_endpoints: bool | None
     producer_api: bool
     llm_drain_timeout_seconds: float
+    llm_trainer_limits: bool
     clock: Clock
 
 

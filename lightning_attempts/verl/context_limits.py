@@ -56,9 +56,12 @@ def rows_are_calls(daemon: Any) -> bool:
     return cast(Mapping[str, Any], aggregator).get("level", TRANSITION) == TRANSITION
 
 
-def learn_from_batch_call(guard: ContextGuard, daemon: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-    """Take the trainer's limits from a ``get_train_data_batch`` call (run on the proxy's loop)."""
-    if rows_are_calls(daemon) and (limits := trainer_limits(args, kwargs)) is not None:
+def learn_from_batch_call(
+    guard: ContextGuard, daemon: Any, args: Sequence[Any], kwargs: Mapping[str, Any], *, enabled: bool = True
+) -> None:
+    """Take the trainer's limits from a ``get_train_data_batch`` call (run on the proxy's loop), unless not
+    ``enabled`` (the server's ``llm_trainer_limits``)."""
+    if enabled and rows_are_calls(daemon) and (limits := trainer_limits(args, kwargs)) is not None:
         guard.trainer = limits
 
 

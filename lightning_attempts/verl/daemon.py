@@ -228,8 +228,8 @@ class AttemptAwareDaemon(compat.UpstreamDaemon):  # pyright: ignore[reportUntype
     def get_train_data_batch(self, *args: Any, **kwargs: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         if compat.legacy_mode(self):
             if self.attempt_proxy is not None:  # the trainer's row lengths, for the next steps' calls
-                guard = self.attempt_proxy.proxy.context
-                self._on_loop(lambda: context_limits.learn_from_batch_call(guard, self, args, kwargs))
+                guard, enabled = self.attempt_proxy.proxy.context, self.attempt_server.options.llm_trainer_limits
+                self._on_loop(lambda: context_limits.learn_from_batch_call(guard, self, args, kwargs, enabled=enabled))
             self._drain_llm_calls()  # in this step's metrics
             self._train_on_proxy_calls()
             no_training_data(compat.completed_rollouts(self).values())  # raises where upstream fails in torch

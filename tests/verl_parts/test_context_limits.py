@@ -143,3 +143,19 @@ def test_a_backend_that_does_not_say_its_context_changes_nothing(clock: ManualCl
             assert served.run(proxy.stats)["context_tokenized"] == 0
         finally:
             served.call(backend.stop())
+
+
+def test_without_llm_trainer_limits_only_the_models_context_holds(
+    running: tuple[ServerThread[AttemptAwareServer], AttachedProxy, StandInVllm],
+) -> None:
+    served, proxy, backend = running
+    guard = proxy.proxy.context
+    url = f"http://127.0.0.1:{proxy.port}/v1/chat/completions"
+    daemon = SimpleNamespace(trace_aggregator={"level": "transition"})
+    with httpx.Client(timeout=30) as http:
+        served.call(set_up(guard, [backend.address], True))
+        served.run(lambda: learn_from_batch_call(guard, daemon, (64, 16, "cpu"), {}, enabled=False))
+        served.call(set_up(guard, [backend.address], True))  # step 2 of a trainer that turned them off
+        assert guard.trainer is None
+        assert http.post(url, json=chat(100, 500)).status_code == 200  # over max_prompt_length: generated
+        assert backend.received[-1].json()["max_tokens"] == CONTEXT - 100  # capped to the context only
