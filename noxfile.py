@@ -27,7 +27,7 @@ no test passed.
     python3 -m pip install 'nox[uv]>=2026.10.20' && python3 -m nox  # every tier (README's test command)
     nox -s 'tests(0.3.0)' -- -x                               # one tier; anything after -- goes to pytest
     nox -t verl                                               # a group of tiers: releases, pythons, verl
-    nox -s 'tests(0.1.2)' 'tests(py3.10-0.1.2)' -- -k store   # the tiers named
+    nox -s 'tests(0.1.1)' 'tests(py3.10-0.1.2)' -- -k store   # the tiers named
     nox -l                                                    # the tiers
     nox -j 1 -s 'tests(0.3.0)'                                # one at a time, output as it comes
 """
