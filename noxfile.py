@@ -19,7 +19,8 @@ tiers run at a time (nox's ``--parallel``, set below). Measured on clean clones 
 100 CPU-minutes three at a time before the scopes and the fork server (each child importing agentlightning
 afresh, 6 s of CPU on 0.2+); 25 minutes (1,515 s and 1,525 s) and 37 to 38 CPU-minutes four at a time after, the
 machine 1.5 of its 2 cores busy on average; 27 minutes (1,638 s) with the liveness tests added since, the
-``once`` tests then in both the 0.1 and the 0.3.0 tier and 0.1.2 and 0.2.2 on 3.11 too. Each tier's output is
+``once`` tests then in both the 0.1 and the 0.3.0 tier and 0.1.2 and 0.2.2 on 3.11 too; with them apart, 27
+minutes (``.ci/run`` 1,718 s) on 2026-12-07, issue 36's tests added, no tier over 13. Each tier's output is
 printed whole when it ends, then a table of tier against result. A tier fails when its environment cannot be
 built (nox prints the failing command and its output), when pytest fails or collects nothing (exit 5), or when
 no test passed.
